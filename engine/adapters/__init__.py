@@ -1,0 +1,1 @@
+"""The imperative shell's device adapters: one module per external system."""

@@ -1,0 +1,259 @@
+"""HomeWizard P1 / kWh meter client for the local API v1 (``GET /api/v1/data``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from engine.errors import ConfigError, DeviceResponseError, DeviceUnavailable
+
+_LOGGER = logging.getLogger(__name__)
+
+DATA_PATH = "/api/v1/data"
+DEVICE_PATH = "/api"
+# A P1 body is ~1 kB; anything far larger is not a meter talking.
+_MAX_BODY_BYTES = 256 * 1024
+
+
+class MeterApiDisabledError(DeviceResponseError):
+    """HTTP 403: the local API is switched off in the HomeWizard app (error id 202).
+
+    Retryable: the user can switch it back on without restarting us.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class P1Reading:
+    """One validated ``/api/v1/data`` answer. Power + = import (the meter's own sign)."""
+
+    active_power_w: float
+    total_power_import_kwh: float | None = None
+    total_power_export_kwh: float | None = None
+    active_power_l1_w: float | None = None
+    active_power_l2_w: float | None = None
+    active_power_l3_w: float | None = None
+    # Canonical text of the whole body: equal bodies give equal fingerprints, so a dongle that
+    # stops updating (same body, counters included) is told apart from a steady load.
+    fingerprint: str = ""
+
+
+def _number(value: object) -> float | None:
+    """A finite JSON number as float, else None (bool is not a number in JSON)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond float range
+        return None
+    return result if math.isfinite(result) else None
+
+
+def _counter(body: dict[str, object], direction: str) -> float | None:
+    """``total_power_<direction>_kwh``, else the sum of the tariff registers (T1+T2 is the total).
+
+    Some firmware (the minimal / single-phase variants) sends only the tariff registers.
+    """
+    total = _number(body.get(f"total_power_{direction}_kwh"))
+    if total is not None:
+        return total
+    parts = [_number(body.get(f"total_power_{direction}_t{i}_kwh")) for i in range(1, 5)]
+    present = [p for p in parts if p is not None]
+    return round(sum(present), 3) if present else None
+
+
+def parse_data(body: object, *, device: str = "p1") -> P1Reading:
+    """Validate a decoded ``/api/v1/data`` body; raise DeviceResponseError, never guess power."""
+    if not isinstance(body, dict):
+        msg = f"{device}: body is {type(body).__name__}, not a JSON object"
+        raise DeviceResponseError(msg, device=device)
+    raw_power = body.get("active_power_w")
+    power_w = _number(raw_power)
+    if power_w is None:
+        # No fallback to the phase sum: a body without the total is not a reading.
+        msg = f"{device}: active_power_w missing or invalid ({raw_power!r:.40})"
+        raise DeviceResponseError(msg, device=device)
+    try:
+        fingerprint = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        msg = f"{device}: body is not plain JSON ({exc})"
+        raise DeviceResponseError(msg, device=device) from exc
+    return P1Reading(
+        active_power_w=power_w,
+        total_power_import_kwh=_counter(body, "import"),
+        total_power_export_kwh=_counter(body, "export"),
+        active_power_l1_w=_number(body.get("active_power_l1_w")),
+        active_power_l2_w=_number(body.get("active_power_l2_w")),
+        active_power_l3_w=_number(body.get("active_power_l3_w")),
+        fingerprint=fingerprint,
+    )
+
+
+def normalise_p1_url(value: str, *, key: str = "P1_API_URL") -> str:
+    """``192.168.1.5``, ``host:8080`` or ``http://host`` -> ``http://host/api/v1/data``.
+
+    A URL with a path other than ``/`` or ``/api`` is kept as given (a proxy, a full URL).
+    """
+    text = value.strip()
+    if not text:
+        raise ConfigError(key, "empty; give the meter's IP address or its /api/v1/data URL")
+    if "://" not in text:
+        text = f"http://{text}"
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"}:
+        raise ConfigError(key, f"scheme {parts.scheme!r} is not http or https")
+    try:
+        _ = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ConfigError(key, f"bad port in {value!r}") from exc
+    if not parts.hostname:
+        raise ConfigError(key, f"no host in {value!r}")
+    path = parts.path.rstrip("/")
+    if path in {"", DEVICE_PATH}:
+        path = DATA_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+class HomeWizardClient:
+    """Reads one meter. Errors are translated here: DeviceUnavailable / DeviceResponseError."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 2.0,
+        session: aiohttp.ClientSession | None = None,
+        name: str = "p1",
+    ) -> None:
+        self.url = normalise_p1_url(url)
+        self.name = name
+        self._timeout_s = timeout_s
+        self._session = session
+        self._own_session = session is None
+
+    async def read(self) -> P1Reading:
+        """``GET /api/v1/data`` -> validated reading."""
+        return parse_data(await self._get_json(self.url), device=self.name)
+
+    async def device(self) -> dict[str, object]:
+        """``GET /api``: product_type, serial, firmware_version, api_version."""
+        parts = urlsplit(self.url)
+        body = await self._get_json(urlunsplit((parts.scheme, parts.netloc, DEVICE_PATH, "", "")))
+        if not isinstance(body, dict):
+            msg = f"{self.name}: /api body is not a JSON object"
+            raise DeviceResponseError(msg, device=self.name)
+        return body
+
+    async def _get_json(self, url: str) -> object:
+        if self._session is None:
+            # Our own timeout below governs; no second, longer one inside aiohttp.
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._session.get(url) as resp:
+                    status = resp.status
+                    raw = await resp.read()
+        except TimeoutError as exc:
+            msg = f"{self.name}: no answer from {url} within {self._timeout_s:g} s"
+            raise DeviceUnavailable(msg, device=self.name) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            msg = f"{self.name}: cannot reach {url}: {exc!r}"
+            raise DeviceUnavailable(msg, device=self.name) from exc
+        if status == 403:
+            msg = f"{self.name}: local API disabled; enable it in the HomeWizard Energy app"
+            raise MeterApiDisabledError(msg, device=self.name)
+        if status != 200:
+            # 5xx is the device's trouble (retry); 4xx means a wrong URL (don't).
+            msg = f"{self.name}: HTTP {status} from {url}"
+            raise DeviceResponseError(msg, device=self.name, retryable=status >= 500)
+        if len(raw) > _MAX_BODY_BYTES:
+            msg = f"{self.name}: body larger than {_MAX_BODY_BYTES} bytes"
+            raise DeviceResponseError(msg, device=self.name)
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+            msg = f"{self.name}: invalid JSON from {url}: {exc}"
+            raise DeviceResponseError(msg, device=self.name) from exc
+
+    async def close(self) -> None:
+        """Close the session if this client created it; an injected one belongs to the caller."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class MeterTracker:
+    """Availability and freshness of one meter, fed by the poller (sync, no I/O).
+
+    ``updated_s`` moves only when the body changes: a frozen dongle keeps answering 200 with
+    the same body, and only its age gives it away.
+    """
+
+    def __init__(self, name: str = "p1") -> None:
+        self.name = name
+        self._reading: P1Reading | None = None
+        self._updated_s: float | None = None
+        self._polled_s: float | None = None
+        self._online: bool | None = None  # None until the first poll
+
+    def update(self, reading: P1Reading, now_s: float) -> None:
+        """A successful poll at ``now_s``."""
+        if self._reading is None or reading.fingerprint != self._reading.fingerprint:
+            self._updated_s = now_s
+        self._reading = reading
+        self._polled_s = now_s
+        if self._online is False:
+            _LOGGER.info("meter %s is available again", self.name)
+        self._online = True
+
+    def failed(self, now_s: float, error: BaseException | None = None) -> None:
+        """A failed poll at ``now_s``; logs once when the meter goes unavailable."""
+        if self._online is not False:
+            _LOGGER.warning("meter %s is unavailable: %s", self.name, error or "poll failed")
+        self._online = False
+        self._polled_s = now_s
+
+    @property
+    def online(self) -> bool:
+        return self._online is True
+
+    @property
+    def reading(self) -> P1Reading | None:
+        return self._reading
+
+    @property
+    def grid_w(self) -> float | None:
+        """Latest valid ``active_power_w`` (kept while offline; check ``online``/age)."""
+        return None if self._reading is None else self._reading.active_power_w
+
+    @property
+    def updated_s(self) -> float | None:
+        """Clock time at which the body last changed."""
+        return self._updated_s
+
+    @property
+    def polled_s(self) -> float | None:
+        """Clock time of the last poll, successful or not."""
+        return self._polled_s
+
+    def age_s(self, now_s: float) -> float | None:
+        """Seconds since the body last changed; None before the first reading."""
+        return None if self._updated_s is None else now_s - self._updated_s

@@ -1,0 +1,709 @@
+"""Marstek Venus E driver: an I/O-free commander (the logic) and its pymodbus TCP shell.
+
+``VenusCommander`` decides what to read and write; it never touches a socket or a clock,
+so the simulator's fast in-process mode runs the very same logic against its firmware
+model. ``MarstekBattery`` runs a commander over Modbus TCP with pymodbus.
+
+One read cycle, as the runtime drives it::
+
+    blocks = commander.reads_due(now_s)        # starts a cycle
+    for address, count in blocks:              # stop at the first failure
+        commander.on_read(address, values, now_s)   # or commander.on_read_failed(now_s, why)
+    telemetry = commander.telemetry(now_s)     # validated values, availability logging
+
+One command::
+
+    writes = commander.writes_for(power_w, now_s)   # [] when nothing needs sending
+    ... write them in order; stop at the first failure ...
+    commander.on_written(writes_done, now_s)
+    commander.on_write_failed(now_s)                # only if one failed
+
+Control (register 42000) life cycle, ``ControlState``:
+
+- UNKNOWN at start and after any failed read cycle (the battery may have rebooted while we
+  could not see it, and a reboot clears both 42000 and the setpoints): read it back in the
+  next cycle; ``writes_for`` writes 0x55AA first.
+- WRITTEN after 0x55AA was acknowledged: read back in the next cycle to confirm.
+- CONFIRMED when read back as 0x55AA: re-read every ``control_recheck_s``.
+- LOST when read back as anything else (the firmware drops RS485 mode by itself, and
+  keeps acknowledging setpoint writes it then ignores): ``control_lost_count`` grows,
+  everything the battery holds is forgotten and the next ``writes_for`` re-applies 0x55AA
+  plus the full setpoint.
+- RELEASED after ``release_writes`` went out (0x55BB): the next ``writes_for`` takes
+  control again.
+
+Setpoints: the commander remembers what each of 42010/42020/42021 holds (as acknowledged).
+A changed setpoint sends only the registers whose value differs (in ``setpoint_writes``
+order, so the force mode still goes last); every ``reassert_s`` the full set is sent again
+whether or not it changed. A failed write forgets what the battery holds, so the next
+command is sent in full.
+
+Fail-safe: replies are validated before they become telemetry. SoC 0xFFFF or > 100,
+an implausible AC power, or an all-ones counter becomes ``None``; a battery without a valid
+SoC and AC power this cycle is reported ``online=False``, so the core never bases a
+setpoint on a bad reply. One log line when a battery becomes unavailable, one when it
+returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from typing import Any, Final
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+
+from engine.adapters.marstek_registers import (
+    FORCE_CHARGE,
+    FORCE_DISCHARGE,
+    FORCE_STOP,
+    MAX_REGISTERS_PER_READ,
+    REG_AC_POWER,
+    REG_CHARGE_SETPOINT,
+    REG_DISCHARGE_SETPOINT,
+    REG_FORCE_MODE,
+    REG_RS485_CONTROL,
+    REG_SOC,
+    REG_TOTAL_CHARGE,
+    RS485_DISABLE,
+    RS485_ENABLE,
+    setpoint_writes,
+    to_i32,
+    to_u32,
+)
+from engine.core.model import BatteryTelemetry
+from engine.errors import (
+    CommandRejected,
+    ConfigError,
+    DeviceError,
+    DeviceResponseError,
+    DeviceUnavailable,
+)
+from engine.ports import Clock
+
+_LOGGER = logging.getLogger(__name__)
+
+# A Venus E delivers at most 2500 W; anything far beyond is a garbled reply, not a reading.
+MAX_PLAUSIBLE_AC_W: Final = 5000
+MAX_SOC_PCT: Final = 100
+_U32_GARBAGE: Final = 0xFFFF_FFFF
+_U16_GARBAGE: Final = 0xFFFF
+_WH_PER_COUNTER_UNIT: Final = 10.0  # counters count 0.01 kWh
+
+# The blocks the commander reads. Each multi-register value is read in one request that
+# starts at its first word: reading the second word alone upsets the firmware.
+BLOCK_SOC: Final = (REG_SOC, 2)  # 32104 SoC %, 32105 capacity Wh
+BLOCK_AC_POWER: Final = (REG_AC_POWER, 2)  # int32, + discharging
+BLOCK_COUNTERS: Final = (REG_TOTAL_CHARGE, 4)  # 33000 charged, 33002 discharged (uint32)
+BLOCK_CONTROL: Final = (REG_RS485_CONTROL, 1)
+_BLOCK_COUNTS: Final = dict((BLOCK_SOC, BLOCK_AC_POWER, BLOCK_COUNTERS, BLOCK_CONTROL))
+assert all(count <= MAX_REGISTERS_PER_READ for count in _BLOCK_COUNTS.values())
+
+_SETPOINT_REGS: Final = frozenset({REG_FORCE_MODE, REG_CHARGE_SETPOINT, REG_DISCHARGE_SETPOINT})
+
+
+class ControlState(StrEnum):
+    """What the commander knows about register 42000 (see the module docstring)."""
+
+    UNKNOWN = "unknown"
+    WRITTEN = "written"
+    CONFIRMED = "confirmed"
+    LOST = "lost"
+    RELEASED = "released"
+
+
+class _Cycle:
+    """Values read in the current cycle (validated), and why it went wrong, if it did."""
+
+    __slots__ = ("capacity_wh", "failed", "power_w", "problem", "rs485_control", "soc_pct")
+
+    def __init__(self) -> None:
+        self.failed = False
+        self.problem: str | None = None
+        self.soc_pct: float | None = None
+        self.capacity_wh: float | None = None
+        self.power_w: float | None = None
+        self.rs485_control: bool | None = None
+
+
+def _check_power(power_w: int) -> int:
+    # bool is an int subclass; True as "1 W" would be a silent bug, so refuse it.
+    if isinstance(power_w, bool) or not isinstance(power_w, int):
+        msg = f"power_w must be an int (W, + discharge), got {power_w!r}"
+        raise TypeError(msg)
+    return power_w
+
+
+class VenusCommander:
+    """The driver's logic for one Venus E, synchronous and free of I/O and clocks.
+
+    ``reassert_s``: the full setpoint is re-sent at least this often even if unchanged.
+    ``control_recheck_s``: 42000 is read back at least this often once confirmed.
+    ``counters_interval_s``: lifetime counters are read this often (0 = every cycle); they
+    only feed reporting, so they need not cost a request every cycle.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        reassert_s: float = 30.0,
+        control_recheck_s: float = 60.0,
+        counters_interval_s: float = 10.0,
+    ) -> None:
+        if reassert_s <= 0:
+            raise ConfigError("reassert_s", f"must be > 0, got {reassert_s}")
+        if control_recheck_s <= 0:
+            raise ConfigError("control_recheck_s", f"must be > 0, got {control_recheck_s}")
+        if counters_interval_s < 0:
+            raise ConfigError("counters_interval_s", f"must be >= 0, got {counters_interval_s}")
+        self.name = name
+        self.reassert_s = reassert_s
+        self.control_recheck_s = control_recheck_s
+        self.counters_interval_s = counters_interval_s
+        self.control_lost_count = 0
+        self._control = ControlState.UNKNOWN
+        self._control_checked_s: float | None = None
+        self._held: dict[int, int] = {}  # setpoint register -> value the battery acknowledged
+        self._full_write_s: float | None = None
+        self._counters_read_s: float | None = None
+        self._charge_total_wh: float | None = None
+        self._discharge_total_wh: float | None = None
+        self._cycle = _Cycle()
+        self._online: bool | None = None
+        self._offline_since_s: float | None = None
+
+    # -- state, for the runtime and for tests --------------------------------------------
+
+    @property
+    def control_state(self) -> ControlState:
+        return self._control
+
+    @property
+    def online(self) -> bool | None:
+        """Availability as of the last ``telemetry`` call; None before the first."""
+        return self._online
+
+    @property
+    def held_power_w(self) -> int | None:
+        """The setpoint the battery is believed to hold (+ discharge), None if unknown."""
+        mode = self._held.get(REG_FORCE_MODE)
+        charge_w = self._held.get(REG_CHARGE_SETPOINT)
+        discharge_w = self._held.get(REG_DISCHARGE_SETPOINT)
+        if mode is None or charge_w is None or discharge_w is None:
+            return None
+        if mode == FORCE_DISCHARGE:
+            return discharge_w
+        if mode == FORCE_CHARGE:
+            return -charge_w
+        return 0 if mode == FORCE_STOP else None
+
+    def forget(self) -> None:
+        """Forget everything the battery is believed to hold (control and setpoints).
+
+        Called after any failure and on every new connection: a battery that rebooted
+        while out of sight comes back with 42000 released and the setpoints at 0.
+        """
+        if self._control is not ControlState.RELEASED:
+            self._control = ControlState.UNKNOWN
+        self._held.clear()
+        self._full_write_s = None
+
+    # -- reading -------------------------------------------------------------------------
+
+    def reads_due(self, now_s: float) -> list[tuple[int, int]]:
+        """Start a cycle: the (address, count) blocks to read now, in order.
+
+        The previous cycle's values are dropped. SoC and AC power come first: without
+        them the cycle is worthless, so the caller may stop at the first failure.
+        """
+        self._cycle = _Cycle()
+        blocks = [BLOCK_SOC, BLOCK_AC_POWER]
+        if self._control_check_due(now_s):
+            blocks.append(BLOCK_CONTROL)
+        if (
+            self._counters_read_s is None
+            or now_s - self._counters_read_s >= self.counters_interval_s
+        ):
+            blocks.append(BLOCK_COUNTERS)
+        return blocks
+
+    def _control_check_due(self, now_s: float) -> bool:
+        if self._control in (ControlState.UNKNOWN, ControlState.WRITTEN):
+            return True
+        if self._control is ControlState.CONFIRMED:
+            return (
+                self._control_checked_s is None
+                or now_s - self._control_checked_s >= self.control_recheck_s
+            )
+        # LOST: we already know; the next command re-applies it. RELEASED: not ours.
+        return False
+
+    def on_read(self, address: int, values: Sequence[int], now_s: float) -> None:
+        """Record the reply to one block read (raw register values)."""
+        expected = _BLOCK_COUNTS.get(address)
+        if expected is None:
+            msg = f"{address} is not a block this commander reads"
+            raise ValueError(msg)
+        if len(values) != expected:
+            self.on_read_failed(
+                now_s, f"reply to read {address} had {len(values)} registers, not {expected}"
+            )
+            return
+        words = [int(v) & 0xFFFF for v in values]
+        cycle = self._cycle
+        if address == REG_SOC:
+            soc_raw, capacity_raw = words
+            if soc_raw > MAX_SOC_PCT:  # 0xFFFF included: the firmware's "no value"
+                cycle.problem = f"invalid SoC {soc_raw}"
+            else:
+                cycle.soc_pct = float(soc_raw)
+            if capacity_raw not in (0, _U16_GARBAGE):
+                cycle.capacity_wh = float(capacity_raw)
+        elif address == REG_AC_POWER:
+            power_w = to_i32(words[0], words[1])
+            if abs(power_w) > MAX_PLAUSIBLE_AC_W:
+                cycle.problem = f"implausible AC power {power_w} W"
+            else:
+                cycle.power_w = float(power_w)
+        elif address == REG_TOTAL_CHARGE:
+            self._counters_read_s = now_s
+            self._charge_total_wh = _counter_wh(to_u32(words[0], words[1]))
+            self._discharge_total_wh = _counter_wh(to_u32(words[2], words[3]))
+        else:
+            self._on_control_read(words[0], now_s)
+
+    def _on_control_read(self, raw: int, now_s: float) -> None:
+        self._control_checked_s = now_s
+        enabled = raw == RS485_ENABLE
+        self._cycle.rs485_control = enabled
+        if enabled:
+            if self._control is not ControlState.RELEASED:
+                self._control = ControlState.CONFIRMED
+            return
+        if self._control in (ControlState.WRITTEN, ControlState.CONFIRMED):
+            self.control_lost_count += 1
+            _LOGGER.warning(
+                "Battery %s dropped RS485 control (42000 = 0x%04X); re-applying",
+                self.name,
+                raw,
+            )
+        if self._control is not ControlState.RELEASED:
+            self._control = ControlState.LOST
+            # Writes in 42010..42021 are ignored outside RS485 mode; send them all again.
+            self._held.clear()
+            self._full_write_s = None
+
+    def on_read_failed(self, now_s: float, reason: str = "read failed") -> None:
+        """The cycle's reads failed (timeout, lost connection, exception reply, ...)."""
+        del now_s  # part of the interface for symmetry; the failure itself is timeless
+        self._cycle.failed = True
+        self._cycle.problem = reason
+        self.forget()
+
+    def telemetry(self, now_s: float) -> BatteryTelemetry:
+        """This cycle's validated telemetry; logs once when availability changes."""
+        cycle = self._cycle
+        online = not cycle.failed and cycle.soc_pct is not None and cycle.power_w is not None
+        self._note_availability(online, cycle, now_s)
+        if cycle.failed:
+            return BatteryTelemetry(name=self.name, online=False)
+        return BatteryTelemetry(
+            name=self.name,
+            online=online,
+            soc_pct=cycle.soc_pct,
+            power_w=cycle.power_w,
+            rs485_control=cycle.rs485_control,
+            charge_total_wh=self._charge_total_wh,
+            discharge_total_wh=self._discharge_total_wh,
+            capacity_wh=cycle.capacity_wh,
+        )
+
+    def _note_availability(self, online: bool, cycle: _Cycle, now_s: float) -> None:
+        previous = self._online
+        self._online = online
+        if online == previous:
+            return
+        if not online:
+            self._offline_since_s = now_s
+            _LOGGER.warning(
+                "Battery %s unavailable: %s", self.name, cycle.problem or "no valid reading"
+            )
+        elif previous is None:
+            _LOGGER.info("Battery %s online (SoC %.0f%%)", self.name, cycle.soc_pct or 0.0)
+        else:
+            since_s = self._offline_since_s if self._offline_since_s is not None else now_s
+            _LOGGER.info("Battery %s available again after %.1f s", self.name, now_s - since_s)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def writes_for(self, power_w: int, now_s: float) -> list[tuple[int, int]]:
+        """The (address, value) writes that make the battery run ``power_w`` (+ discharge).
+
+        Empty when the battery already holds it and no re-assert is due. Raises
+        ``TypeError`` for a non-int power (bad input never becomes a setpoint).
+        """
+        target = setpoint_writes(_check_power(power_w))
+        writes: list[tuple[int, int]] = []
+        take_control = self._control not in (ControlState.WRITTEN, ControlState.CONFIRMED)
+        if take_control:
+            writes.append((REG_RS485_CONTROL, RS485_ENABLE))
+        reassert_due = self._full_write_s is None or now_s - self._full_write_s >= self.reassert_s
+        if take_control or reassert_due or not self._held.keys() >= _SETPOINT_REGS:
+            writes.extend(target)
+        else:
+            writes.extend((reg, value) for reg, value in target if self._held.get(reg) != value)
+        return writes
+
+    def release_writes(self) -> list[tuple[int, int]]:
+        """Idle (all three setpoint registers), then hand control back (42000 = 0x55BB)."""
+        return [*setpoint_writes(0), (REG_RS485_CONTROL, RS485_DISABLE)]
+
+    def on_written(self, writes: Iterable[tuple[int, int]], now_s: float) -> None:
+        """Record the writes of one batch the battery acknowledged (a prefix is fine).
+
+        Call once per batch, before ``on_write_failed`` if a later write failed: a batch
+        holding all three setpoint registers restarts the re-assert timer.
+        """
+        done = list(writes)
+        for address, value in done:
+            if address == REG_RS485_CONTROL:
+                if value == RS485_ENABLE:
+                    self._control = ControlState.WRITTEN  # read back in the next cycle
+                elif value == RS485_DISABLE:
+                    self._control = ControlState.RELEASED
+            elif address in _SETPOINT_REGS:
+                self._held[address] = value
+        if {address for address, _ in done} >= _SETPOINT_REGS:
+            self._full_write_s = now_s
+
+    def on_write_failed(self, now_s: float) -> None:
+        """A write failed: what the battery holds is unknown, so the next command goes in full."""
+        del now_s
+        self._held.clear()
+        self._full_write_s = None
+
+
+def _counter_wh(raw: int) -> float | None:
+    return None if raw == _U32_GARBAGE else raw * _WH_PER_COUNTER_UNIT
+
+
+class MarstekBattery:
+    """One Venus E over Modbus TCP (pymodbus), running a ``VenusCommander``.
+
+    Never raises for device trouble: ``read`` reports ``online=False``, ``apply`` and
+    ``release`` return False. Every request is bounded by ``timeout_s`` (real firmware
+    stalls up to ~4.5 s; a stall costs one offline cycle, never a guessed value) and
+    preceded by at least ``message_gap_s`` of silence. A failed connect waits
+    ``backoff_initial_s``, doubling up to ``backoff_max_s``, before the next attempt;
+    the wait is a check against the injected clock, so a dead battery never blocks the
+    caller. After ``max_failed_requests`` failures in a row the connection is dropped and
+    re-opened (a half-open TCP link otherwise only ever times out).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int = 502,
+        unit_id: int = 1,
+        *,
+        clock: Clock,
+        message_gap_s: float = 0.05,
+        timeout_s: float = 1.0,
+        reassert_s: float = 30.0,
+        control_recheck_s: float = 60.0,
+        counters_interval_s: float = 10.0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        max_failed_requests: int = 3,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ConfigError("port", f"must be 0..65535, got {port}")
+        if not 0 <= unit_id <= 247:
+            raise ConfigError("unit_id", f"must be 0..247, got {unit_id}")
+        if timeout_s <= 0:
+            raise ConfigError("timeout_s", f"must be > 0, got {timeout_s}")
+        if message_gap_s < 0:
+            raise ConfigError("message_gap_s", f"must be >= 0, got {message_gap_s}")
+        if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
+            raise ConfigError("backoff_s", "need 0 < backoff_initial_s <= backoff_max_s")
+        if max_failed_requests < 1:
+            raise ConfigError("max_failed_requests", f"must be >= 1, got {max_failed_requests}")
+        self.name = name
+        self.host = host
+        self.port = port
+        self.unit_id = unit_id
+        self.commander = VenusCommander(
+            name,
+            reassert_s=reassert_s,
+            control_recheck_s=control_recheck_s,
+            counters_interval_s=counters_interval_s,
+        )
+        self.reads = 0  # read requests issued
+        self.writes = 0  # write requests issued
+        self.connects = 0  # connection attempts
+        self._clock = clock
+        self._gap_s = message_gap_s
+        self._timeout_s = timeout_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._max_failed_requests = max_failed_requests
+        self._client: AsyncModbusTcpClient | None = None
+        self._next_connect_s = float("-inf")
+        self._backoff_s = 0.0
+        self._failed_requests = 0
+        self._fresh = False  # connected, but no request answered yet
+        self._last_io_s: float | None = None
+        self._writes_failing = False
+        # read/apply/release of one battery must not interleave on its single connection.
+        self._lock = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    async def connect(self) -> bool:
+        """Open the connection now (ignoring any backoff). False if the battery is not there."""
+        async with self._lock:
+            try:
+                await self._ensure_connected(ignore_backoff=True)
+            except DeviceError as exc:
+                _LOGGER.debug("Battery %s: %s", self.name, exc)
+                return False
+            return True
+
+    async def read(self, now_s: float | None = None) -> BatteryTelemetry:
+        """One read cycle. ``now_s`` stamps the cycle (default: the clock's now)."""
+        async with self._lock:
+            stamp = self._clock.now() if now_s is None else now_s
+            commander = self.commander
+            blocks = commander.reads_due(stamp)
+            try:
+                await self._ensure_connected()
+                for address, count in blocks:
+                    values = await self._read_block(address, count)
+                    commander.on_read(address, values, stamp)
+            except DeviceError as exc:
+                commander.on_read_failed(stamp, str(exc))
+            return commander.telemetry(stamp)
+
+    async def apply(self, power_w: int) -> bool:
+        """Command ``power_w`` (+ discharge, - charge, 0 idle); sends only what is needed.
+
+        True when the battery acknowledged every write (or none was needed). Raises
+        ``TypeError`` for a non-int power before anything is sent.
+        """
+        _check_power(power_w)
+        async with self._lock:
+            try:
+                # Connect before deciding: a new connection forgets what the battery holds,
+                # and the writes must then include taking control again.
+                await self._ensure_connected()
+            except DeviceError as exc:
+                self.commander.on_write_failed(self._clock.now())
+                self._note_write_result(ok=False, reason=str(exc))
+                return False
+            writes = self.commander.writes_for(power_w, self._clock.now())
+            if not writes:
+                return True
+            ok, reason = await self._send(writes, stop_at_failure=True)
+            self._note_write_result(ok=ok, reason=reason)
+            return ok
+
+    async def release(self) -> bool:
+        """Idle, then hand the battery back to its own logic (42000 = 0x55BB).
+
+        Best effort on shutdown: connects regardless of backoff and tries every write
+        even if an earlier one failed (a released battery runs its own safe logic).
+        """
+        async with self._lock:
+            writes = self.commander.release_writes()
+            try:
+                await self._ensure_connected(ignore_backoff=True)
+            except DeviceError as exc:
+                _LOGGER.warning("Battery %s not released: %s", self.name, exc)
+                return False
+            ok, reason = await self._send(writes, stop_at_failure=False)
+            if not ok:
+                _LOGGER.warning("Battery %s: release incomplete: %s", self.name, reason)
+            return ok
+
+    async def close(self) -> None:
+        """Close the connection (no writes; call ``release`` first on shutdown)."""
+        async with self._lock:
+            self._drop_client()
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _send(
+        self, writes: list[tuple[int, int]], *, stop_at_failure: bool
+    ) -> tuple[bool, str]:
+        """Write in order; returns (all acknowledged, the last failure's reason)."""
+        done: list[tuple[int, int]] = []
+        ok = True
+        reason = ""
+        for address, value in writes:
+            try:
+                if not stop_at_failure:  # release: re-open a connection lost mid-way
+                    await self._ensure_connected(ignore_backoff=True)
+                await self._write_register(address, value)
+            except DeviceError as exc:
+                ok = False
+                reason = str(exc)
+                _LOGGER.debug("Battery %s: write %d=%d failed: %s", self.name, address, value, exc)
+                if stop_at_failure:
+                    break
+            else:
+                done.append((address, value))
+        # One batch for the commander: a full setpoint set restarts the re-assert timer.
+        self.commander.on_written(done, self._clock.now())
+        if not ok:
+            self.commander.on_write_failed(self._clock.now())
+        return ok, reason
+
+    def _note_write_result(self, *, ok: bool, reason: str) -> None:
+        if ok == (not self._writes_failing):
+            return
+        self._writes_failing = not ok
+        if ok:
+            _LOGGER.info("Battery %s accepts commands again", self.name)
+        else:
+            _LOGGER.warning("Battery %s: commands failing: %s", self.name, reason)
+
+    async def _ensure_connected(self, *, ignore_backoff: bool = False) -> None:
+        if self.connected:
+            return
+        self._drop_client()
+        now_s = self._clock.now()
+        if not ignore_backoff and now_s < self._next_connect_s:
+            msg = f"reconnect to {self.host}:{self.port} in {self._next_connect_s - now_s:.1f} s"
+            raise DeviceUnavailable(msg, device=self.name)
+        # pymodbus' own retries and reconnect loop are off: this class owns both, on the
+        # injected clock. Its timeout is only a backstop behind asyncio.timeout below.
+        client = AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            name=f"marstek-{self.name}",
+            timeout=self._timeout_s * 2 + 1.0,
+            retries=0,
+            reconnect_delay=0,
+        )
+        self.connects += 1
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                ok = bool(await client.connect())
+        except (TimeoutError, OSError, ModbusException):
+            ok = False
+        if not ok:
+            client.close()
+            self._back_off()
+            msg = f"cannot connect to {self.host}:{self.port}"
+            raise DeviceUnavailable(msg, device=self.name)
+        self._client = client
+        # The backoff resets on the first answered request, not here: a device (or gateway)
+        # that accepts and then drops every connection must not be hammered each cycle.
+        self._fresh = True
+        self._failed_requests = 0
+        self._last_io_s = self._clock.now()
+        self.commander.forget()
+
+    def _back_off(self) -> None:
+        self._backoff_s = min(
+            self._backoff_max_s,
+            self._backoff_s * 2 if self._backoff_s else self._backoff_initial_s,
+        )
+        self._next_connect_s = self._clock.now() + self._backoff_s
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def _pace(self) -> None:
+        if self._last_io_s is None:
+            return
+        wait_s = self._last_io_s + self._gap_s - self._clock.now()
+        if wait_s > 0:
+            await self._clock.sleep(wait_s)
+
+    async def _request(self, what: str, call: Any, *, is_write: bool = False) -> Any:
+        """Run one request (``call`` makes the coroutine) under pacing and the timeout."""
+        client = self._client
+        if client is None:
+            raise DeviceUnavailable("not connected", device=self.name)
+        await self._pace()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await call(client)
+        except TimeoutError as exc:
+            self._request_failed()
+            msg = f"no reply to {what} within {self._timeout_s:g} s"
+            raise DeviceUnavailable(msg, device=self.name) from exc
+        except (ConnectionException, OSError) as exc:
+            self._request_failed()
+            raise DeviceUnavailable(f"{what}: connection lost ({exc})", device=self.name) from exc
+        except ModbusException as exc:
+            self._request_failed()
+            raise DeviceResponseError(f"{what}: {exc}", device=self.name) from exc
+        finally:
+            self._last_io_s = self._clock.now()
+        if reply is None or reply.isError():
+            self._request_failed()
+            code = getattr(reply, "exception_code", None)
+            if is_write:
+                msg = f"{what} refused: Modbus exception {code}"
+                raise CommandRejected(msg, device=self.name, retryable=False)
+            raise DeviceResponseError(f"{what}: Modbus exception {code}", device=self.name)
+        self._failed_requests = 0
+        self._fresh = False
+        self._backoff_s = 0.0
+        return reply
+
+    def _request_failed(self) -> None:
+        if self._fresh:  # not one answer on this connection: count it as a failed connect
+            self._fresh = False
+            self._failed_requests = 0
+            self._drop_client()
+            self._back_off()
+            return
+        self._failed_requests += 1
+        # A closed connection must be re-opened; a run of timeouts on an open one may be a
+        # half-open link that never recovers by itself.
+        if not self.connected or self._failed_requests >= self._max_failed_requests:
+            self._failed_requests = 0
+            self._drop_client()
+
+    async def _read_block(self, address: int, count: int) -> list[int]:
+        self.reads += 1
+        reply = await self._request(
+            f"read {address}+{count}",
+            lambda c: c.read_holding_registers(address, count=count, device_id=self.unit_id),
+        )
+        registers = list(getattr(reply, "registers", None) or [])
+        if len(registers) != count:
+            msg = f"read {address}: {len(registers)} registers returned, {count} asked"
+            raise DeviceResponseError(msg, device=self.name)
+        return [int(r) for r in registers]
+
+    async def _write_register(self, address: int, value: int) -> None:
+        self.writes += 1
+        reply = await self._request(
+            f"write {address}={value}",
+            lambda c: c.write_register(address, value, device_id=self.unit_id),
+            is_write=True,
+        )
+        echoed = list(getattr(reply, "registers", None) or [])
+        if getattr(reply, "address", address) != address or echoed[:1] != [value]:
+            msg = f"write {address}={value}: echo {getattr(reply, 'address', None)}={echoed}"
+            raise DeviceResponseError(msg, device=self.name)
+
+
+async def release_all(batteries: Iterable[MarstekBattery]) -> dict[str, bool]:
+    """Idle and release every battery concurrently (shutdown); one's trouble never blocks others."""
+    fleet = list(batteries)
+    results = await asyncio.gather(*(battery.release() for battery in fleet))
+    return {battery.name: ok for battery, ok in zip(fleet, results, strict=True)}

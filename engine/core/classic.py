@@ -1,0 +1,111 @@
+"""The ``classic`` policy: upstream MMBC v1.1's algorithm, reproduced as the bench baseline.
+
+3 s loop; setpoint = P1 + measured battery power; ±30 W deadband (all idle inside it);
+one battery below 2500 W chosen by SoC (charge: lowest, discharge: highest), the priority
+list cached for 5 minutes unless a cached battery becomes ineligible; above 2500 W
+``power // 2500 + 1`` batteries with an equal split, capped at 2500 W each.
+
+Faithful on purpose, gaps included: it reuses the last meter value however old it is, and
+has no rate limit, filter or hysteresis. Only the hold mode (discharge blocked) and the
+SoC eligibility of upstream are honoured.
+"""
+
+from __future__ import annotations
+
+from engine.core.battery_fsm import BatteryFsm
+from engine.core.fleet_fsm import FleetFsm, FleetState
+from engine.core.model import Mode, Plan, Snapshot
+from engine.core.settings import ControlSettings
+
+CLASSIC_PERIOD_S = 3.0
+CLASSIC_DEADBAND_W = 30
+CLASSIC_CACHE_S = 300.0
+CLASSIC_LIMIT_W = 2500
+
+
+class ClassicPolicy:
+    """Upstream MMBC v1.1, cycle for cycle."""
+
+    name = "classic"
+
+    def __init__(self, settings: ControlSettings) -> None:
+        self.settings = settings
+        self.period_s = CLASSIC_PERIOD_S
+        self.fleet = FleetFsm()
+        self._fsms = {
+            b.name: BatteryFsm(b.name, min_soc_pct=settings.min_soc_pct, max_soc_pct=100.0)
+            for b in settings.batteries
+        }
+        self._last_grid_w = 0.0  # upstream: the last known value, reused when the meter fails
+        self._cache: dict[str, tuple[tuple[str, ...], float]] = {}
+
+    def decide(self, snap: Snapshot) -> Plan:
+        if snap.grid_w is not None:
+            self._last_grid_w = snap.grid_w
+        soc: dict[str, float] = {}
+        measured = 0.0
+        for tel in snap.batteries:
+            fsm = self._fsms.get(tel.name)
+            if fsm is None:
+                continue
+            ok = tel.online and tel.soc_pct is not None and tel.power_w is not None
+            if not ok:
+                if fsm.available:
+                    fsm.lose()
+                continue
+            if not fsm.available:
+                fsm.recover()
+            assert tel.soc_pct is not None
+            assert tel.power_w is not None
+            fsm.soc_pct = tel.soc_pct
+            fsm.discharge_blocked = snap.discharge_blocked or snap.mode is Mode.HOLD
+            soc[tel.name] = tel.soc_pct
+            measured += tel.power_w
+
+        self.fleet.apply_mode(snap.mode, discharge_blocked=snap.discharge_blocked)
+        if self.fleet.state is FleetState.SELFCONTROL:
+            for name in soc:
+                self._fsms[name].follow(0)
+            return self._plan({}, release=tuple(soc))
+        if self.fleet.state is FleetState.CHARGE:
+            return self._plan({n: self._fsms[n].follow(-CLASSIC_LIMIT_W) for n in soc})
+
+        adjusted = self._last_grid_w + measured
+        setpoints = dict.fromkeys(soc, 0)
+        if abs(adjusted) > CLASSIC_DEADBAND_W:
+            discharging = adjusted > 0
+            power = abs(adjusted)
+            if discharging and self.fleet.state is FleetState.HOLD:
+                eligible: list[str] = []
+            elif discharging:
+                eligible = [n for n, s in soc.items() if s > self.settings.min_soc_pct]
+            else:
+                eligible = [n for n, s in soc.items() if s < 100.0]
+            order = self._priority(snap.now_s, eligible, soc, discharging)
+            count = min(int(power // CLASSIC_LIMIT_W) + 1, len(order))
+            if count:
+                share = min(power / count, CLASSIC_LIMIT_W)
+                sign = 1 if discharging else -1
+                for name in order[:count]:
+                    setpoints[name] = round(sign * share)
+        out = {n: self._fsms[n].follow(p) for n, p in setpoints.items()}
+        return self._plan(out)
+
+    def _priority(
+        self, now: float, eligible: list[str], soc: dict[str, float], discharging: bool
+    ) -> tuple[str, ...]:
+        key = "discharge" if discharging else "charge"
+        cached = self._cache.get(key)
+        if cached and now - cached[1] < CLASSIC_CACHE_S and all(n in eligible for n in cached[0]):
+            return cached[0]
+        order = tuple(sorted(eligible, key=lambda n: soc[n], reverse=discharging))
+        self._cache[key] = (order, now)
+        return order
+
+    def _plan(self, setpoints: dict[str, int], release: tuple[str, ...] = ()) -> Plan:
+        return Plan(
+            setpoints=setpoints,
+            fleet_state=self.fleet.state.value,
+            battery_states={n: f.state.value for n, f in self._fsms.items()},
+            release=release,
+        )

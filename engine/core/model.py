@@ -1,0 +1,75 @@
+"""The data that flows through the core: a snapshot of the world in, a plan out.
+
+Signs follow ``engine.core.units``: grid + = import, battery + = discharging.
+All times are seconds on the injected clock (``now_s``), never the wall clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Mode(StrEnum):
+    """The fleet's operating mode, as set over MQTT (``control/mode``)."""
+
+    NORMAL = "normal"  # keep the meter at zero
+    HOLD = "hold"  # charging allowed, discharge blocked
+    CHARGE = "charge"  # force-charge every battery
+    SELFCONTROL = "selfcontrol"  # release RS485 control: the batteries run their own logic
+
+
+# evcc sends battery modes as numbers 1-4.
+MODE_BY_NUMBER: dict[int, Mode] = {
+    1: Mode.NORMAL,
+    2: Mode.HOLD,
+    3: Mode.CHARGE,
+    4: Mode.SELFCONTROL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryTelemetry:
+    """What one battery reported in this cycle. ``online=False`` means the read failed."""
+
+    name: str
+    online: bool
+    soc_pct: float | None = None  # validated 0..100, else None
+    power_w: float | None = None  # measured AC power, + discharging
+    rs485_control: bool | None = None  # 42000 read back as 0x55AA; None = not read this cycle
+    charge_total_wh: float | None = None  # lifetime AC energy charged (33000)
+    discharge_total_wh: float | None = None  # lifetime AC energy discharged (33002)
+    capacity_wh: float | None = None  # 32105 as reported
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the core may decide on, gathered once per cycle by the shell."""
+
+    now_s: float
+    grid_w: float | None  # latest P1 reading, + import; None = no valid reading
+    meter_updated_s: float | None  # clock time the meter's reading last changed
+    batteries: tuple[BatteryTelemetry, ...]
+    mode: Mode = Mode.NORMAL
+    discharge_blocked: bool = False
+    pv_w: float | None = None  # production (>= 0), reporting only: never used by the control law
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the core decided. The shell writes ``setpoints`` and publishes the rest.
+
+    ``setpoints`` holds one entry per battery that must be commanded this cycle
+    (+ discharge, - charge, 0 idle). A battery without an entry gets no command
+    (it is unavailable). ``release`` names batteries to hand back to their own logic.
+    """
+
+    setpoints: dict[str, int]
+    fleet_state: str
+    battery_states: dict[str, str]
+    reasons: tuple[str, ...] = ()
+    safe_hold: bool = False
+    release: tuple[str, ...] = ()
+    quality: str | None = None  # control-quality verdict, when the policy computes one
+    grid_rms_w: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,428 @@
+"""The ``mmbc`` policy: the product's control logic with latency-aware, hunting-free control.
+
+Each call of ``decide`` is one control cycle: snapshot in, plan out, time passed in.
+
+Product rules (README "Control logic"): below the split threshold a single battery works
+(charging: lowest SoC, discharging: highest SoC); above it the power is split over all
+eligible batteries; eligibility by SoC limits; the selection is re-evaluated every
+``reselect_interval_s`` or at once when the leading battery becomes ineligible.
+
+How it keeps the meter at zero (see docs/control.md for the measurements):
+- it estimates the house's net demand at the instant the meter reading describes
+  (grid + the batteries' power at that instant) and commands that, so a correction already
+  on its way is never issued twice;
+- it acts only on new meter readings; small changes are smoothed (meter noise), large ones
+  are taken at once (load steps), oscillating loads are damped;
+- direction hysteresis, a minimum change, relay keep-alive through short idle gaps;
+- hysteresis on the split threshold and on the SoC ranking, make-before-break hand-over,
+  proportional split, charge taper near full;
+- fail-safe: a stale meter puts every battery at 0 W; an unhealthy battery gets no command;
+  a battery that does not follow is excluded for a while.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.core.allocate import Candidate, fill_in_order, priority_order, split_proportional
+from engine.core.battery_fsm import BatteryFsm, BatteryState
+from engine.core.estimator import MeterCadence, NetDemandFilter, PowerHistory
+from engine.core.fleet_fsm import FleetFsm, FleetState
+from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
+from engine.core.quality import Quality, QualityMonitor
+from engine.core.settings import BatterySpec, ControlSettings
+
+KEEPALIVE_W = 1  # "1 W keeps the battery idle with its relay engaged" (HBC, peer survey)
+FOLLOW_SETTLE_S = 8.0  # dead time + relay delay + ramp, with margin
+FOLLOW_MIN_W = 100  # below this a miss is noise, not a fault
+FOLLOW_FRACTION = 0.1  # delivering less than 10 % of the command counts as a miss
+
+
+@dataclass(slots=True)
+class _BatteryTrack:
+    """What the policy remembers about one battery between cycles."""
+
+    spec: BatterySpec
+    fsm: BatteryFsm
+    command_w: int = 0
+    command_since_s: float = 0.0
+    misses: int = 0
+    excluded_until_s: float = float("-inf")
+    last_active_s: float = float("-inf")  # last time it carried real power
+    last_direction: int = 0
+    telemetry: BatteryTelemetry | None = None
+
+
+@dataclass(slots=True)
+class _Handover:
+    outgoing: str
+    incoming: str
+    since_s: float
+
+
+@dataclass(slots=True)
+class _Memory:
+    target_w: float = 0.0  # fleet setpoint, + discharge
+    direction: int = 0
+    split: bool = False
+    handover: _Handover | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def healthy(t: BatteryTelemetry) -> bool:
+    """A battery may be commanded only when it answered with a plausible SoC and power."""
+    return t.online and t.soc_pct is not None and t.power_w is not None
+
+
+def charge_limit_w(spec: BatterySpec, soc_pct: float, settings: ControlSettings) -> float:
+    """Charge power allowed at ``soc_pct``: tapered near full (battery care)."""
+    limit = float(spec.max_charge_w)
+    if soc_pct >= settings.taper_full_soc_pct:
+        limit = min(limit, settings.taper_full_power_w)
+    elif soc_pct >= settings.taper_soc_pct:
+        limit = min(limit, settings.taper_power_w)
+    return limit
+
+
+class MmbcPolicy:
+    """MMBC's own policy. Stateful between cycles, but pure: no I/O, no clock of its own."""
+
+    name = "mmbc"
+
+    def __init__(self, settings: ControlSettings) -> None:
+        self.settings = settings
+        self.period_s = settings.loop_period_s
+        self.fleet = FleetFsm()
+        self._tracks = {
+            spec.name: _BatteryTrack(
+                spec=spec,
+                fsm=BatteryFsm(
+                    spec.name, min_soc_pct=settings.min_soc_pct, max_soc_pct=settings.max_soc_pct
+                ),
+            )
+            for spec in settings.batteries
+        }
+        self._history = PowerHistory()
+        self._cadence = MeterCadence()
+        self._filter = NetDemandFilter(
+            step_threshold_w=settings.step_threshold_w, alpha=settings.noise_alpha
+        )
+        self._quality = QualityMonitor()
+        self._mem = _Memory()
+
+    # ------------------------------------------------------------------ the cycle
+    def decide(self, snap: Snapshot) -> Plan:
+        now = snap.now_s
+        reasons: list[str] = []
+        self._sync_batteries(snap, reasons)
+        usable = [t for t in self._tracks.values() if t.fsm.available]
+        fleet_power_w = sum(
+            t.telemetry.power_w or 0.0 for t in usable if t.telemetry is not None
+        )
+        self._history.add(now, fleet_power_w)
+        new_reading = self._cadence.observe(snap.meter_updated_s)
+
+        if snap.mode is Mode.SELFCONTROL:
+            self.fleet.apply_mode(snap.mode, discharge_blocked=snap.discharge_blocked)
+            for t in usable:
+                t.fsm.follow(0)
+                t.command_w = 0
+            return self._plan({}, reasons, release=tuple(t.spec.name for t in usable))
+
+        stale_limit = self._cadence.stale_limit_s(self.settings.stale_after_s)
+        if (
+            snap.grid_w is None
+            or snap.meter_updated_s is None
+            or now - snap.meter_updated_s > stale_limit
+        ):
+            return self._safe_hold(snap, usable, reasons, "meter stale: every battery at 0 W")
+
+        self.fleet.apply_mode(snap.mode, discharge_blocked=snap.discharge_blocked)
+        if new_reading:
+            self._quality.add(now, snap.grid_w - self.settings.grid_target_w)
+
+        if self.fleet.state is FleetState.CHARGE:
+            setpoints = self._force_charge(usable)
+            return self._plan(setpoints, reasons)
+
+        if new_reading:
+            self._update_target(snap)
+        setpoints = self._allocate(now, usable, snap.discharge_blocked, reasons)
+        return self._plan(setpoints, reasons)
+
+    # ------------------------------------------------------------------ health
+    def _sync_batteries(self, snap: Snapshot, reasons: list[str]) -> None:
+        now = snap.now_s
+        seen = {t.name: t for t in snap.batteries}
+        for name, track in self._tracks.items():
+            tel = seen.get(name)
+            track.telemetry = tel
+            fsm = track.fsm
+            fsm.discharge_blocked = snap.discharge_blocked or snap.mode is Mode.HOLD
+            if tel is None or not healthy(tel):
+                if fsm.available:
+                    fsm.lose()
+                    reasons.append(f"{name} unavailable: no valid reading")
+                track.command_w = 0
+                track.misses = 0
+                continue
+            if not fsm.available:
+                fsm.recover()
+                reasons.append(f"{name} available again")
+                track.command_w = 0
+                track.command_since_s = now
+            fsm.soc_pct = tel.soc_pct
+            self._check_following(track, tel, now, reasons)
+
+    def _check_following(
+        self, track: _BatteryTrack, tel: BatteryTelemetry, now: float, reasons: list[str]
+    ) -> None:
+        """Battery acknowledges but does not deliver: exclude it for a while (logged once)."""
+        cmd = track.command_w
+        if abs(cmd) < FOLLOW_MIN_W or now - track.command_since_s < FOLLOW_SETTLE_S:
+            return
+        soc = tel.soc_pct if tel.soc_pct is not None else 50.0
+        # The firmware's own SoC cut-offs stop it near the limits: not a fault.
+        if (cmd > 0 and soc <= self.settings.min_soc_pct + 2) or (
+            cmd < 0 and soc >= self.settings.max_soc_pct - 2
+        ):
+            return
+        delivered = (tel.power_w or 0.0) * (1 if cmd > 0 else -1)
+        if delivered < FOLLOW_FRACTION * abs(cmd):
+            track.misses += 1
+            if track.misses >= self.settings.not_following_cycles:
+                track.excluded_until_s = now + self.settings.not_following_exclude_s
+                track.misses = 0
+                reasons.append(
+                    f"{track.spec.name} excluded for {self.settings.not_following_exclude_s:.0f} s:"
+                    f" delivers {tel.power_w:.0f} W of {cmd} W commanded"
+                )
+        else:
+            track.misses = 0
+
+    # ------------------------------------------------------------------ safety
+    def _safe_hold(
+        self, snap: Snapshot, usable: list[_BatteryTrack], reasons: list[str], why: str
+    ) -> Plan:
+        if self.fleet.state is not FleetState.SAFE_HOLD:
+            reasons.append(why)
+        self.fleet.enter_safe_hold()
+        self._filter.reset()
+        self._mem.target_w = 0.0
+        self._mem.handover = None
+        setpoints: dict[str, int] = {}
+        for t in usable:
+            t.fsm.follow(0)
+            self._set_command(t, 0, snap.now_s)
+            setpoints[t.spec.name] = 0
+        return self._plan(setpoints, reasons, safe=True)
+
+    def _force_charge(self, usable: list[_BatteryTrack]) -> dict[str, int]:
+        setpoints: dict[str, int] = {}
+        for t in usable:
+            soc = t.fsm.soc_pct if t.fsm.soc_pct is not None else 100.0
+            want = -round(charge_limit_w(t.spec, soc, self.settings))
+            setpoints[t.spec.name] = t.fsm.follow(want)
+        return setpoints
+
+    # ------------------------------------------------------------------ control law
+    def _update_target(self, snap: Snapshot) -> None:
+        """New meter reading: re-estimate the house's demand at the instant it describes."""
+        assert snap.grid_w is not None
+        assert snap.meter_updated_s is not None
+        s = self.settings
+        described_s = snap.meter_updated_s - s.meter_latency_s - 0.5 * self.period_s
+        battery_then = self._history.at(described_s) or 0.0
+        net_w = snap.grid_w + battery_then
+        est = self._filter.update(snap.now_s, net_w)
+        target = est - s.grid_target_w
+        if abs(target - self._mem.target_w) >= s.min_change_w or (
+            target != 0 and self._mem.target_w == 0
+        ):
+            self._mem.target_w = target
+
+    def _allocate(
+        self, now: float, usable: list[_BatteryTrack], blocked: bool, reasons: list[str]
+    ) -> dict[str, int]:
+        s = self.settings
+        mem = self._mem
+        target = mem.target_w
+        direction = 1 if target > s.idle_band_w else -1 if target < -s.idle_band_w else 0
+        if direction > 0 and (blocked or self.fleet.state is FleetState.HOLD):
+            direction = 0
+        candidates = self._candidates(now, usable, direction) if direction else []
+        if direction and not candidates:
+            direction = 0
+
+        setpoints: dict[str, float] = {}
+        if direction:
+            magnitude = abs(target)
+            order = self._select(now, candidates, direction, reasons)
+            by_name = {c.name: c for c in candidates}
+            ordered = [by_name[n] for n in order]
+            threshold = s.split_threshold_w - (s.split_hysteresis_w if mem.split else 0)
+            mem.split = magnitude > threshold and len(ordered) > 1
+            if mem.split:
+                setpoints = split_proportional(magnitude, ordered)
+            else:
+                setpoints = fill_in_order(magnitude, ordered)
+                setpoints = self._handover(now, ordered, setpoints, magnitude)
+            setpoints = {n: direction * p for n, p in setpoints.items()}
+            mem.direction = direction
+
+        wants_blocked_discharge = target > s.idle_band_w and (
+            blocked or self.fleet.state is FleetState.HOLD
+        )
+        eligible = {c.name for c in candidates}
+        out: dict[str, int] = {}
+        for t in usable:
+            name = t.spec.name
+            want = round(setpoints.get(name, 0.0))
+            reason: str | None = None
+            if want != 0:
+                t.last_active_s = now
+                t.last_direction = 1 if want > 0 else -1
+            elif wants_blocked_discharge:
+                reason = "blocked"
+            elif now < t.excluded_until_s or (direction and name not in eligible):
+                reason = "ineligible"
+            else:
+                want = self._keepalive(t, now, direction, blocked)
+            allowed = t.fsm.follow(want, reason=reason)
+            self._set_command(t, allowed, now)
+            out[name] = allowed
+        return out
+
+    def _candidates(
+        self, now: float, usable: list[_BatteryTrack], direction: int
+    ) -> list[Candidate]:
+        s = self.settings
+        out = []
+        for t in usable:
+            soc = t.fsm.soc_pct
+            if soc is None or now < t.excluded_until_s:
+                continue
+            if direction > 0 and soc > s.min_soc_pct:
+                out.append(Candidate(t.spec.name, soc, float(t.spec.max_discharge_w)))
+            elif direction < 0 and soc < s.max_soc_pct:
+                out.append(Candidate(t.spec.name, soc, charge_limit_w(t.spec, soc, s)))
+        return out
+
+    def _select(
+        self, now: float, candidates: list[Candidate], direction: int, reasons: list[str]
+    ) -> tuple[str, ...]:
+        """The leader order, cached for ``reselect_interval_s`` (product rule)."""
+        s = self.settings
+        sel = self.fleet.selection
+        names = {c.name for c in candidates}
+        due = (
+            sel.direction != direction
+            or now - sel.chosen_s >= s.reselect_interval_s
+            or not sel.order
+            or sel.order[0] not in names
+        )
+        if not due:
+            kept = tuple(n for n in sel.order if n in names)
+            missing = tuple(n for n in priority_order(candidates, direction) if n not in kept)
+            return kept + missing
+        fresh = priority_order(candidates, direction)
+        if sel.direction == direction and sel.order and sel.order[0] in names:
+            # SoC hysteresis: keep the current leader unless another is clearly better.
+            soc = {c.name: c.soc_pct for c in candidates}
+            leader, best = sel.order[0], fresh[0]
+            if direction * (soc[best] - soc[leader]) < s.soc_hysteresis_pct:
+                fresh = (leader, *tuple(n for n in fresh if n != leader))
+        if sel.order and fresh[0] != sel.order[0] and sel.direction == direction:
+            old = sel.order[0]
+            if old in names and self._tracks[old].command_w != 0:
+                self._mem.handover = _Handover(outgoing=old, incoming=fresh[0], since_s=now)
+            reasons.append(f"leader {old} -> {fresh[0]}")
+        sel.direction = direction
+        sel.order = fresh
+        sel.chosen_s = now
+        return fresh
+
+    def _handover(
+        self, now: float, ordered: list[Candidate], setpoints: dict[str, float], magnitude: float
+    ) -> dict[str, float]:
+        """Make-before-break: the outgoing leader covers what the incoming one can't yet."""
+        ho = self._mem.handover
+        if ho is None:
+            return setpoints
+        names = {c.name for c in ordered}
+        incoming = self._tracks.get(ho.incoming)
+        if (
+            ho.outgoing not in names
+            or incoming is None
+            or ordered[0].name != ho.incoming
+            or now - ho.since_s > self.settings.handover_timeout_s
+        ):
+            self._mem.handover = None
+            return setpoints
+        delivered = abs(incoming.telemetry.power_w or 0.0) if incoming.telemetry else 0.0
+        if delivered >= 0.9 * setpoints.get(ho.incoming, 0.0):
+            self._mem.handover = None
+            return setpoints
+        out = dict(setpoints)
+        limit = next(c.limit_w for c in ordered if c.name == ho.outgoing)
+        out[ho.outgoing] = min(limit, max(0.0, magnitude - delivered))
+        return out
+
+    def _keepalive(self, t: _BatteryTrack, now: float, direction: int, blocked: bool) -> int:
+        """1 W in the last direction keeps the relay engaged through a short idle gap."""
+        if now - t.last_active_s > self.settings.relay_hold_s or t.last_direction == 0:
+            return 0
+        if direction and direction != t.last_direction:
+            return 0  # the fleet reversed: this battery rests for real
+        if t.last_direction > 0 and blocked:
+            return 0
+        return KEEPALIVE_W * t.last_direction
+
+    def _set_command(self, t: _BatteryTrack, power_w: int, now: float) -> None:
+        if power_w != t.command_w:
+            if (power_w > 0) != (t.command_w > 0) or abs(power_w - t.command_w) > 200:
+                t.command_since_s = now
+            t.command_w = power_w
+
+    # ------------------------------------------------------------------ output
+    def _plan(
+        self,
+        setpoints: dict[str, int],
+        reasons: list[str],
+        *,
+        safe: bool = False,
+        release: tuple[str, ...] = (),
+    ) -> Plan:
+        limited = self._limited()
+        if safe:
+            quality = Quality.SAFE_HOLD
+        elif self.fleet.state is FleetState.SELFCONTROL:
+            quality = Quality.IDLE
+        else:
+            quality = self._quality.verdict(limited=limited)
+        return Plan(
+            setpoints=setpoints,
+            fleet_state=self.fleet.state.value,
+            battery_states={n: t.fsm.state.value for n, t in self._tracks.items()},
+            reasons=tuple(reasons),
+            safe_hold=safe,
+            release=release,
+            quality=quality.value,
+            grid_rms_w=self._quality.rms_w(),
+            extra={"target_w": self._mem.target_w},
+        )
+
+    def _limited(self) -> bool:
+        """True when the fleet cannot deliver what the house needs (full, empty, at max)."""
+        target = self._mem.target_w
+        if abs(target) <= self.settings.idle_band_w:
+            return False
+        active = [
+            t
+            for t in self._tracks.values()
+            if t.fsm.state in (BatteryState.CHARGING, BatteryState.DISCHARGING)
+        ]
+        capacity = sum(
+            t.spec.max_discharge_w if target > 0 else t.spec.max_charge_w for t in active
+        )
+        return not active or abs(target) > capacity

@@ -1,0 +1,484 @@
+"""Simulated HomeWizard meters: the P1 dongle at the grid connection, a kWh meter on the PV.
+
+Pure models (no I/O, no clock): the replay harness feeds the true power at every plant step with
+``observe(now_s, power_w)``; the model samples it every ``interval_s`` (the instantaneous value at
+the sample instant, plus Gaussian noise), and a sample becomes visible ``latency_s`` after the
+instant it describes. ``respond_data``/``respond_device`` decide what the HTTP API answers,
+including scripted faults; ``sim.meter_server`` only puts that on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sim.params import MeterParams
+
+# What the fault-injection layer may switch on (``Fault.kind`` with or without "meter_").
+FAULT_MODES = frozenset({"outage", "http_error", "garbage", "frozen", "api_disabled"})
+# The real device's answer when the local API is switched off (docs/v1/error-handling.mdx).
+API_DISABLED_BODY = '{"error":{"id":202,"description":"API not enabled"}}'
+QUARTER_S = 900.0  # capacity-tariff averaging window (Belgian meters' active_power_average_w)
+GAS_INTERVAL_S = 300.0  # DSMR 5 gas reading period
+NOMINAL_V = 230.0
+# Meter time at now_s = 0: a Monday 00:00, so tariffs and timestamps are reproducible.
+DEFAULT_START = datetime(2024, 6, 3, tzinfo=UTC)
+# How a three-phase house's power splits over L1/L2/L3 (the sim has no per-phase model).
+PHASE_SPLIT = (0.5, 0.3, 0.2)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterResponse:
+    """One HTTP answer; ``None`` in its place means the device does not answer at all."""
+
+    status: int
+    body: str
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample:
+    """What the meter measured at ``at_s`` (counters in kWh as served, before rounding)."""
+
+    at_s: float
+    power_w: float  # as served: integer watts on the P1, 3 decimals on a kWh meter
+    phase_w: tuple[float, ...]
+    voltage_v: tuple[float, ...]
+    frequency_hz: float
+    tariff: int
+    import_kwh: tuple[float, float]  # T1, T2
+    export_kwh: tuple[float, float]
+    average_w: float  # running average import power of the current quarter hour
+    peak_w: float  # highest completed quarter-hour average this run
+    peak_at_s: float
+
+    @property
+    def grid_w(self) -> float:
+        """The P1's name for ``power_w``: + import."""
+        return self.power_w
+
+
+def _stamp(start: datetime, at_s: float) -> int:
+    """DSMR timestamp YYMMDDhhmmss as the API serves it (an integer)."""
+    return int((start + timedelta(seconds=at_s)).strftime("%y%m%d%H%M%S"))
+
+
+def _walk(rng: random.Random, value: float, centre: float, step: float, digits: int) -> float:
+    """Mean-reverting random walk, rounded, that never repeats the previous value.
+
+    A live meter never serves the same body twice; a frozen-meter detector relies on it.
+    """
+    new = round(value + 0.2 * (centre - value) + rng.gauss(0.0, step), digits)
+    if new == round(value, digits):
+        new = round(value + (10**-digits if value < centre else -(10**-digits)), digits)
+    return new
+
+
+class _SampledMeter(ABC):
+    """Sampling, latency, energy counters and fault responses shared by both meter kinds."""
+
+    def __init__(
+        self,
+        params: MeterParams,
+        rng_seed: int | None,
+        *,
+        start: datetime,
+        import_kwh: tuple[float, float],
+        export_kwh: tuple[float, float],
+        serial: str,
+        wifi_ssid: str,
+    ) -> None:
+        if params.interval_s <= 0 or params.latency_s < 0 or params.noise_w < 0:
+            msg = f"invalid meter params {params}"
+            raise ValueError(msg)
+        self.params = params
+        self.serial = serial
+        self.wifi_ssid = wifi_ssid
+        self._rng = random.Random(params.seed if rng_seed is None else rng_seed)
+        self._start = start
+        self._start_import_kwh = import_kwh
+        self._start_export_kwh = export_kwh
+        # True plant state, integrated exactly between observations (power held in between).
+        self._t_s: float | None = None
+        self._power_w = 0.0
+        self._import_wh = [0.0, 0.0]
+        self._export_wh = [0.0, 0.0]
+        self._quarter_import_wh = 0.0
+        self._peak_w = 0.0
+        self._peak_at_s = 0.0
+        self._next_k = 0
+        self._pending: deque[MeterSample] = deque()
+        self._visible: MeterSample | None = None
+        self._fault: str | None = None
+        self._garbage_n = 0
+        self._last_body: str | None = None
+        self._frozen_body: str | None = None
+        self.data_requests = 0
+
+    # -- plant side ------------------------------------------------------------------------
+
+    def observe(self, now_s: float, power_w: float) -> None:
+        """The true power from ``now_s`` on (held until the next call). Times never go back."""
+        if self._t_s is None:
+            self._t_s = now_s
+            self._next_k = math.ceil(now_s / self.params.interval_s - 1e-9)
+        elif now_s < self._t_s:
+            msg = f"meter observed at {now_s} after {self._t_s}"
+            raise ValueError(msg)
+        self._sample_until(now_s, inclusive=False)  # instants before now_s saw the old power
+        self._advance(now_s)
+        self._power_w = float(power_w)
+        self._sample_until(now_s, inclusive=True)
+
+    def latest(self, now_s: float) -> MeterSample | None:
+        """The newest reading visible at ``now_s`` (None before the first)."""
+        if self._t_s is not None and now_s - self.params.latency_s >= self._t_s:
+            # The power is held since the last observation, so due samples can be taken now.
+            self._sample_until(now_s - self.params.latency_s, inclusive=True)
+        while self._pending and self._pending[0].at_s + self.params.latency_s <= now_s + 1e-9:
+            self._visible = self._pending.popleft()
+        return self._visible
+
+    def _sample_until(self, until_s: float, *, inclusive: bool) -> None:
+        while True:
+            at_s = self._next_k * self.params.interval_s
+            if at_s > until_s or (at_s == until_s and not inclusive):
+                return
+            self._advance(at_s)
+            self._pending.append(self._make_sample(at_s))
+            self._next_k += 1
+
+    def _advance(self, to_s: float) -> None:
+        """Integrate the held power up to ``to_s``, split at quarter-hour boundaries."""
+        assert self._t_s is not None
+        t_s = self._t_s
+        while t_s < to_s:
+            quarter_end_s = (math.floor(t_s / QUARTER_S) + 1) * QUARTER_S
+            seg_end_s = min(to_s, quarter_end_s)
+            energy_wh = self._power_w * (seg_end_s - t_s) / 3600.0
+            slot = self._tariff(t_s) - 1
+            if energy_wh >= 0:
+                self._import_wh[slot] += energy_wh
+                self._quarter_import_wh += energy_wh
+            else:
+                self._export_wh[slot] -= energy_wh
+            t_s = seg_end_s
+            if t_s >= quarter_end_s:
+                average_w = self._quarter_import_wh * 3600.0 / QUARTER_S
+                if average_w > self._peak_w:
+                    self._peak_w, self._peak_at_s = average_w, quarter_end_s
+                self._quarter_import_wh = 0.0
+        self._t_s = max(self._t_s, to_s)
+
+    def _counters(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        imp = self._start_import_kwh
+        exp = self._start_export_kwh
+        return (
+            (imp[0] + self._import_wh[0] / 1000.0, imp[1] + self._import_wh[1] / 1000.0),
+            (exp[0] + self._export_wh[0] / 1000.0, exp[1] + self._export_wh[1] / 1000.0),
+        )
+
+    def _quarter_average_w(self, at_s: float) -> float:
+        elapsed_s = at_s - math.floor(at_s / QUARTER_S) * QUARTER_S
+        return self._quarter_import_wh * 3600.0 / elapsed_s if elapsed_s > 0 else 0.0
+
+    def _tariff(self, at_s: float) -> int:
+        return 1
+
+    @abstractmethod
+    def _make_sample(self, at_s: float) -> MeterSample: ...
+
+    @abstractmethod
+    def data_json(self, now_s: float) -> dict[str, object]:
+        """The ``GET /api/v1/data`` body at ``now_s``, fault-free."""
+
+    @abstractmethod
+    def device_json(self) -> dict[str, object]:
+        """The ``GET /api`` body."""
+
+    # -- fault hooks (called by the fault-injection layer) ----------------------------------
+
+    @property
+    def fault(self) -> str | None:
+        return self._fault
+
+    def set_fault(self, kind: str | None) -> None:
+        """Start a fault mode from ``FAULT_MODES`` ("meter_" prefix accepted); None clears."""
+        if kind is None:
+            self.clear_fault()
+            return
+        mode = kind.removeprefix("meter_")
+        if mode not in FAULT_MODES:
+            msg = f"unknown meter fault {kind!r}; expected one of {sorted(FAULT_MODES)}"
+            raise ValueError(msg)
+        self._fault = mode
+        self._garbage_n = 0
+        self._frozen_body = None
+
+    def clear_fault(self) -> None:
+        self._fault = None
+        self._frozen_body = None
+
+    def respond_data(self, now_s: float) -> MeterResponse | None:
+        """What ``GET /api/v1/data`` answers at ``now_s``; None = no answer (outage)."""
+        self.data_requests += 1
+        if self._fault == "outage":
+            return None
+        if self._fault == "http_error":
+            return MeterResponse(500, "Internal Server Error", "text/plain")
+        if self._fault == "api_disabled":
+            return MeterResponse(403, API_DISABLED_BODY)
+        if self._fault == "garbage":
+            self._garbage_n += 1
+            if self._garbage_n % 2:
+                return MeterResponse(200, '{"wifi_ssid":"My Wi-Fi","active_power_w":-5')
+            body = self.data_json(now_s)
+            body.pop("active_power_w", None)
+            return MeterResponse(200, json.dumps(body, separators=(",", ":")))
+        if self._fault == "frozen":
+            # The dongle stops updating: it keeps serving the body it last had, byte for byte.
+            if self._frozen_body is None:
+                self._frozen_body = self._last_body or self._render(now_s)
+            return MeterResponse(200, self._frozen_body)
+        self._last_body = self._render(now_s)
+        return MeterResponse(200, self._last_body)
+
+    def respond_device(self, now_s: float) -> MeterResponse | None:
+        """What ``GET /api`` answers; it stays reachable while only the data API is disabled."""
+        if self._fault == "outage":
+            return None
+        if self._fault == "http_error":
+            return MeterResponse(500, "Internal Server Error", "text/plain")
+        return MeterResponse(200, json.dumps(self.device_json(), separators=(",", ":")))
+
+    def _render(self, now_s: float) -> str:
+        return json.dumps(self.data_json(now_s), separators=(",", ":"))
+
+
+class P1MeterModel(_SampledMeter):
+    """HomeWizard P1 meter (HWE-P1) on a DSMR 5 smart meter; ``observe`` takes grid_w (+ import)."""
+
+    def __init__(
+        self,
+        params: MeterParams | None = None,
+        rng_seed: int | None = None,
+        *,
+        phases: int = 3,
+        gas: bool = True,
+        start: datetime = DEFAULT_START,
+        import_kwh: tuple[float, float] = (10830.511, 2948.827),
+        export_kwh: tuple[float, float] = (1285.951, 2876.51),
+        serial: str = "3c39e7a1b2c3",
+        wifi_ssid: str = "My Wi-Fi",
+    ) -> None:
+        if phases not in {1, 3}:
+            msg = f"phases must be 1 or 3, not {phases}"
+            raise ValueError(msg)
+        super().__init__(
+            params or MeterParams(),
+            rng_seed,
+            start=start,
+            import_kwh=import_kwh,
+            export_kwh=export_kwh,
+            serial=serial,
+            wifi_ssid=wifi_ssid,
+        )
+        self.phases = phases
+        self.gas = gas
+        self._voltage_v = [NOMINAL_V + 0.5 * i for i in range(phases)]
+
+    def _tariff(self, at_s: float) -> int:
+        # Dutch double tariff: 2 (normal) on weekdays 07-23 h, else 1 (low).
+        t = self._start + timedelta(seconds=at_s)
+        return 2 if t.weekday() < 5 and 7 <= t.hour < 23 else 1
+
+    def _make_sample(self, at_s: float) -> MeterSample:
+        noise_w = self._rng.gauss(0.0, self.params.noise_w)
+        total_w = round(self._power_w + noise_w)
+        if self.phases == 1:
+            phase_w: tuple[float, ...] = (total_w,)
+        else:
+            l1_w = round(total_w * PHASE_SPLIT[0])
+            l2_w = round(total_w * PHASE_SPLIT[1])
+            phase_w = (l1_w, l2_w, total_w - l1_w - l2_w)
+        self._voltage_v = [_walk(self._rng, v, NOMINAL_V, 0.3, 1) for v in self._voltage_v]
+        imp, exp = self._counters()
+        return MeterSample(
+            at_s=at_s,
+            power_w=total_w,
+            phase_w=phase_w,
+            voltage_v=tuple(self._voltage_v),
+            frequency_hz=50.0,
+            tariff=self._tariff(at_s),
+            import_kwh=imp,
+            export_kwh=exp,
+            average_w=self._quarter_average_w(at_s),
+            peak_w=self._peak_w,
+            peak_at_s=self._peak_at_s,
+        )
+
+    def data_json(self, now_s: float) -> dict[str, object]:
+        sample = self.latest(now_s)
+        body: dict[str, object] = {
+            "wifi_ssid": self.wifi_ssid,
+            "wifi_strength": 100,
+            "smr_version": 50,
+            "meter_model": "ISKRA  2M550T-101",
+            "unique_id": "4D4D42432D5031",
+        }
+        if sample is None:
+            return body  # booted, no telegram yet: every measurement is absent
+        imp, exp = sample.import_kwh, sample.export_kwh
+        body |= {
+            "active_tariff": sample.tariff,
+            "total_power_import_kwh": round(imp[0] + imp[1], 3),
+            "total_power_import_t1_kwh": round(imp[0], 3),
+            "total_power_import_t2_kwh": round(imp[1], 3),
+            "total_power_export_kwh": round(exp[0] + exp[1], 3),
+            "total_power_export_t1_kwh": round(exp[0], 3),
+            "total_power_export_t2_kwh": round(exp[1], 3),
+            "active_power_w": int(sample.power_w),
+        }
+        names = range(1, self.phases + 1)
+        for n, p_w in zip(names, sample.phase_w, strict=True):
+            body[f"active_power_l{n}_w"] = int(p_w)
+        for n, v in zip(names, sample.voltage_v, strict=True):
+            body[f"active_voltage_l{n}_v"] = v
+        for n, p_w, v in zip(names, sample.phase_w, sample.voltage_v, strict=True):
+            body[f"active_current_l{n}_a"] = round(p_w / v)  # DSMR: whole amps, signed here
+        body["active_frequency_hz"] = 50
+        for n in names:
+            body[f"voltage_sag_l{n}_count"] = 1 if n < 3 else 0
+        for n in names:
+            body[f"voltage_swell_l{n}_count"] = 0
+        body |= {"any_power_fail_count": 4, "long_power_fail_count": 5}
+        if self.gas:
+            gas_at_s = math.floor(sample.at_s / GAS_INTERVAL_S) * GAS_INTERVAL_S
+            gas_m3 = round(2569.646 + 0.05 * gas_at_s / 3600.0, 3)  # ~1.2 m3/day
+            body |= {
+                "total_gas_m3": gas_m3,
+                "gas_timestamp": _stamp(self._start, gas_at_s),
+                "gas_unique_id": "4D4D42432D47",
+            }
+        body |= {
+            "active_power_average_w": round(sample.average_w, 3),
+            "montly_power_peak_w": round(sample.peak_w, 3),  # sic: the API's spelling
+            "montly_power_peak_timestamp": _stamp(self._start, sample.peak_at_s),
+        }
+        if self.gas:
+            body["external"] = [
+                {
+                    "unique_id": body["gas_unique_id"],
+                    "type": "gas_meter",
+                    "timestamp": body["gas_timestamp"],
+                    "value": body["total_gas_m3"],
+                    "unit": "m3",
+                }
+            ]
+        return body
+
+    def device_json(self) -> dict[str, object]:
+        return {
+            "product_type": "HWE-P1",
+            "product_name": "P1 Meter",
+            "serial": self.serial,
+            "firmware_version": "5.18",
+            "api_version": "v1",
+        }
+
+
+class KwhMeterModel(_SampledMeter):
+    """HomeWizard kWh meter (HWE-KWH1, 1 phase) on the PV inverter.
+
+    ``observe`` takes ``active_power_w`` as the meter sees it: negative while the inverter
+    produces (energy flows in the export direction); ``observe_pv`` takes PV power >= 0.
+    """
+
+    def __init__(
+        self,
+        params: MeterParams | None = None,
+        rng_seed: int | None = None,
+        *,
+        start: datetime = DEFAULT_START,
+        import_kwh: float = 122.376,
+        export_kwh: float = 579.813,
+        serial: str = "3c39e7d4e5f6",
+        wifi_ssid: str = "My Wi-Fi",
+    ) -> None:
+        super().__init__(
+            params or MeterParams(),
+            rng_seed,
+            start=start,
+            import_kwh=(import_kwh, 0.0),
+            export_kwh=(export_kwh, 0.0),
+            serial=serial,
+            wifi_ssid=wifi_ssid,
+        )
+        self._voltage = NOMINAL_V
+        self._frequency_hz = 50.0
+
+    def observe_pv(self, now_s: float, pv_w: float) -> None:
+        """PV production (>= 0) from ``now_s`` on; the meter reads it as negative power."""
+        self.observe(now_s, -pv_w)
+
+    def _make_sample(self, at_s: float) -> MeterSample:
+        power_w = round(self._power_w + self._rng.gauss(0.0, self.params.noise_w), 3)
+        self._voltage = _walk(self._rng, self._voltage, NOMINAL_V, 0.3, 3)
+        self._frequency_hz = _walk(self._rng, self._frequency_hz, 50.0, 0.01, 3)
+        imp, exp = self._counters()
+        return MeterSample(
+            at_s=at_s,
+            power_w=power_w,
+            phase_w=(power_w,),
+            voltage_v=(self._voltage,),
+            frequency_hz=self._frequency_hz,
+            tariff=1,
+            import_kwh=imp,
+            export_kwh=exp,
+            average_w=0.0,
+            peak_w=0.0,
+            peak_at_s=0.0,
+        )
+
+    def data_json(self, now_s: float) -> dict[str, object]:
+        sample = self.latest(now_s)
+        body: dict[str, object] = {"wifi_ssid": self.wifi_ssid, "wifi_strength": 74}
+        if sample is None:
+            return body
+        power_w = sample.power_w
+        voltage_v = sample.voltage_v[0]
+        # An inverter's power factor drops at low output (the fixture: 0.611 at 45 W).
+        factor = min(0.99, 0.5 + abs(power_w) / 400.0)
+        apparent_va = abs(power_w) / factor
+        reactive_var = -math.sqrt(max(0.0, apparent_va**2 - power_w**2))
+        body |= {
+            "total_power_import_kwh": round(sample.import_kwh[0], 3),
+            "total_power_import_t1_kwh": round(sample.import_kwh[0], 3),
+            "total_power_export_kwh": round(sample.export_kwh[0], 3),
+            "total_power_export_t1_kwh": round(sample.export_kwh[0], 3),
+            "active_power_w": power_w,
+            "active_power_l1_w": power_w,
+            "active_voltage_v": voltage_v,
+            "active_current_a": round(abs(power_w) / voltage_v, 3),
+            "active_apparent_current_a": round(apparent_va / voltage_v, 3),
+            "active_reactive_current_a": round(abs(reactive_var) / voltage_v, 3),
+            "active_apparent_power_va": round(apparent_va, 3),
+            "active_reactive_power_var": round(reactive_var, 3),
+            "active_power_factor": round(factor, 3),
+            "active_frequency_hz": sample.frequency_hz,
+        }
+        return body
+
+    def device_json(self) -> dict[str, object]:
+        return {
+            "product_type": "HWE-KWH1",
+            "product_name": "kWh Meter",
+            "serial": self.serial,
+            "firmware_version": "4.19",
+            "api_version": "v1",
+        }

@@ -1,0 +1,296 @@
+"""Venus E firmware as seen over Modbus: the holding-register image and the control semantics.
+
+Used by the Modbus server and directly (in process) by the replay harness. Addresses come from
+engine/adapters/marstek_registers.py only. Behaviour follows the protocol reference, Part 1:
+force writes are acknowledged and stored but only obeyed while 42000 = 0x55AA; writing 43000
+ends RS485 control; reads of more than 32 registers get no answer at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+
+from engine.adapters import marstek_registers as reg
+from sim.battery_model import VenusE
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class FirmwareFault(enum.IntEnum):
+    """Why a request failed. Values below 0x100 are the Modbus exception code sent back."""
+
+    ILLEGAL_ADDRESS = 0x02  # unmapped register, or a write to a read-only one
+    ILLEGAL_VALUE = 0x03  # value outside the register's range (e.g. 42020 > 2500), count 0
+    NO_ANSWER = 0x100  # the device stays silent (read of > 32 registers, rebooting)
+
+
+# The brief's names for the two directions; one enum so callers can compare either way.
+ReadFault = FirmwareFault
+WriteFault = FirmwareFault
+
+DEFAULT_REBOOT_OFFLINE_S = 5.0
+SOC_GARBAGE = 0xFFFF
+AC_VOLTAGE_V = 230.0
+AC_FREQUENCY_HZ = 50.0
+DAY_S = 86_400.0
+MONTH_S = 30 * DAY_S
+WORK_MODE_MANUAL = 0
+WORK_MODE_ANTI_FEED = 1
+_MAX_WORK_MODE = 2
+_ALARM_LOW_SOC_BIT = 1 << 4  # 36000 bit 4: low battery SoC warning
+
+_READ_ONLY: frozenset[int] = frozenset(
+    [
+        *range(reg.REG_DEVICE_NAME, reg.REG_DEVICE_NAME + reg.DEVICE_NAME_REGS),
+        *range(reg.REG_BATTERY_VOLTAGE, reg.REG_CAPACITY + 1),
+        *range(reg.REG_AC_VOLTAGE, reg.REG_AC_FREQUENCY + 1),
+        *range(reg.REG_TOTAL_CHARGE, reg.REG_MONTHLY_DISCHARGE + 2),
+        reg.REG_INVERTER_STATE,
+        reg.REG_ALARMS,
+        reg.REG_ALARMS + 1,
+    ]
+)
+# Writable registers and their accepted value ranges (inclusive).
+_WRITABLE: dict[int, tuple[int, int]] = {
+    reg.REG_RS485_CONTROL: (0, 0xFFFF),  # only the two magic values; checked separately
+    reg.REG_FORCE_MODE: (reg.FORCE_STOP, reg.FORCE_DISCHARGE),
+    reg.REG_CHARGE_SETPOINT: (0, reg.MAX_SETPOINT_W),
+    reg.REG_DISCHARGE_SETPOINT: (0, reg.MAX_SETPOINT_W),
+    reg.REG_USER_WORK_MODE: (0, _MAX_WORK_MODE),
+    reg.REG_CHARGE_CUTOFF: (800, 1000),
+    reg.REG_DISCHARGE_CUTOFF: (120, 300),
+    reg.REG_MAX_CHARGE_POWER: (0, reg.MAX_SETPOINT_W),
+    reg.REG_MAX_DISCHARGE_POWER: (0, reg.MAX_SETPOINT_W),
+}
+MAPPED_REGISTERS: frozenset[int] = _READ_ONLY | frozenset(_WRITABLE)
+
+
+def _u16(value: float) -> int:
+    return min(max(round(value), 0), 0xFFFF)
+
+
+def _i16(value: float) -> int:
+    return reg.from_i16(min(max(round(value), -0x8000), 0x7FFF))
+
+
+def _u32(value: float) -> tuple[int, int]:
+    return reg.from_i32(min(max(math.floor(value), 0), 0xFFFF_FFFF))
+
+
+def _i32(value: float) -> tuple[int, int]:
+    return reg.from_i32(min(max(round(value), -0x8000_0000), 0x7FFF_FFFF))
+
+
+def encode_name(name: str, regs: int = reg.DEVICE_NAME_REGS) -> list[int]:
+    """ASCII, two characters per register, high byte first, NUL padded (and truncated)."""
+    raw = name.encode("ascii", errors="replace")[: regs * 2].ljust(regs * 2, b"\0")
+    return [(raw[i] << 8) | raw[i + 1] for i in range(0, regs * 2, 2)]
+
+
+class VenusFirmware:
+    """The register image and firmware behaviour around one ``VenusE``."""
+
+    def __init__(self, battery: VenusE) -> None:
+        self.battery = battery
+        self.control_enabled = False  # 42000 = 0x55AA (the firmware's "forced" byte)
+        self.force_mode = reg.FORCE_STOP
+        self.charge_setpoint_w = 0
+        self.discharge_setpoint_w = 0
+        self.work_mode = WORK_MODE_MANUAL  # 43000 as stored in EEPROM
+        params = battery.params
+        self.max_charge_power_w = _u16(min(params.max_charge_w, 0xFFFF))
+        self.max_discharge_power_w = _u16(min(params.max_discharge_w, 0xFFFF))
+        self.offline_until_s = -math.inf
+        self.soc_garbage = False
+        self.reads = 0
+        self.writes = 0
+        self._name_regs = encode_name(battery.name)
+        self._day_index: int | None = None
+        self._month_index: int | None = None
+        self._day_base = (0.0, 0.0)
+        self._month_base = (0.0, 0.0)
+
+    # ---------------------------------------------------------------- semantics
+    @property
+    def target_w(self) -> float:
+        """What the firmware asks the inverter for (+ discharge): idle unless RS485 control."""
+        if not self.control_enabled:
+            return 0.0  # the battery's own logic; in the simulator that is idle
+        if self.force_mode == reg.FORCE_CHARGE:
+            return -float(min(self.charge_setpoint_w, self.max_charge_power_w))
+        if self.force_mode == reg.FORCE_DISCHARGE:
+            return float(min(self.discharge_setpoint_w, self.max_discharge_power_w))
+        return 0.0
+
+    def _apply(self, now_s: float) -> None:
+        self.battery.set_target(self.target_w, now_s)
+
+    def is_offline(self, now_s: float) -> bool:
+        return now_s < self.offline_until_s
+
+    # ---------------------------------------------------------------- Modbus access
+    def read(self, address: int, count: int, now_s: float) -> list[int] | FirmwareFault:
+        """FC 3: ``count`` holding registers from ``address``, or why there is no data."""
+        self.reads += 1
+        if self.is_offline(now_s):
+            return FirmwareFault.NO_ANSWER
+        if count > reg.MAX_REGISTERS_PER_READ:
+            return FirmwareFault.NO_ANSWER
+        if count < 1:
+            return FirmwareFault.ILLEGAL_VALUE
+        if address < 0 or address + count > 0x10000:
+            return FirmwareFault.ILLEGAL_ADDRESS
+        for addr in range(address, address + count):
+            if addr not in MAPPED_REGISTERS:
+                return FirmwareFault.ILLEGAL_ADDRESS
+        image = self._image(now_s)
+        return [image[addr] for addr in range(address, address + count)]
+
+    def write(self, address: int, values: list[int], now_s: float) -> FirmwareFault | None:
+        """FC 6/16: write ``values`` from ``address``; all or nothing."""
+        self.writes += 1
+        if self.is_offline(now_s):
+            return FirmwareFault.NO_ANSWER
+        if not values:
+            return FirmwareFault.ILLEGAL_VALUE
+        for offset, value in enumerate(values):
+            addr = address + offset
+            limits = _WRITABLE.get(addr)
+            if limits is None:
+                return FirmwareFault.ILLEGAL_ADDRESS
+            if not limits[0] <= value <= limits[1]:
+                return FirmwareFault.ILLEGAL_VALUE
+            if addr == reg.REG_RS485_CONTROL and value not in (
+                reg.RS485_ENABLE,
+                reg.RS485_DISABLE,
+            ):
+                return FirmwareFault.ILLEGAL_VALUE
+        for offset, value in enumerate(values):
+            self._store(address + offset, value)
+        self._apply(now_s)
+        return None
+
+    def _store(self, address: int, value: int) -> None:
+        if address == reg.REG_RS485_CONTROL:
+            enable = value == reg.RS485_ENABLE
+            if enable != self.control_enabled:
+                _LOGGER.debug("%s: RS485 control %s", self.battery.name, enable)
+            self.control_enabled = enable
+        elif address == reg.REG_FORCE_MODE:
+            self.force_mode = value
+        elif address == reg.REG_CHARGE_SETPOINT:
+            self.charge_setpoint_w = value
+        elif address == reg.REG_DISCHARGE_SETPOINT:
+            self.discharge_setpoint_w = value
+        elif address == reg.REG_USER_WORK_MODE:
+            # One firmware byte holds both: selecting a work mode ends RS485 control.
+            self.work_mode = value
+            self.control_enabled = False
+        elif address == reg.REG_CHARGE_CUTOFF:
+            self.battery.charge_cutoff_pct = value / 10.0
+        elif address == reg.REG_DISCHARGE_CUTOFF:
+            self.battery.discharge_cutoff_pct = value / 10.0
+        elif address == reg.REG_MAX_CHARGE_POWER:
+            self.max_charge_power_w = value
+        elif address == reg.REG_MAX_DISCHARGE_POWER:
+            self.max_discharge_power_w = value
+
+    def _counters(self, now_s: float) -> tuple[float, float, float, float, float, float]:
+        """Total, daily and monthly AC charge/discharge energy in Wh."""
+        bat = self.battery
+        totals = (bat.charged_wh, bat.discharged_wh)
+        day = math.floor(now_s / DAY_S)
+        if day != self._day_index:
+            self._day_index = day
+            self._day_base = totals
+        month = math.floor(now_s / MONTH_S)
+        if month != self._month_index:
+            self._month_index = month
+            self._month_base = totals
+        return (
+            totals[0],
+            totals[1],
+            totals[0] - self._day_base[0],
+            totals[1] - self._day_base[1],
+            totals[0] - self._month_base[0],
+            totals[1] - self._month_base[1],
+        )
+
+    def _image(self, now_s: float) -> dict[int, int]:
+        bat = self.battery
+        soc_pct = bat.soc_pct
+        ac_w = bat.ac_power_w
+        dc_w = bat.dc_power_w
+        battery_v = 48.0 + 6.0 * soc_pct / 100.0  # 16s LFP, roughly linear in the mid range
+        image: dict[int, int] = {}
+        for i, word in enumerate(self._name_regs):
+            image[reg.REG_DEVICE_NAME + i] = word
+        image[reg.REG_BATTERY_VOLTAGE] = _u16(battery_v * 100.0)
+        image[reg.REG_BATTERY_CURRENT] = _i16(dc_w / battery_v * 100.0)
+        high, low = _i32(dc_w)
+        image[reg.REG_BATTERY_POWER] = high
+        image[reg.REG_BATTERY_POWER + 1] = low
+        image[reg.REG_SOC] = SOC_GARBAGE if self.soc_garbage else _u16(math.floor(soc_pct + 0.5))
+        image[reg.REG_CAPACITY] = _u16(bat.capacity_wh)
+        image[reg.REG_AC_VOLTAGE] = _u16(AC_VOLTAGE_V * 10.0)
+        image[reg.REG_AC_CURRENT] = _i16(ac_w / AC_VOLTAGE_V * 100.0)
+        high, low = _i32(ac_w)
+        image[reg.REG_AC_POWER] = high
+        image[reg.REG_AC_POWER + 1] = low
+        image[reg.REG_AC_FREQUENCY] = _u16(AC_FREQUENCY_HZ * 100.0)
+        counters = self._counters(now_s)
+        for i, energy_wh in enumerate(counters):
+            high, low = _u32(energy_wh / 10.0)  # 0.01 kWh
+            image[reg.REG_TOTAL_CHARGE + 2 * i] = high
+            image[reg.REG_TOTAL_CHARGE + 2 * i + 1] = low
+        if ac_w > 0.0:
+            state = reg.InverterState.DISCHARGE
+        elif ac_w < 0.0:
+            state = reg.InverterState.CHARGE
+        else:
+            state = reg.InverterState.STANDBY
+        image[reg.REG_INVERTER_STATE] = state
+        image[reg.REG_ALARMS] = _ALARM_LOW_SOC_BIT if bat.discharge_blocked else 0
+        image[reg.REG_ALARMS + 1] = 0
+        image[reg.REG_RS485_CONTROL] = (
+            reg.RS485_ENABLE if self.control_enabled else reg.RS485_DISABLE
+        )
+        image[reg.REG_FORCE_MODE] = self.force_mode
+        image[reg.REG_CHARGE_SETPOINT] = self.charge_setpoint_w
+        image[reg.REG_DISCHARGE_SETPOINT] = self.discharge_setpoint_w
+        # Reads back 1 (anti-feed) while RS485 control is on, like the real firmware.
+        image[reg.REG_USER_WORK_MODE] = (
+            WORK_MODE_ANTI_FEED if self.control_enabled else self.work_mode
+        )
+        image[reg.REG_CHARGE_CUTOFF] = _u16(bat.charge_cutoff_pct * 10.0)
+        image[reg.REG_DISCHARGE_CUTOFF] = _u16(bat.discharge_cutoff_pct * 10.0)
+        image[reg.REG_MAX_CHARGE_POWER] = self.max_charge_power_w
+        image[reg.REG_MAX_DISCHARGE_POWER] = self.max_discharge_power_w
+        return image
+
+    # ---------------------------------------------------------------- scripted faults
+    def reboot(self, now_s: float, offline_s: float = DEFAULT_REBOOT_OFFLINE_S) -> None:
+        """Controller reboot: output off, setpoints 0, RS485 control lost, silent for a while."""
+        _LOGGER.debug("%s: reboot for %.1f s", self.battery.name, offline_s)
+        self.control_enabled = False
+        self.force_mode = reg.FORCE_STOP
+        self.charge_setpoint_w = 0
+        self.discharge_setpoint_w = 0
+        self.offline_until_s = now_s + offline_s
+        self.battery.switch_off(now_s)
+
+    def lose_control_mode(self, now_s: float | None = None) -> None:
+        """42000 flips to 0x55BB by itself; setpoints stay stored but are no longer obeyed."""
+        self.control_enabled = False
+        when_s = now_s if now_s is not None else self.battery.time_s
+        self._apply(when_s if when_s is not None else 0.0)
+
+    def set_soc_garbage(self, garbage: bool) -> None:
+        """32104 reads 0xFFFF while set."""
+        self.soc_garbage = garbage
+
+    def set_not_following(self, not_following: bool) -> None:
+        """The battery acknowledges commands but delivers 0 W while set."""
+        self.battery.not_following = not_following

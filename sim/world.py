@@ -1,0 +1,174 @@
+"""The plant: the house (trace + scripted events), the batteries, the meters, and faults.
+
+``World.advance`` moves simulated time by one step. The same world runs under the fast
+in-process replay and behind the real sockets (``mmbc-sim serve``, ``--wire``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sim.battery_model import VenusE
+from sim.meter import P1MeterModel
+from sim.params import BATTERY_FAULTS, METER_FAULTS, Fault
+from sim.record import RunRecord
+from sim.scenario import Scenario
+from sim.traces import EventTimeline, Trace, load_trace
+from sim.venus_firmware import VenusFirmware
+
+PLANT_STEP_S = 0.5
+REBOOT_OFFLINE_S = 5.0
+
+
+def battery_name(index: int) -> str:
+    """1-based battery index to the name used by the engine's configuration."""
+    return f"battery_{index}"
+
+
+@dataclass(slots=True)
+class ActiveFault:
+    fault: Fault
+    until_s: float
+
+
+class World:
+    """Everything outside the controller, advanced in fixed plant steps."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        spec = scenario.trace
+        self.trace: Trace = load_trace(
+            spec.file,
+            pv_path=spec.pv_file,
+            load_scale=spec.load_scale,
+            pv_scale=spec.pv_scale,
+            start_s=spec.start_s,
+            duration_s=spec.duration_s,
+        )
+        self.events = EventTimeline(scenario.events)
+        self.duration_s = scenario.duration_s
+        self.firmwares: list[VenusFirmware] = []
+        for i, b in enumerate(scenario.batteries, start=1):
+            model = VenusE(b.params, b.soc_pct, battery_name(i))
+            self.firmwares.append(VenusFirmware(model))
+        self.meter = P1MeterModel(scenario.meter, scenario.seed)
+        self.pv_meter: P1MeterModel | None = (
+            P1MeterModel(scenario.meter, scenario.seed + 1, kind="kwh")
+            if scenario.pv_meter
+            else None
+        )
+        self.record = RunRecord(n_batteries=len(self.firmwares))
+        self.record.step_events = list(self.events.step_times())
+        self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
+        self._next_fault = 0
+        self.active_faults: list[ActiveFault] = []
+        self.fault_log: list[tuple[float, str, str]] = []  # (t, "start"/"end", kind)
+        self.now_s = 0.0
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def names(self) -> list[str]:
+        return [battery_name(i) for i in range(1, len(self.firmwares) + 1)]
+
+    def discharge_blocked_at(self, t_s: float) -> bool:
+        return any(start <= t_s < start + length for start, length in self.scenario.blocks)
+
+    def net_at(self, t_s: float) -> float:
+        return self.trace.net_at(t_s) + self.events.extra_w_at(t_s)
+
+    def fault_active(self, kind: str, battery: int | None = None) -> bool:
+        return any(
+            a.fault.kind == kind and (battery is None or a.fault.battery == battery)
+            for a in self.active_faults
+        )
+
+    def meter_fault(self) -> str | None:
+        for a in self.active_faults:
+            if a.fault.kind in METER_FAULTS:
+                return a.fault.kind
+        return None
+
+    # ------------------------------------------------------------------ time
+    def advance(self, dt_s: float) -> None:
+        """Apply due faults, then move the plant from ``now_s`` to ``now_s + dt_s``."""
+        t = self.now_s
+        self._update_faults(t)
+        net = self.net_at(t)
+        # The meter samples the instantaneous grid power at the start of the step.
+        inst = [fw.battery.ac_power_w for fw in self.firmwares]
+        self.meter.observe(t, net - sum(inst))
+        if self.pv_meter is not None:
+            self.pv_meter.observe_pv(t, max(0.0, self.trace.pv_at(t)))
+        means = [fw.battery.advance(t, dt_s) for fw in self.firmwares]
+        socs = [fw.battery.soc_pct for fw in self.firmwares]
+        self.record.append(
+            t, dt_s, net, means, socs, discharge_blocked=self.discharge_blocked_at(t)
+        )
+        self.now_s = t + dt_s
+
+    def finish(self) -> RunRecord:
+        rec = self.record
+        rec.conversion_loss_wh = sum(fw.battery.conversion_loss_wh for fw in self.firmwares)
+        rec.direction_changes = sum(fw.battery.direction_changes for fw in self.firmwares)
+        return rec
+
+    # ------------------------------------------------------------------ faults
+    def _update_faults(self, t: float) -> None:
+        still: list[ActiveFault] = []
+        for a in self.active_faults:
+            if t >= a.until_s:
+                self._end_fault(a.fault, t)
+            else:
+                still.append(a)
+        self.active_faults = still
+        while self._next_fault < len(self._faults) and self._faults[self._next_fault].at_s <= t:
+            fault = self._faults[self._next_fault]
+            self._next_fault += 1
+            self.active_faults.append(ActiveFault(fault, fault.at_s + fault.duration_s))
+            self._start_fault(fault, t)
+
+    def _firmware(self, fault: Fault) -> VenusFirmware | None:
+        if fault.battery is None or not 1 <= fault.battery <= len(self.firmwares):
+            return None
+        return self.firmwares[fault.battery - 1]
+
+    def _start_fault(self, fault: Fault, t: float) -> None:
+        self.fault_log.append((t, "start", fault.kind))
+        fw = self._firmware(fault)
+        if fault.kind in METER_FAULTS:
+            self.meter.set_fault(fault.kind)
+        elif fault.kind in BATTERY_FAULTS and fw is not None:
+            if fault.kind == "control_mode_lost":
+                fw.lose_control_mode()
+            elif fault.kind == "battery_reboot":
+                fw.reboot(t, min(fault.duration_s, REBOOT_OFFLINE_S))
+            elif fault.kind == "battery_not_following":
+                fw.set_not_following(True)
+            elif fault.kind == "soc_garbage":
+                fw.set_soc_garbage(True)
+            # offline / stall / exception act at the transport (see links and servers)
+
+    def _end_fault(self, fault: Fault, t: float) -> None:
+        self.fault_log.append((t, "end", fault.kind))
+        fw = self._firmware(fault)
+        if fault.kind in METER_FAULTS:
+            self.meter.set_fault(None)
+        elif fw is not None:
+            if fault.kind == "battery_not_following":
+                fw.set_not_following(False)
+            elif fault.kind == "soc_garbage":
+                fw.set_soc_garbage(False)
+
+    def transport_fault(self, battery_index: int) -> str | None:
+        """The transport-level fault of a battery (1-based), if any: offline, stall, exception."""
+        for a in self.active_faults:
+            if a.fault.battery == battery_index and a.fault.kind in (
+                "battery_offline",
+                "battery_stall",
+                "battery_exception",
+            ):
+                return a.fault.kind
+        fw = self.firmwares[battery_index - 1]
+        if fw.offline_until_s > self.now_s:
+            return "battery_offline"
+        return None

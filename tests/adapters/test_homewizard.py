@@ -1,0 +1,469 @@
+"""HomeWizard client: parsing real v1 bodies, errors, and the client against the sim meter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.adapters.homewizard import (
+    HomeWizardClient,
+    MeterApiDisabledError,
+    MeterTracker,
+    P1Reading,
+    normalise_p1_url,
+    parse_data,
+)
+from engine.errors import ConfigError, DeviceResponseError, DeviceUnavailable
+from sim.meter import KwhMeterModel, P1MeterModel
+from sim.meter_server import MeterServer, start_meter_server
+from sim.params import MeterParams
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "homewizard"
+DATA_FIXTURES = sorted(
+    p.relative_to(FIXTURES).as_posix()
+    for p in FIXTURES.glob("*/data*.json")
+    if p.parent.name != "exceptions"
+)
+BROKEN_FIXTURES = sorted(p.relative_to(FIXTURES).as_posix() for p in FIXTURES.glob("exceptions/data*"))
+
+
+def _load(rel: str) -> object:
+    return json.loads((FIXTURES / rel).read_text())
+
+
+# -- parse_data -----------------------------------------------------------------------------
+
+
+def test_fixture_sets_are_present() -> None:
+    assert len(DATA_FIXTURES) == 7
+    assert len(BROKEN_FIXTURES) == 2
+
+
+@pytest.mark.parametrize("rel", DATA_FIXTURES)
+def test_every_real_body_parses(rel: str) -> None:
+    body = _load(rel)
+    assert isinstance(body, dict)
+    reading = parse_data(body)
+    assert reading.active_power_w == float(body["active_power_w"])
+    assert reading.active_power_l1_w == body["active_power_l1_w"]
+    assert reading.total_power_import_kwh is not None
+    assert reading.total_power_export_kwh is not None
+
+
+def test_p1_three_phase_body() -> None:
+    reading = parse_data(_load("HWE-P1/data.json"))
+    assert reading == P1Reading(
+        active_power_w=-543.0,
+        total_power_import_kwh=13779.338,
+        total_power_export_kwh=0.0,
+        active_power_l1_w=-676.0,
+        active_power_l2_w=133.0,
+        active_power_l3_w=0.0,
+        fingerprint=reading.fingerprint,
+    )
+
+
+def test_single_phase_nulls_become_none_and_tariffs_sum_to_the_total() -> None:
+    reading = parse_data(_load("HWE-P1/data_single_phase.json"))
+    assert reading.active_power_l2_w is None
+    assert reading.active_power_l3_w is None
+    # No total in this variant: T1 + T2 is the total register, not T1 alone.
+    assert reading.total_power_import_kwh == pytest.approx(10830.511 + 2948.827)
+    assert reading.total_power_export_kwh == pytest.approx(1285.951 + 2876.51)
+
+
+def test_kwh_meter_on_pv_reads_negative() -> None:
+    reading = parse_data(_load("HWE-KWH1/data.json"))
+    assert reading.active_power_w == -45.252
+    assert reading.total_power_export_kwh == 579.813
+
+
+@pytest.mark.parametrize("rel", BROKEN_FIXTURES)
+def test_bodies_without_active_power_raise_a_typed_error(rel: str) -> None:
+    with pytest.raises(DeviceResponseError, match="active_power_w"):
+        parse_data(_load(rel))
+
+
+@pytest.mark.parametrize(
+    "power",
+    [None, "123", True, False, [1], {"w": 1}, math.nan, math.inf, -math.inf, 10**400],
+)
+def test_unusable_active_power_is_an_error_not_a_guess(power: object) -> None:
+    body = {"active_power_w": power, "active_power_l1_w": 100, "active_power_l2_w": 50}
+    with pytest.raises(DeviceResponseError) as info:
+        parse_data(body, device="grid")
+    assert info.value.device == "grid"
+
+
+@pytest.mark.parametrize("body", [None, [], [{"active_power_w": 1}], "x", 5, 1.5])
+def test_non_object_body_is_an_error(body: object) -> None:
+    with pytest.raises(DeviceResponseError, match="not a JSON object"):
+        parse_data(body)
+
+
+def test_bad_optional_fields_are_dropped_not_fatal() -> None:
+    reading = parse_data(
+        {
+            "active_power_w": 12,
+            "active_power_l1_w": "x",
+            "active_power_l2_w": math.nan,
+            "total_power_import_kwh": None,
+            "total_power_import_t1_kwh": 1.5,
+            "total_power_export_kwh": True,
+        }
+    )
+    assert reading.active_power_w == 12.0
+    assert reading.active_power_l1_w is None
+    assert reading.active_power_l2_w is None
+    assert reading.total_power_import_kwh == 1.5
+    assert reading.total_power_export_kwh is None
+
+
+def test_fingerprint_follows_the_whole_body() -> None:
+    body = _load("HWE-P1/data.json")
+    assert isinstance(body, dict)
+    same = parse_data(json.loads(json.dumps(body)))
+    assert parse_data(body).fingerprint == same.fingerprint
+    changed = dict(body, total_power_import_kwh=13779.339)  # power equal, counter moved
+    assert parse_data(changed).fingerprint != same.fingerprint
+    assert hash(same) == hash(parse_data(body))
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=16,
+)
+_keys = st.sampled_from(
+    [
+        "active_power_w",
+        "active_power_l1_w",
+        "active_power_l2_w",
+        "active_power_l3_w",
+        "total_power_import_kwh",
+        "total_power_import_t1_kwh",
+        "total_power_export_kwh",
+        "total_power_export_t2_kwh",
+    ]
+) | st.text(max_size=6)
+_bodies = _json | st.dictionaries(_keys, _json, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_bodies)
+def test_parse_data_never_raises_anything_but_the_typed_error(body: object) -> None:
+    try:
+        reading = parse_data(body)
+    except DeviceResponseError:
+        return
+    assert isinstance(body, dict)
+    assert math.isfinite(reading.active_power_w)
+    assert reading.active_power_w == body["active_power_w"]
+    for value in (
+        reading.active_power_l1_w,
+        reading.total_power_import_kwh,
+        reading.total_power_export_kwh,
+    ):
+        assert value is None or math.isfinite(value)
+
+
+# -- URL normalisation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given_value", "expected"),
+    [
+        ("192.168.1.5", "http://192.168.1.5/api/v1/data"),
+        (" 192.168.1.5 ", "http://192.168.1.5/api/v1/data"),
+        ("p1meter-334455.local", "http://p1meter-334455.local/api/v1/data"),
+        ("http://host", "http://host/api/v1/data"),
+        ("http://host/", "http://host/api/v1/data"),
+        ("http://host/api", "http://host/api/v1/data"),
+        ("host:8080", "http://host:8080/api/v1/data"),
+        ("http://192.168.1.5/api/v1/data", "http://192.168.1.5/api/v1/data"),
+        ("http://127.0.0.1:5000/proxy/p1", "http://127.0.0.1:5000/proxy/p1"),
+        ("http://[fe80::1]:81", "http://[fe80::1]:81/api/v1/data"),
+    ],
+)
+def test_normalise_p1_url(given_value: str, expected: str) -> None:
+    assert normalise_p1_url(given_value) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "ftp://host/x", "http://", "host:notaport", "host:99999"])
+def test_normalise_p1_url_rejects_nonsense(bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        normalise_p1_url(bad, key="P1_HOST")
+    assert info.value.key == "P1_HOST"
+
+
+# -- client against the simulated meter ------------------------------------------------------
+
+
+class _Clock:
+    """The server's notion of now, moved by the test (no real time involved)."""
+
+    def __init__(self) -> None:
+        self.t_s = 0.0
+
+    def now(self) -> float:
+        return self.t_s
+
+
+@pytest.fixture
+def clock() -> _Clock:
+    return _Clock()
+
+
+@pytest.fixture
+def p1(clock: _Clock) -> P1MeterModel:
+    """A quiet P1 meter reading 750 W, its first sample visible at the clock's start."""
+    model = P1MeterModel(MeterParams(noise_w=0.0))
+    model.observe(0.0, 750.0)
+    clock.t_s = 0.5
+    return model
+
+
+@pytest.fixture
+async def server(p1: P1MeterModel, clock: _Clock) -> AsyncIterator[MeterServer]:
+    srv = await start_meter_server(p1, now=clock.now)
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def client(server: MeterServer) -> AsyncIterator[HomeWizardClient]:
+    hw = HomeWizardClient(server.url, timeout_s=0.3)
+    yield hw
+    await hw.close()
+
+
+def _tick(model: P1MeterModel, clock: _Clock, power_w: float) -> None:
+    """One second of plant time, the sample then visible."""
+    clock.t_s += 1.0
+    model.observe(clock.t_s, power_w)
+    clock.t_s += 0.5
+    model.observe(clock.t_s, power_w)
+
+
+async def test_reads_the_live_value(
+    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+) -> None:
+    _tick(p1, clock, 750.0)
+    reading = await client.read()
+    assert reading.active_power_w == 750.0
+    assert reading.active_power_l1_w is not None
+    _tick(p1, clock, -120.0)
+    assert (await client.read()).active_power_w == -120.0
+
+
+async def test_server_url_and_device_endpoint(server: MeterServer, client: HomeWizardClient) -> None:
+    assert server.url == f"http://127.0.0.1:{server.port}/api/v1/data"
+    assert server.port > 0
+    info = await client.device()
+    assert info["product_type"] == "HWE-P1"
+    assert info["api_version"] == "v1"
+
+
+async def test_base_url_is_accepted(server: MeterServer, p1: P1MeterModel, clock: _Clock) -> None:
+    _tick(p1, clock, 42.0)
+    async with HomeWizardClient(f"127.0.0.1:{server.port}", timeout_s=0.3) as hw:
+        assert hw.url == server.url
+        assert (await hw.read()).active_power_w == 42.0
+
+
+async def test_no_sample_yet_is_a_response_error(clock: _Clock) -> None:
+    srv = await start_meter_server(P1MeterModel(), now=clock.now)
+    try:
+        async with HomeWizardClient(srv.url, timeout_s=0.3) as hw:
+            with pytest.raises(DeviceResponseError, match="active_power_w"):
+                await hw.read()
+    finally:
+        await srv.stop()
+
+
+async def test_outage_times_out_as_unavailable(p1: P1MeterModel, client: HomeWizardClient) -> None:
+    p1.set_fault("meter_outage")
+    with pytest.raises(DeviceUnavailable, match="no answer"):
+        await client.read()
+    p1.clear_fault()
+    assert (await client.read()).active_power_w == 750.0  # the connection pool recovered
+
+
+@pytest.mark.looptime
+async def test_outage_timeout_runs_on_the_loop_clock() -> None:
+    model = P1MeterModel(MeterParams(noise_w=0.0))
+    model.observe(0.0, 10.0)
+    model.set_fault("outage")
+    srv = await start_meter_server(model)
+    loop = asyncio.get_running_loop()
+    try:
+        async with HomeWizardClient(srv.url, timeout_s=30.0) as hw:
+            start_s = loop.time()
+            with pytest.raises(DeviceUnavailable):
+                await hw.read()
+            # Virtual time: 30 s of loop clock passed without 30 s of waiting.
+            assert loop.time() - start_s == pytest.approx(30.0, abs=0.5)
+    finally:
+        await srv.stop()
+
+
+async def test_refused_connection_is_unavailable() -> None:
+    srv = await start_meter_server(P1MeterModel())
+    url = srv.url
+    await srv.stop()
+    async with HomeWizardClient(url, timeout_s=0.5) as hw:
+        with pytest.raises(DeviceUnavailable, match="cannot reach"):
+            await hw.read()
+
+
+async def test_http_500_is_a_retryable_response_error(
+    p1: P1MeterModel, client: HomeWizardClient
+) -> None:
+    p1.set_fault("http_error")
+    with pytest.raises(DeviceResponseError, match="HTTP 500") as info:
+        await client.read()
+    assert info.value.retryable
+    assert not isinstance(info.value, MeterApiDisabledError)
+
+
+async def test_api_disabled_is_its_own_error(p1: P1MeterModel, client: HomeWizardClient) -> None:
+    p1.set_fault("api_disabled")
+    with pytest.raises(MeterApiDisabledError, match="enable it") as info:
+        await client.read()
+    assert info.value.device == "p1"
+
+
+async def test_wrong_path_is_a_permanent_error(server: MeterServer) -> None:
+    async with HomeWizardClient(f"{server.base_url}/api/v2/nothing", timeout_s=0.3) as hw:
+        with pytest.raises(DeviceResponseError, match="HTTP 404") as info:
+            await hw.read()
+    assert not info.value.retryable
+
+
+async def test_garbage_never_yields_a_reading(
+    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+) -> None:
+    _tick(p1, clock, 500.0)
+    p1.set_fault("garbage")
+    with pytest.raises(DeviceResponseError, match="invalid JSON"):
+        await client.read()
+    with pytest.raises(DeviceResponseError, match="active_power_w"):
+        await client.read()
+
+
+async def test_frozen_meter_stops_advancing_updated_s(
+    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+) -> None:
+    tracker = MeterTracker()
+    for _ in range(3):
+        _tick(p1, clock, 400.0)  # constant power: only the live body's small changes differ
+        tracker.update(await client.read(), clock.t_s)
+        assert tracker.updated_s == clock.t_s
+    live_s = clock.t_s
+    p1.set_fault("frozen")
+    for _ in range(5):
+        _tick(p1, clock, 900.0)
+        tracker.update(await client.read(), clock.t_s)
+    assert tracker.online
+    assert tracker.updated_s == live_s
+    assert tracker.grid_w == 400.0
+    assert tracker.age_s(clock.t_s) == pytest.approx(7.5)
+    p1.clear_fault()
+    _tick(p1, clock, 900.0)
+    tracker.update(await client.read(), clock.t_s)
+    assert tracker.updated_s == clock.t_s
+    assert tracker.grid_w == 900.0
+
+
+async def test_injected_session_is_left_open(server: MeterServer, p1: P1MeterModel) -> None:
+    async with aiohttp.ClientSession() as session:
+        hw = HomeWizardClient(server.url, session=session, timeout_s=0.3)
+        await hw.read()
+        await hw.close()
+        assert not session.closed
+        assert (await hw.read()).active_power_w == 750.0
+
+
+async def test_pv_kwh_meter_on_its_own_port(clock: _Clock) -> None:
+    pv = KwhMeterModel(MeterParams(noise_w=0.0))
+    pv.observe_pv(0.0, 1800.0)
+    clock.t_s = 1.0
+    srv = await start_meter_server(pv, now=clock.now)
+    try:
+        async with HomeWizardClient(srv.url, timeout_s=0.3, name="pv") as hw:
+            reading = await hw.read()
+            info = await hw.device()
+    finally:
+        await srv.stop()
+    assert reading.active_power_w == -1800.0
+    assert info["product_type"] == "HWE-KWH1"
+
+
+# -- MeterTracker ----------------------------------------------------------------------------
+
+
+def _reading(power_w: float, counter: float = 1.0) -> P1Reading:
+    return parse_data({"active_power_w": power_w, "total_power_import_kwh": counter})
+
+
+def test_tracker_starts_empty() -> None:
+    tracker = MeterTracker()
+    assert not tracker.online
+    assert tracker.grid_w is None
+    assert tracker.updated_s is None
+    assert tracker.age_s(10.0) is None
+
+
+def test_tracker_keeps_updated_s_for_an_identical_body() -> None:
+    tracker = MeterTracker()
+    tracker.update(_reading(100.0), 1.0)
+    tracker.update(_reading(100.0), 2.0)
+    assert tracker.updated_s == 1.0
+    assert tracker.polled_s == 2.0
+    tracker.update(_reading(100.0, counter=1.001), 3.0)  # same power, new body: alive
+    assert tracker.updated_s == 3.0
+
+
+def test_tracker_logs_once_per_availability_change(caplog: pytest.LogCaptureFixture) -> None:
+    tracker = MeterTracker("grid")
+    caplog.set_level(logging.DEBUG, logger="engine.adapters.homewizard")
+    tracker.update(_reading(100.0), 1.0)
+    assert caplog.records == []  # first contact is not a state change worth a line
+    for t in range(2, 7):
+        tracker.failed(float(t), DeviceUnavailable("timeout", device="grid"))
+    assert not tracker.online
+    assert tracker.grid_w == 100.0  # last valid value kept; staleness via updated_s/online
+    down = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(down) == 1
+    assert "grid" in down[0].getMessage()
+    for t in range(7, 10):
+        tracker.update(_reading(float(t)), float(t))
+    up = [r for r in caplog.records if "available again" in r.getMessage()]
+    assert len(up) == 1
+    assert len(caplog.records) == 2
+    assert tracker.online
+
+
+def test_tracker_logs_unavailable_when_never_reached(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="engine.adapters.homewizard")
+    tracker = MeterTracker()
+    tracker.failed(0.0)
+    tracker.failed(1.0)
+    assert len(caplog.records) == 1
+    assert not tracker.online

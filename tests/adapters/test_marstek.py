@@ -1,0 +1,412 @@
+"""Tests of the Venus E driver: the pure commander, then the TCP shell against the simulator."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.adapters.marstek import (
+    BLOCK_AC_POWER,
+    BLOCK_CONTROL,
+    BLOCK_COUNTERS,
+    BLOCK_SOC,
+    ControlState,
+    MarstekBattery,
+    VenusCommander,
+)
+from engine.adapters.marstek_registers import (
+    FORCE_CHARGE,
+    FORCE_DISCHARGE,
+    FORCE_STOP,
+    MAX_REGISTERS_PER_READ,
+    REG_AC_POWER,
+    REG_CHARGE_SETPOINT,
+    REG_DISCHARGE_SETPOINT,
+    REG_FORCE_MODE,
+    REG_RS485_CONTROL,
+    REG_SOC,
+    REG_TOTAL_CHARGE,
+    RS485_DISABLE,
+    RS485_ENABLE,
+    from_i32,
+    setpoint_writes,
+)
+from engine.errors import ConfigError
+from engine.ports import LoopClock
+
+# ---------------------------------------------------------------------------------------
+# Pure tests of VenusCommander
+# ---------------------------------------------------------------------------------------
+
+
+def _read_ok(
+    cmd: VenusCommander,
+    now_s: float,
+    *,
+    soc: int = 50,
+    power_w: int = 0,
+    control: int = RS485_ENABLE,
+    counters: tuple[int, int] = (1234, 567),
+) -> list[tuple[int, int]]:
+    """One healthy read cycle; returns the blocks that were due."""
+    blocks = cmd.reads_due(now_s)
+    for address, _count in blocks:
+        if address == REG_SOC:
+            cmd.on_read(address, [soc, 5120], now_s)
+        elif address == REG_AC_POWER:
+            cmd.on_read(address, list(from_i32(power_w)), now_s)
+        elif address == REG_TOTAL_CHARGE:
+            cmd.on_read(address, [*from_i32(counters[0]), *from_i32(counters[1])], now_s)
+        elif address == REG_RS485_CONTROL:
+            cmd.on_read(address, [control], now_s)
+    return blocks
+
+
+def _state(cmd: VenusCommander) -> ControlState:
+    # a call, so mypy does not keep a narrowed property type across state changes
+    return cmd.control_state
+
+
+def _take_control(cmd: VenusCommander, power_w: int, now_s: float) -> None:
+    """First command plus the read-back that confirms control."""
+    cmd.on_written(cmd.writes_for(power_w, now_s), now_s)
+    _read_ok(cmd, now_s)
+    assert _state(cmd) is ControlState.CONFIRMED
+
+
+def test_first_cycle_reads_every_block_in_one_request_each() -> None:
+    cmd = VenusCommander("b1")
+    blocks = cmd.reads_due(0.0)
+    assert blocks[:2] == [BLOCK_SOC, BLOCK_AC_POWER]  # the vital ones first
+    assert set(blocks) == {BLOCK_SOC, BLOCK_AC_POWER, BLOCK_CONTROL, BLOCK_COUNTERS}
+    assert BLOCK_SOC == (32104, 2)
+    assert BLOCK_AC_POWER == (32202, 2)
+    assert BLOCK_COUNTERS == (33000, 4)
+    assert BLOCK_CONTROL == (42000, 1)
+    assert all(count <= MAX_REGISTERS_PER_READ for _, count in blocks)
+
+
+def test_first_command_takes_control_before_the_setpoint() -> None:
+    cmd = VenusCommander("b1")
+    writes = cmd.writes_for(800, 0.0)
+    assert writes == [(REG_RS485_CONTROL, RS485_ENABLE), *setpoint_writes(800)]
+
+
+def test_control_already_held_on_the_device_is_not_rewritten() -> None:
+    cmd = VenusCommander("b1")
+    _read_ok(cmd, 0.0, control=RS485_ENABLE)
+    assert _state(cmd) is ControlState.CONFIRMED
+    assert cmd.writes_for(-300, 0.0) == list(setpoint_writes(-300))
+
+
+def test_unchanged_setpoint_is_not_resent() -> None:
+    cmd = VenusCommander("b1", reassert_s=30.0)
+    _take_control(cmd, 500, 0.0)
+    assert cmd.held_power_w == 500
+    assert cmd.writes_for(500, 1.0) == []
+    assert cmd.writes_for(500, 29.9) == []
+
+
+def test_changed_setpoint_sends_only_changed_registers_force_mode_last() -> None:
+    cmd = VenusCommander("b1")
+    _take_control(cmd, 500, 0.0)
+    assert cmd.writes_for(700, 1.0) == [(REG_DISCHARGE_SETPOINT, 700)]
+    # direction change: everything differs, force mode goes last
+    writes = cmd.writes_for(-400, 1.0)
+    assert writes == list(setpoint_writes(-400))
+    assert writes[-1] == (REG_FORCE_MODE, FORCE_CHARGE)
+    # to idle: force mode first so the battery stops before the setpoint is zeroed
+    assert cmd.writes_for(0, 1.0) == [(REG_FORCE_MODE, FORCE_STOP), (REG_DISCHARGE_SETPOINT, 0)]
+
+
+def test_setpoint_beyond_the_limit_is_clamped_and_not_resent() -> None:
+    cmd = VenusCommander("b1")
+    _take_control(cmd, 9000, 0.0)
+    assert cmd.held_power_w == 2500
+    assert cmd.writes_for(2500, 1.0) == []
+
+
+def test_setpoint_is_reasserted_in_full_periodically() -> None:
+    cmd = VenusCommander("b1", reassert_s=30.0)
+    _take_control(cmd, 500, 0.0)
+    cmd.on_written(cmd.writes_for(700, 10.0), 10.0)  # a partial write does not restart the timer
+    assert cmd.writes_for(700, 29.0) == []
+    assert cmd.writes_for(700, 30.0) == list(setpoint_writes(700))
+    cmd.on_written(cmd.writes_for(700, 30.0), 30.0)
+    assert cmd.writes_for(700, 59.0) == []
+    assert cmd.writes_for(700, 60.0) == list(setpoint_writes(700))
+
+
+def test_control_is_rechecked_every_interval() -> None:
+    cmd = VenusCommander("b1", control_recheck_s=60.0)
+    _take_control(cmd, 0, 0.0)
+    assert BLOCK_CONTROL not in _read_ok(cmd, 30.0)
+    assert BLOCK_CONTROL not in _read_ok(cmd, 59.0)
+    assert BLOCK_CONTROL in _read_ok(cmd, 60.0)
+    assert BLOCK_CONTROL not in _read_ok(cmd, 61.0)
+
+
+def test_control_written_is_read_back_next_cycle() -> None:
+    cmd = VenusCommander("b1")
+    _read_ok(cmd, 0.0, control=RS485_DISABLE)
+    assert cmd.control_lost_count == 0  # never had it: not a loss
+    cmd.on_written(cmd.writes_for(100, 0.0), 0.0)
+    assert _state(cmd) is ControlState.WRITTEN
+    assert BLOCK_CONTROL in cmd.reads_due(1.0)
+
+
+def test_lost_control_is_counted_and_reapplied_with_the_full_setpoint() -> None:
+    cmd = VenusCommander("b1", control_recheck_s=60.0)
+    _take_control(cmd, 500, 0.0)
+    telemetry_blocks = _read_ok(cmd, 60.0, control=RS485_DISABLE)
+    assert BLOCK_CONTROL in telemetry_blocks
+    assert cmd.telemetry(60.0).rs485_control is False
+    assert cmd.control_lost_count == 1
+    assert _state(cmd) is ControlState.LOST
+    assert cmd.held_power_w is None
+    assert cmd.writes_for(500, 60.5) == [
+        (REG_RS485_CONTROL, RS485_ENABLE),
+        *setpoint_writes(500),
+    ]
+    cmd.on_written(cmd.writes_for(500, 60.5), 60.5)
+    assert BLOCK_CONTROL in _read_ok(cmd, 61.0)
+    assert _state(cmd) is ControlState.CONFIRMED
+    assert cmd.control_lost_count == 1
+
+
+def test_control_read_back_lost_right_after_writing_counts_as_lost() -> None:
+    cmd = VenusCommander("b1")
+    cmd.on_written(cmd.writes_for(100, 0.0), 0.0)
+    _read_ok(cmd, 1.0, control=RS485_DISABLE)
+    assert cmd.control_lost_count == 1
+    assert cmd.writes_for(100, 1.0)[0] == (REG_RS485_CONTROL, RS485_ENABLE)
+
+
+def test_failed_write_is_resent_in_full() -> None:
+    cmd = VenusCommander("b1")
+    _take_control(cmd, 500, 0.0)
+    writes = cmd.writes_for(-800, 1.0)
+    cmd.on_written(writes[:1], 1.0)  # the first landed, the second failed
+    cmd.on_write_failed(1.0)
+    assert cmd.held_power_w is None
+    assert cmd.writes_for(-800, 2.0) == list(setpoint_writes(-800))
+    # even the old value is re-sent: the battery's state is unknown
+    assert cmd.writes_for(500, 2.0) == list(setpoint_writes(500))
+
+
+def test_release_idles_then_hands_control_back() -> None:
+    cmd = VenusCommander("b1")
+    _take_control(cmd, 1500, 0.0)
+    writes = cmd.release_writes()
+    assert writes == [*setpoint_writes(0), (REG_RS485_CONTROL, RS485_DISABLE)]
+    assert writes[0] == (REG_FORCE_MODE, FORCE_STOP)
+    cmd.on_written(writes, 1.0)
+    assert _state(cmd) is ControlState.RELEASED
+    assert cmd.held_power_w == 0
+    assert BLOCK_CONTROL not in cmd.reads_due(100.0)
+    # commanding again takes control again
+    assert cmd.writes_for(200, 2.0)[0] == (REG_RS485_CONTROL, RS485_ENABLE)
+
+
+def test_healthy_telemetry_is_decoded() -> None:
+    cmd = VenusCommander("b1")
+    _read_ok(cmd, 0.0, soc=77, power_w=-1234, counters=(123456, 654321))
+    t = cmd.telemetry(0.0)
+    assert t.name == "b1"
+    assert t.online is True
+    assert t.soc_pct == 77.0
+    assert t.power_w == -1234.0  # 0xFFFF_FB2E: int32, charging
+    assert t.capacity_wh == 5120.0
+    assert t.charge_total_wh == pytest.approx(1234560.0)
+    assert t.discharge_total_wh == pytest.approx(6543210.0)
+    assert t.rs485_control is True
+
+
+def test_discharging_power_is_positive() -> None:
+    cmd = VenusCommander("b1")
+    cmd.reads_due(0.0)
+    cmd.on_read(REG_SOC, [50, 5120], 0.0)
+    cmd.on_read(REG_AC_POWER, [0x0000, 2000], 0.0)
+    assert cmd.telemetry(0.0).power_w == 2000.0
+    cmd.reads_due(1.0)
+    cmd.on_read(REG_SOC, [50, 5120], 1.0)
+    cmd.on_read(REG_AC_POWER, [0x0000, 0xFFFF], 1.0)  # high word first: 65535, not -1
+    t = cmd.telemetry(1.0)
+    assert t.power_w is None  # 65535 W is not a plausible reading
+    assert t.online is False
+
+
+@pytest.mark.parametrize("raw_soc", [0xFFFF, 101, 250])
+def test_garbage_soc_is_none_and_battery_unhealthy(raw_soc: int) -> None:
+    cmd = VenusCommander("b1")
+    cmd.reads_due(0.0)
+    cmd.on_read(REG_SOC, [raw_soc, 5120], 0.0)
+    cmd.on_read(REG_AC_POWER, [0, 300], 0.0)
+    t = cmd.telemetry(0.0)
+    assert t.soc_pct is None
+    assert t.online is False
+    assert t.power_w == 300.0  # the rest is still validated data
+
+
+@pytest.mark.parametrize("raw_soc", [0, 11, 100])
+def test_soc_bounds_are_valid(raw_soc: int) -> None:
+    cmd = VenusCommander("b1")
+    _read_ok(cmd, 0.0, soc=raw_soc)
+    t = cmd.telemetry(0.0)
+    assert t.online is True
+    assert t.soc_pct == float(raw_soc)
+
+
+def test_garbage_counters_and_capacity_are_none() -> None:
+    cmd = VenusCommander("b1")
+    cmd.reads_due(0.0)
+    cmd.on_read(REG_SOC, [50, 0xFFFF], 0.0)
+    cmd.on_read(REG_AC_POWER, [0, 0], 0.0)
+    cmd.on_read(REG_TOTAL_CHARGE, [0xFFFF, 0xFFFF, 0, 7], 0.0)
+    t = cmd.telemetry(0.0)
+    assert t.online is True
+    assert t.capacity_wh is None
+    assert t.charge_total_wh is None
+    assert t.discharge_total_wh == 70.0
+
+
+def test_counters_are_read_at_their_own_interval() -> None:
+    cmd = VenusCommander("b1", counters_interval_s=10.0)
+    assert BLOCK_COUNTERS in _read_ok(cmd, 0.0, counters=(100, 200))
+    assert BLOCK_COUNTERS not in _read_ok(cmd, 5.0)
+    assert cmd.telemetry(5.0).charge_total_wh == 1000.0  # last known, lifetime counter
+    assert BLOCK_COUNTERS in cmd.reads_due(10.0)
+
+
+def test_short_reply_fails_the_cycle() -> None:
+    cmd = VenusCommander("b1")
+    cmd.reads_due(0.0)
+    cmd.on_read(REG_SOC, [50], 0.0)
+    cmd.on_read(REG_AC_POWER, [0, 10], 0.0)
+    t = cmd.telemetry(0.0)
+    assert t.online is False
+    assert t.soc_pct is None
+
+
+def test_unknown_block_is_a_programming_error() -> None:
+    cmd = VenusCommander("b1")
+    cmd.reads_due(0.0)
+    with pytest.raises(ValueError, match="32100"):
+        cmd.on_read(32100, [1], 0.0)
+
+
+def test_failed_read_reports_nothing_and_forgets_the_device_state() -> None:
+    cmd = VenusCommander("b1")
+    _take_control(cmd, 500, 0.0)
+    cmd.reads_due(1.0)
+    cmd.on_read(REG_SOC, [60, 5120], 1.0)
+    cmd.on_read_failed(1.0, "timeout")
+    t = cmd.telemetry(1.0)
+    assert t.online is False
+    assert t.soc_pct is None
+    assert t.power_w is None
+    # it may have rebooted meanwhile: verify control and re-send everything
+    assert BLOCK_CONTROL in cmd.reads_due(2.0)
+    assert cmd.writes_for(500, 2.0) == [(REG_RS485_CONTROL, RS485_ENABLE), *setpoint_writes(500)]
+
+
+def test_each_cycle_starts_empty() -> None:
+    cmd = VenusCommander("b1")
+    _read_ok(cmd, 0.0, soc=40)
+    cmd.reads_due(1.0)  # nothing answered in this cycle
+    t = cmd.telemetry(1.0)
+    assert t.online is False
+    assert t.soc_pct is None
+
+
+@pytest.mark.parametrize("bad", [True, 12.5, "100", None])
+def test_non_int_power_is_refused(bad: object) -> None:
+    cmd = VenusCommander("b1")
+    with pytest.raises(TypeError, match="power_w"):
+        cmd.writes_for(bad, 0.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"reassert_s": 0.0}, {"control_recheck_s": -1.0}, {"counters_interval_s": -1.0}]
+)
+def test_bad_commander_settings_are_config_errors(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        VenusCommander("b1", **kwargs)
+
+
+def test_availability_is_logged_once_per_transition(caplog: pytest.LogCaptureFixture) -> None:
+    cmd = VenusCommander("b1")
+    caplog.set_level(logging.INFO, logger="engine.adapters.marstek")
+    _read_ok(cmd, 0.0)
+    cmd.telemetry(0.0)
+    for i in range(1, 4):
+        cmd.reads_due(float(i))
+        cmd.on_read_failed(float(i), "no reply")
+        cmd.telemetry(float(i))
+    for i in range(4, 7):
+        _read_ok(cmd, float(i))
+        cmd.telemetry(float(i))
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable" in m for m in messages) == 1
+    assert sum("available again" in m for m in messages) == 1
+    assert any("no reply" in m for m in messages)
+    assert cmd.online is True
+
+
+def _implied_power_w(regs: dict[int, int]) -> int | None:
+    mode = regs.get(REG_FORCE_MODE)
+    if mode == FORCE_DISCHARGE:
+        return regs.get(REG_DISCHARGE_SETPOINT)
+    if mode == FORCE_CHARGE:
+        charge_w = regs.get(REG_CHARGE_SETPOINT)
+        return None if charge_w is None else -charge_w
+    return 0 if mode == FORCE_STOP else None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=-3000, max_value=3000),
+            st.floats(min_value=0.0, max_value=40.0),
+            st.integers(min_value=-1, max_value=4),  # index of a failing write, -1 = none
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_device_always_ends_up_holding_the_last_command(
+    steps: list[tuple[int, float, int]],
+) -> None:
+    """Whatever the de-duplication skips, a successful command leaves the right setpoint."""
+    cmd = VenusCommander("b1", reassert_s=30.0)
+    device: dict[int, int] = {REG_RS485_CONTROL: RS485_DISABLE}
+    now_s = 0.0
+    for power_w, dt_s, fail_at in steps:
+        now_s += dt_s
+        writes = cmd.writes_for(power_w, now_s)
+        landed = writes if fail_at < 0 or fail_at >= len(writes) else writes[:fail_at]
+        for address, value in landed:
+            device[address] = value
+        cmd.on_written(landed, now_s)
+        if landed is not writes:
+            cmd.on_write_failed(now_s)
+            continue
+        assert device[REG_RS485_CONTROL] == RS485_ENABLE
+        assert _implied_power_w(device) == max(-2500, min(2500, power_w))
+        assert cmd.held_power_w == _implied_power_w(device)
+        # the direction not in use is always zeroed
+        if power_w > 0:
+            assert device[REG_CHARGE_SETPOINT] == 0
+        elif power_w < 0:
+            assert device[REG_DISCHARGE_SETPOINT] == 0
+
+
+def test_battery_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="timeout_s"):
+        MarstekBattery("b1", "127.0.0.1", clock=LoopClock(), timeout_s=0.0)
+    with pytest.raises(ConfigError, match="unit_id"):
+        MarstekBattery("b1", "127.0.0.1", unit_id=300, clock=LoopClock())

@@ -17,7 +17,6 @@ user wrote it. docs/configuration.md lists every setting.
 from __future__ import annotations
 
 import difflib
-import enum
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import urlsplit
 
 from engine.adapters.homewizard import normalise_p1_url
@@ -39,8 +38,10 @@ from engine.core.settings import (
 from engine.errors import ConfigError
 from engine.logs import LOG_FORMATS, LOG_LEVELS
 
+if TYPE_CHECKING:
+    from engine.adapters.mqtt import MqttSettings
+
 __all__ = [
-    "AUTO",
     "DEFAULT_DOTENV_FILE",
     "DEFAULT_OPTIONS_FILE",
     "POLICIES",
@@ -63,14 +64,6 @@ METER_DATA_PATH: Final = "/api/v1/data"
 MQTT_PORT: Final = 1883
 MQTT_TLS_PORT: Final = 8883
 MODBUS_PORT: Final = 502
-
-
-class _Auto(enum.Enum):
-    AUTO = "auto"
-
-
-AUTO: Final = _Auto.AUTO
-"""Default for ``load_config``'s file arguments: use the standard file if it exists."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,6 +151,28 @@ class EngineConfig:
     def control_settings(self) -> ControlSettings:
         """The control thresholds with one ``BatterySpec`` per configured battery."""
         return replace(self.control, batteries=tuple(b.spec() for b in self.batteries))
+
+    def mqtt_settings(self) -> MqttSettings:
+        """``mqtt`` as the MQTT adapter's settings; ``ConfigError`` when MQTT is off."""
+        from engine.adapters.mqtt import MqttSettings  # aiomqtt is only imported when used
+
+        if self.mqtt is None:
+            raise ConfigError("MQTT_HOST", "not set, so MQTT is off")
+        m = self.mqtt
+        return MqttSettings(
+            host=m.host,
+            port=m.port,
+            username=m.username,
+            password=m.password,
+            tls=m.tls,
+            tls_ca_file=m.tls_ca_file,
+            topic_prefix=m.topic_prefix,
+            discovery=m.discovery,
+            discovery_prefix=m.discovery_prefix,
+            min_interval_s=m.min_interval_s,
+            max_interval_s=m.max_interval_s,
+            client_id=m.client_id or "",
+        )
 
     def describe(self) -> str:
         """A human-readable summary (for ``--check`` and the start-up log); no secrets."""
@@ -317,6 +332,14 @@ def _battery_number(key: str, digits: str) -> int:
     return int(digits)
 
 
+def _key_name(key: object) -> str:
+    """A key as written, quoted when it would otherwise be invisible or ambiguous."""
+    text = str(key)
+    if not text.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in text) or len(text) > 60:
+        return json.dumps(text[:60])
+    return text
+
+
 def _is_unset(value: object) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
@@ -373,7 +396,9 @@ def _toml_layer(data: Mapping[str, object]) -> _Layer:
                     raise ConfigError(where, "expected a table ([[battery]])")
                 for name in sorted(entry):
                     if name not in _TOML_BATTERY_KEYS:
-                        raise ConfigError(f"{where}.{name}", _suggest(name, _TOML_BATTERY_KEYS))
+                        raise ConfigError(
+                            f"{where}.{_key_name(name)}", _suggest(name, _TOML_BATTERY_KEYS)
+                        )
                     if not _is_unset(entry[name]):
                         canon = f"battery.{i + 1}.{name}"
                         layer[canon] = _Raw(canon, f"{where}.{name}", entry[name])
@@ -384,11 +409,13 @@ def _toml_layer(data: Mapping[str, object]) -> _Layer:
             for name in sorted(value):
                 canon = f"{top}.{name}"
                 if name not in known:
-                    raise ConfigError(canon, _suggest(name, known))
+                    raise ConfigError(f"{top}.{_key_name(name)}", _suggest(name, known))
                 if not _is_unset(value[name]):
                     layer[canon] = _Raw(canon, canon, value[name])
         else:
-            raise ConfigError(top, _suggest(top, [*_TOML_SECTIONS, "battery", *_TOML_TOP_VALUES]))
+            raise ConfigError(
+                _key_name(top), _suggest(top, [*_TOML_SECTIONS, "battery", *_TOML_TOP_VALUES])
+            )
     return layer
 
 
@@ -413,7 +440,7 @@ def _options_layer(data: Mapping[str, object], warnings: list[str]) -> _Layer:
             suffix = match.group(2)
             if suffix not in _OPTION_BATTERY_KEYS:
                 known = [f"battery_{n}_{s}" for s in _OPTION_BATTERY_KEYS]
-                raise ConfigError(key, _suggest(lower, known))
+                raise ConfigError(_key_name(key), _suggest(lower, known))
             canon = f"battery.{n}.{_OPTION_BATTERY_KEYS[suffix]}"
             flat_battery_key = key
         elif lower in _OPTIONS and _OPTIONS[lower] in _ALIASES:
@@ -422,7 +449,7 @@ def _options_layer(data: Mapping[str, object], warnings: list[str]) -> _Layer:
         elif lower in _OPTIONS and _OPTIONS[lower] != _CONFIG_FILE_ENV:
             canon = _ENV[_OPTIONS[lower]]
         else:
-            raise ConfigError(key, _suggest(lower, [*_OPTIONS, "batteries"]))
+            raise ConfigError(_key_name(key), _suggest(lower, [*_OPTIONS, "batteries"]))
         if canon in layer and layer[canon].key != key:
             raise ConfigError(key, f"same setting as {layer[canon].key}; give only one")
         if not _is_unset(value):
@@ -447,7 +474,9 @@ def _options_battery_list(key: str, value: object, layer: _Layer) -> None:
         for name in sorted(entry):
             lower = str(name).lower()
             if lower not in _OPTION_BATTERY_KEYS:
-                raise ConfigError(f"{where}.{name}", _suggest(lower, _OPTION_BATTERY_KEYS))
+                raise ConfigError(
+                    f"{where}.{_key_name(name)}", _suggest(lower, _OPTION_BATTERY_KEYS)
+                )
             canon = f"battery.{i + 1}.{_OPTION_BATTERY_KEYS[lower]}"
             if canon in layer:
                 raise ConfigError(f"{where}.{name}", f"same setting as {layer[canon].key}")
@@ -796,6 +825,13 @@ def _build_batteries(r: _Resolver) -> tuple[BatteryConfig, ...]:
     return tuple(batteries)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 def _build_mqtt(r: _Resolver, warnings: list[str]) -> MqttConfig | None:
     host_raw = r.raw("mqtt.host")
     if host_raw is None:
@@ -811,7 +847,7 @@ def _build_mqtt(r: _Resolver, warnings: list[str]) -> MqttConfig | None:
         assert ca_raw is not None
         if not tls:
             raise ConfigError(ca_raw.key, "set, but TLS is off (MQTT_TLS=false)")
-        if not Path(ca_file).is_file():
+        if not _is_file(Path(ca_file)):
             raise ConfigError(ca_raw.key, f"file not found: {ca_file}")
     username = r.opt("mqtt.username", _as_name)
     password_raw = r.raw("mqtt.password")
@@ -993,8 +1029,9 @@ def _read_text(path: Path) -> str:
         raise ConfigError(str(path), "file not found") from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), "not a UTF-8 text file") from None
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(str(path), f"cannot read: {reason}") from None
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -1014,29 +1051,30 @@ def _read_options(path: Path) -> dict[str, object]:
     return data
 
 
-def _resolve(arg: Path | _Auto | None, default: Path) -> Path | None:
-    if arg is AUTO:
-        return default if default.is_file() else None
-    return arg
+def _pick_file(explicit: Path | None, default: Path, discover: bool) -> Path | None:
+    if explicit is not None:
+        return explicit
+    return default if discover and _is_file(default) else None
 
 
 def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
-    dotenv_file: Path | _Auto | None = AUTO,
-    options_file: Path | _Auto | None = AUTO,
+    dotenv_file: Path | None = None,
+    options_file: Path | None = None,
+    discover_files: bool = True,
 ) -> EngineConfig:
     """Read and validate every source; raises ``ConfigError(key, problem)``.
 
     ``environ`` defaults to ``os.environ``. ``config_file`` is the TOML file (``--config``); if
     ``None``, ``MMBC_CONFIG`` from the environment or ``.env`` names it. ``dotenv_file`` and
-    ``options_file`` default to ``./.env`` and ``/data/options.json`` when those exist; pass
-    ``None`` to skip them. An explicitly named file that is missing is an error.
+    ``options_file`` default to ``./.env`` and ``/data/options.json`` when those exist (and
+    ``discover_files`` is true). An explicitly named file that is missing is an error.
     """
     env = dict(os.environ if environ is None else environ)
     sources: list[str] = ["environment"]
-    dotenv_path = _resolve(dotenv_file, DEFAULT_DOTENV_FILE)
+    dotenv_path = _pick_file(dotenv_file, DEFAULT_DOTENV_FILE, discover_files)
     dotenv: dict[str, str] | None = None
     if dotenv_path is not None:
         dotenv = parse_dotenv(_read_text(dotenv_path), source=str(dotenv_path))
@@ -1049,7 +1087,7 @@ def load_config(
     if toml_path is not None:
         toml = _read_toml(toml_path)
         sources.append(str(toml_path))
-    options_path = _resolve(options_file, DEFAULT_OPTIONS_FILE)
+    options_path = _pick_file(options_file, DEFAULT_OPTIONS_FILE, discover_files)
     options: dict[str, object] | None = None
     if options_path is not None:
         options = _read_options(options_path)

@@ -91,6 +91,8 @@ class VenusE:
         self._ramp = params.ramp_w_per_s if 0.0 < params.ramp_w_per_s < math.inf else math.inf
         self._charge_curve = params.charge_efficiency
         self._discharge_curve = params.discharge_efficiency
+        self._charge_breaks = tuple(w for w, _ in params.charge_efficiency)
+        self._discharge_breaks = tuple(w for w, _ in params.discharge_efficiency)
         self._t_s: float | None = None  # integrated up to here
         self._p_w = 0.0  # output at _t_s
         self._goal_w = 0.0  # the commanded target currently in effect (after the dead time)
@@ -264,6 +266,9 @@ class VenusE:
 
             # Ramp towards the goal; a reversal is split at 0 W so each piece has one sign.
             piece_goal_w = 0.0 if p_w * goal_w < 0.0 else goal_w
+            # Split at the efficiency curve's points too: between them the curve is linear
+            # and Simpson's rule is (nearly) exact.
+            piece_goal_w = self._next_breakpoint(p_w, piece_goal_w)
             reach_s = t_s + abs(piece_goal_w - p_w) / self._ramp
             if reach_s - t_s <= 1e-12:
                 self._p_w = piece_goal_w  # instant ramp (or a negligible remainder)
@@ -281,6 +286,23 @@ class VenusE:
             t_s += elapsed_s
         self._t_s = t_s
         return ac_ws
+
+    def _next_breakpoint(self, p_w: float, goal_w: float) -> float:
+        """The first efficiency-curve point passed on the way from ``p_w`` to ``goal_w``."""
+        if p_w + goal_w > 0.0:
+            sign, breaks = 1.0, self._discharge_breaks
+        else:
+            sign, breaks = -1.0, self._charge_breaks
+        start_w, end_w = abs(p_w), abs(goal_w)
+        if start_w < end_w:
+            for point_w in breaks:
+                if start_w < point_w < end_w:
+                    return sign * point_w
+        else:
+            for point_w in reversed(breaks):
+                if end_w < point_w < start_w:
+                    return sign * point_w
+        return goal_w
 
     def _idle(self, duration_s: float) -> None:
         draw_wh = self.params.standby_w * duration_s / _WS_PER_WH

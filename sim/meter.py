@@ -104,7 +104,8 @@ class _SampledMeter(ABC):
         self._start_import_kwh = import_kwh
         self._start_export_kwh = export_kwh
         # True plant state, integrated exactly between observations (power held in between).
-        self._t_s: float | None = None
+        self._t_s: float | None = None  # integrated up to here
+        self._observed_s = 0.0  # time of the last observe()
         self._power_w = 0.0
         self._import_wh = [0.0, 0.0]
         self._export_wh = [0.0, 0.0]
@@ -118,18 +119,24 @@ class _SampledMeter(ABC):
         self._garbage_n = 0
         self._last_body: str | None = None
         self._frozen_body: str | None = None
+        self._rendered: tuple[MeterSample | None, str] | None = None
         self.data_requests = 0
 
     # -- plant side ------------------------------------------------------------------------
 
     def observe(self, now_s: float, power_w: float) -> None:
-        """The true power from ``now_s`` on (held until the next call). Times never go back."""
+        """The true power from ``now_s`` on (held until the next call). Times never go back.
+
+        If ``latest`` already took a sample after ``now_s`` (the harness lags the meter's
+        reader), that sample keeps the power held then; the new power counts from there.
+        """
         if self._t_s is None:
-            self._t_s = now_s
+            self._t_s = self._observed_s = now_s
             self._next_k = math.ceil(now_s / self.params.interval_s - 1e-9)
-        elif now_s < self._t_s:
-            msg = f"meter observed at {now_s} after {self._t_s}"
+        elif now_s < self._observed_s:
+            msg = f"meter observed at {now_s} after {self._observed_s}"
             raise ValueError(msg)
+        self._observed_s = now_s
         self._sample_until(now_s, inclusive=False)  # instants before now_s saw the old power
         self._advance(now_s)
         self._power_w = float(power_w)
@@ -257,7 +264,11 @@ class _SampledMeter(ABC):
         return MeterResponse(200, json.dumps(self.device_json(), separators=(",", ":")))
 
     def _render(self, now_s: float) -> str:
-        return json.dumps(self.data_json(now_s), separators=(",", ":"))
+        # The body depends only on the visible sample: render each sample once.
+        sample = self.latest(now_s)
+        if self._rendered is None or self._rendered[0] is not sample:
+            self._rendered = (sample, json.dumps(self.data_json(now_s), separators=(",", ":")))
+        return self._rendered[1]
 
 
 class P1MeterModel(_SampledMeter):

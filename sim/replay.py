@@ -9,6 +9,7 @@ real sockets.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from sim.scoring import score
 from sim.venus_firmware import VenusFirmware
 from sim.world import PLANT_STEP_S, World
 
+HTTP_OK = 200
 ProgressFn = Callable[[float, float], None]
 
 
@@ -105,8 +107,21 @@ class InProcessBattery:
 
 def _read_meter(world: World, tracker: MeterTracker, now: float) -> None:
     """What the P1 client would get: the served body, through the real parser."""
+    meter = world.meter
+    body: object
+    if meter.fault is None:
+        body = meter.data_json(now)  # fast path: the same dict the server would serialise
+    else:
+        response = meter.respond_data(now)
+        if response is None or response.status != HTTP_OK:
+            tracker.failed(now)
+            return
+        try:
+            body = json.loads(response.body)
+        except ValueError:
+            tracker.failed(now)
+            return
     try:
-        body = world.meter.served_body(now)
         reading = parse_data(body)
     except DeviceError:
         tracker.failed(now)
@@ -149,7 +164,7 @@ def run_scenario(
         link.write(0, end)
         link.release(end)
     idle = all(fw.battery.target_w == 0 for fw in world.firmwares)
-    released = all(not fw.rs485_enabled for fw in world.firmwares)
+    released = all(not fw.control_enabled for fw in world.firmwares)
     checker.shutdown(end, all_idle=idle, released=released)
 
     record = world.finish()
@@ -219,7 +234,7 @@ def _cycle(
     control_lost = {
         link.commander.name
         for link in links
-        if not link.firmware.rs485_enabled and link.firmware.offline_until_s <= now
+        if not link.firmware.control_enabled and link.firmware.offline_until_s <= now
     }
     not_following = {
         f"battery_{i}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.battery_model import VenusE
-from sim.meter import P1MeterModel
+from sim.meter import KwhMeterModel, P1MeterModel
 from sim.params import BATTERY_FAULTS, METER_FAULTS, Fault
 from sim.record import RunRecord
 from sim.scenario import Scenario
@@ -52,8 +52,8 @@ class World:
             model = VenusE(b.params, b.soc_pct, battery_name(i))
             self.firmwares.append(VenusFirmware(model))
         self.meter = P1MeterModel(scenario.meter, scenario.seed)
-        self.pv_meter: P1MeterModel | None = (
-            P1MeterModel(scenario.meter, scenario.seed + 1, kind="kwh")
+        self.pv_meter: KwhMeterModel | None = (
+            KwhMeterModel(scenario.meter, scenario.seed + 1)
             if scenario.pv_meter
             else None
         )
@@ -136,6 +136,7 @@ class World:
         self.fault_log.append((t, "start", fault.kind))
         fw = self._firmware(fault)
         if fault.kind in METER_FAULTS:
+            self.meter.respond_data(t)  # a frozen dongle keeps serving its latest body
             self.meter.set_fault(fault.kind)
         elif fault.kind in BATTERY_FAULTS and fw is not None:
             if fault.kind == "control_mode_lost":

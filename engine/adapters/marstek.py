@@ -421,8 +421,8 @@ class MarstekBattery:
         backoff_max_s: float = 30.0,
         max_failed_requests: int = 3,
     ) -> None:
-        if not 0 <= port <= 65535:
-            raise ConfigError("port", f"must be 0..65535, got {port}")
+        if not 1 <= port <= 65535:
+            raise ConfigError("port", f"must be 1..65535, got {port}")
         if not 0 <= unit_id <= 247:
             raise ConfigError("unit_id", f"must be 0..247, got {unit_id}")
         if timeout_s <= 0:

@@ -38,13 +38,13 @@ BATTERY_TRANSITIONS: Final[list[dict[str, Any]]] = [
         "trigger": "charge",
         "source": _ANY_AVAILABLE,
         "dest": BatteryState.CHARGING,
-        "conditions": "may_charge",
+        "conditions": "charge_allowed",
     },
     {
         "trigger": "discharge",
         "source": _ANY_AVAILABLE,
         "dest": BatteryState.DISCHARGING,
-        "conditions": "may_discharge",
+        "conditions": "discharge_allowed",
     },
     {"trigger": "rest", "source": _ANY_AVAILABLE, "dest": BatteryState.IDLE},
     {"trigger": "block", "source": _ANY_AVAILABLE, "dest": BatteryState.BLOCKED},
@@ -95,11 +95,13 @@ class BatteryFsm:
             ignore_invalid_triggers=False,
         )
 
-    def may_charge(self) -> bool:
+    # Not ``may_charge``: ``transitions`` binds ``may_<trigger>`` itself and, with
+    # model_override, replaces a model method of that name; the guard then calls itself.
+    def charge_allowed(self) -> bool:
         """Guard: charging only below the max SoC."""
         return self.soc_pct is not None and self.soc_pct < self.max_soc_pct
 
-    def may_discharge(self) -> bool:
+    def discharge_allowed(self) -> bool:
         """Guard: discharging only above the min SoC and never while blocked."""
         return (
             self.soc_pct is not None
@@ -118,13 +120,13 @@ class BatteryFsm:
         ineligible, never commanded against its limits.
         """
         if power_w < 0:
-            if self.may_charge():
+            if self.charge_allowed():
                 self._enter(BatteryState.CHARGING, self.charge)
                 return power_w
             self._enter(BatteryState.INELIGIBLE, self.disqualify)
             return 0
         if power_w > 0:
-            if self.may_discharge():
+            if self.discharge_allowed():
                 self._enter(BatteryState.DISCHARGING, self.discharge)
                 return power_w
             if self.discharge_blocked:

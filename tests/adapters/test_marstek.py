@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +19,7 @@ from engine.adapters.marstek import (
     ControlState,
     MarstekBattery,
     VenusCommander,
+    release_all,
 )
 from engine.adapters.marstek_registers import (
     FORCE_CHARGE,
@@ -34,8 +38,13 @@ from engine.adapters.marstek_registers import (
     from_i32,
     setpoint_writes,
 )
+from engine.core.model import BatteryTelemetry
 from engine.errors import ConfigError
-from engine.ports import LoopClock
+from engine.ports import Clock, LoopClock
+from sim.battery_model import VenusE
+from sim.modbus_server import BatteryServer, start_battery_server
+from sim.params import BatteryParams
+from sim.venus_firmware import VenusFirmware
 
 # ---------------------------------------------------------------------------------------
 # Pure tests of VenusCommander
@@ -410,3 +419,311 @@ def test_battery_settings_are_validated() -> None:
         MarstekBattery("b1", "127.0.0.1", clock=LoopClock(), timeout_s=0.0)
     with pytest.raises(ConfigError, match="unit_id"):
         MarstekBattery("b1", "127.0.0.1", unit_id=300, clock=LoopClock())
+
+
+# ---------------------------------------------------------------------------------------
+# MarstekBattery against the simulator's Modbus TCP server on 127.0.0.1
+# ---------------------------------------------------------------------------------------
+
+TIMEOUT_S = 0.5  # per request; the stall tests stall longer than this
+
+
+class StepClock:
+    """An injected clock that moves only when told (or slept on): deterministic schedules.
+
+    The socket I/O still runs on the real loop; only the driver's own timeline is stepped.
+    """
+
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self.t_s = start_s
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t_s
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t_s += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+def _firmware(soc_pct: float = 50.0, name: str = "b1") -> VenusFirmware:
+    # instant response, so one advance() step shows a commanded power at the AC terminals
+    params = BatteryParams(dead_time_s=0.0, ramp_w_per_s=0.0, relay_delay_s=0.0)
+    return VenusFirmware(VenusE(params, soc_pct, name=name))
+
+
+def _advance(firmware: VenusFirmware, dt_s: float = 1.0) -> None:
+    battery = firmware.battery
+    now_s = asyncio.get_running_loop().time()
+    start_s = now_s if battery.time_s is None else max(now_s, battery.time_s)
+    battery.advance(start_s, dt_s)
+
+
+def _battery(server: BatteryServer, clock: Clock | None = None, **kwargs: Any) -> MarstekBattery:
+    options: dict[str, Any] = {
+        "message_gap_s": 0.0,
+        "timeout_s": TIMEOUT_S,
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.2,
+    }
+    options.update(kwargs)
+    return MarstekBattery(
+        server.firmware.battery.name,
+        "127.0.0.1",
+        server.port,
+        clock=clock if clock is not None else LoopClock(),
+        **options,
+    )
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[BatteryServer]:
+    battery_server = await start_battery_server(_firmware(), host="127.0.0.1", port=0)
+    yield battery_server
+    await battery_server.stop()
+
+
+@pytest.fixture
+async def battery(server: BatteryServer) -> AsyncIterator[MarstekBattery]:
+    driver = _battery(server)
+    assert await driver.connect()
+    yield driver
+    await driver.close()
+
+
+async def _read_until_online(driver: MarstekBattery, cycles: int = 40) -> BatteryTelemetry:
+    telemetry = await driver.read()
+    for _ in range(cycles):
+        if telemetry.online:
+            break
+        await asyncio.sleep(0.05)
+        telemetry = await driver.read()
+    return telemetry
+
+
+async def test_read_reports_validated_telemetry(battery: MarstekBattery) -> None:
+    t = await battery.read()
+    assert t.online is True
+    assert t.soc_pct == 50.0
+    assert t.power_w == 0.0
+    assert t.capacity_wh == 5120.0
+    assert t.rs485_control is False  # not taken yet
+    assert battery.reads == 4  # SoC, power, control, counters: one request each
+
+
+async def test_commands_land_in_the_firmware(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    firmware = server.firmware
+    await battery.read()
+    assert await battery.apply(800)
+    assert firmware.control_enabled
+    assert (firmware.force_mode, firmware.charge_setpoint_w, firmware.discharge_setpoint_w) == (
+        FORCE_DISCHARGE,
+        0,
+        800,
+    )
+    assert await battery.apply(-600)
+    assert (firmware.force_mode, firmware.charge_setpoint_w, firmware.discharge_setpoint_w) == (
+        FORCE_CHARGE,
+        600,
+        0,
+    )
+    assert await battery.apply(0)
+    assert (firmware.force_mode, firmware.charge_setpoint_w, firmware.discharge_setpoint_w) == (
+        FORCE_STOP,
+        0,
+        0,
+    )
+    writes = battery.writes
+    assert await battery.apply(0)  # unchanged: nothing sent
+    assert battery.writes == writes
+    assert (await battery.read()).rs485_control is True
+
+
+async def test_ac_power_is_positive_discharging_negative_charging(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    assert await battery.apply(1000)
+    _advance(server.firmware)
+    assert (await battery.read()).power_w == 1000.0
+    assert await battery.apply(-700)
+    _advance(server.firmware)
+    assert (await battery.read()).power_w == -700.0
+
+
+async def test_offline_battery_reads_offline_then_recovers_and_is_recommanded(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    firmware = server.firmware
+    assert (await battery.read()).online
+    assert await battery.apply(500)
+    writes_before = battery.writes
+    await server.set_offline(True)
+    t = await battery.read()
+    assert t.online is False
+    assert t.soc_pct is None
+    assert t.power_w is None
+    assert not await battery.apply(500)
+    await server.set_offline(False)
+    t = await _read_until_online(battery)
+    assert t.online is True
+    assert t.soc_pct == 50.0
+    # it may have rebooted while out of sight: the whole command goes out again
+    assert await battery.apply(500)
+    assert battery.writes - writes_before >= 3
+    assert firmware.control_enabled
+    assert firmware.target_w == 500.0
+
+
+async def test_exception_replies_make_the_battery_offline(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    assert (await battery.read()).online
+    server.exception_mode = True
+    t = await battery.read()
+    assert t.online is False
+    assert t.soc_pct is None
+    assert not await battery.apply(300)
+    server.exception_mode = False
+    assert (await _read_until_online(battery)).online
+    assert await battery.apply(300)
+    assert server.firmware.target_w == 300.0
+
+
+async def test_stall_longer_than_the_timeout_is_offline_not_a_guess(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    firmware = server.firmware
+    assert await battery.apply(400)
+    _advance(firmware)
+    assert (await battery.read()).power_w == 400.0
+    server.stall_s = TIMEOUT_S * 2
+    t = await battery.read()
+    assert t.online is False
+    assert t.power_w is None  # not the last known 400 W
+    assert t.soc_pct is None
+    assert battery.commander.held_power_w is None  # the write state is unknown too
+    server.stall_s = 0.0
+    t = await _read_until_online(battery)
+    assert t.online is True
+    assert t.power_w == 400.0
+
+
+async def test_garbage_soc_from_the_device_is_offline(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    server.firmware.set_soc_garbage(True)
+    t = await battery.read()
+    assert t.online is False
+    assert t.soc_pct is None
+    server.firmware.set_soc_garbage(False)
+    assert (await battery.read()).soc_pct == 50.0
+
+
+async def test_control_lost_on_the_device_is_reapplied_within_the_recheck_interval(
+    server: BatteryServer,
+) -> None:
+    firmware = server.firmware
+    clock = StepClock()
+    driver = _battery(server, clock, control_recheck_s=60.0, reassert_s=1000.0)
+    try:
+        await driver.read()
+        assert await driver.apply(600)
+        await driver.read()  # confirms control
+        lost_at_s = clock.now()
+        firmware.lose_control_mode()
+        assert firmware.target_w == 0.0  # the firmware ignores the stored setpoint now
+        reapplied_at_s = None
+        for _ in range(8):  # 10 s cycles: a recheck must come within 60 s
+            clock.t_s += 10.0
+            await driver.read()
+            await driver.apply(600)
+            if firmware.control_enabled:
+                reapplied_at_s = clock.now()
+                break
+        assert reapplied_at_s is not None
+        assert reapplied_at_s - lost_at_s <= 60.0
+        assert driver.commander.control_lost_count == 1
+        assert firmware.target_w == 600.0
+    finally:
+        await driver.close()
+
+
+async def test_reconnect_backs_off_exponentially_on_the_injected_clock(
+    server: BatteryServer,
+) -> None:
+    clock = StepClock(start_s=0.0)
+    driver = _battery(server, clock, backoff_initial_s=1.0, backoff_max_s=4.0)
+    try:
+        await server.set_offline(True)
+        attempts: list[float] = []
+        for step in range(40):  # 0.0, 0.5, ... 19.5 s
+            clock.t_s = step * 0.5
+            before = driver.connects
+            assert (await driver.read()).online is False
+            if driver.connects > before:
+                attempts.append(clock.t_s)
+        assert attempts[:5] == [0.0, 1.0, 3.0, 7.0, 11.0]  # 1, 2, 4, then capped at 4
+        await server.set_offline(False)
+        clock.t_s = 100.0
+        assert (await driver.read()).online is True
+    finally:
+        await driver.close()
+
+
+async def test_requests_are_paced_through_the_injected_clock(server: BatteryServer) -> None:
+    clock = StepClock()
+    driver = _battery(server, clock, message_gap_s=0.2)
+    try:
+        assert (await driver.read()).online
+        assert len(clock.sleeps) == 4  # one gap before each request
+        assert all(s == pytest.approx(0.2) for s in clock.sleeps)
+    finally:
+        await driver.close()
+
+
+async def test_the_unit_id_is_sent_with_every_request(server: BatteryServer) -> None:
+    wrong = _battery(server, unit_id=2)
+    try:
+        assert (await wrong.read()).online is False  # a gateway would not answer for unit 2
+    finally:
+        await wrong.close()
+
+
+async def test_release_idles_and_hands_back_control(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    firmware = server.firmware
+    assert await battery.apply(1500)
+    assert await battery.release()
+    assert firmware.control_enabled is False
+    assert (firmware.force_mode, firmware.charge_setpoint_w, firmware.discharge_setpoint_w) == (
+        FORCE_STOP,
+        0,
+        0,
+    )
+    assert await battery.apply(200)  # commanding again takes control again
+    assert firmware.control_enabled
+
+
+async def test_one_dead_battery_does_not_block_the_others(server: BatteryServer) -> None:
+    stalled = await start_battery_server(_firmware(name="b2"), host="127.0.0.1", port=0)
+    healthy = _battery(server)
+    dead = _battery(stalled, timeout_s=0.2)
+    try:
+        assert await healthy.apply(700)
+        assert await dead.apply(700)
+        stalled.stall_s = 30.0
+        good, bad = await asyncio.gather(healthy.read(), dead.read())
+        assert good.online is True
+        assert bad.online is False
+        released = await release_all([healthy, dead])
+        assert released == {"b1": True, "b2": False}
+        assert server.firmware.control_enabled is False
+        assert server.firmware.target_w == 0.0
+    finally:
+        await healthy.close()
+        await dead.close()
+        await stalled.stop()

@@ -361,3 +361,16 @@ def test_frozen_serves_the_last_body_byte_for_byte_until_cleared() -> None:
 def test_unknown_fault_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown meter fault"):
         P1MeterModel().set_fault("meter_on_fire")
+
+
+def test_a_lagging_observation_after_a_query_is_accepted() -> None:
+    model = P1MeterModel(QUIET)
+    model.observe(0.0, 100.0)
+    sample = model.latest(3.0)  # the reader is ahead of the plant: samples 0..2 s taken
+    assert sample is not None
+    assert (sample.at_s, sample.grid_w) == (2.0, 100)
+    model.observe(1.0, 700.0)  # behind the last sample, not behind the last observation
+    model.observe(4.0, 700.0)
+    sample = model.latest(4.5)
+    assert sample is not None
+    assert (sample.at_s, sample.grid_w) == (4.0, 700)

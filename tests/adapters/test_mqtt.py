@@ -1,0 +1,948 @@
+"""Tests of the MQTT bridge, HA discovery and the published status, against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.adapters.ha_discovery import MODE_OPTIONS, discovery_messages, node_id
+from engine.adapters.mqtt import (
+    MqttBridge,
+    MqttSettings,
+    PublishSchedule,
+    format_battery_power,
+    format_soc,
+    format_unsigned,
+    parse_block_discharge,
+    parse_mode,
+    status_payloads,
+)
+from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
+from engine.errors import ConfigError
+from engine.ports import LoopClock
+from engine.runtime.status import BatteryStatus, FleetStatus, build_status
+from tests.mqtt_broker import (
+    HOST,
+    TEST_PASSWORD,
+    TEST_USERNAME,
+    TestBroker,
+    _free_port,
+    start_broker,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 10.0  # upper bound for anything to arrive; tests never assert on durations
+LOGGER_NAME = "engine.adapters.mqtt"
+SYNC_ROOT = "test-sync/"  # barrier messages, outside every topic the bridge uses
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def sample_status(**changes: Any) -> FleetStatus:
+    """A fleet charging 800 W (engine sign: -800) while importing 350 W."""
+    status = FleetStatus(
+        soc_pct=67.44,
+        battery_power_w=-800.0,
+        grid_w=350.4,
+        pv_w=2100.2,
+        charge_total_wh=12345.6,
+        discharge_total_wh=6789.0,
+        discharge_blocked=False,
+        mode=Mode.HOLD,
+        batteries=(
+            BatteryStatus(1, "garage", 55.55, -1100.0, "charging", True),
+            BatteryStatus(2, "attic", 80.0, 300.0, "discharging", True),
+        ),
+        quality="stable",
+        grid_rms_w=42.6,
+    )
+    return replace(status, **changes)
+
+
+# Every topic of sample_status() and its exact payload: MQTT battery power is + = charging.
+EXPECTED_STATE = {
+    "mmbc/status/online": "online",
+    "mmbc/status/soc": "67.4",
+    "mmbc/status/battery_power": "800",
+    "mmbc/status/grid_power": "350",
+    "mmbc/status/pv_power": "2100",
+    "mmbc/status/charge_total_wh": "12346",
+    "mmbc/status/discharge_total_wh": "6789",
+    "mmbc/status/discharge_blocked": "false",
+    "mmbc/status/mode": "hold",
+    "mmbc/status/control_quality": "stable",
+    "mmbc/status/grid_rms_w": "43",
+    "mmbc/battery/1/soc": "55.5",
+    "mmbc/battery/1/power": "1100",
+    "mmbc/battery/1/state": "charging",
+    "mmbc/battery/1/online": "true",
+    "mmbc/battery/2/soc": "80.0",
+    "mmbc/battery/2/power": "-300",
+    "mmbc/battery/2/state": "discharging",
+    "mmbc/battery/2/online": "true",
+}
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: str
+    retain: bool
+
+
+@dataclass
+class Observer:
+    """A separate MQTT client that records everything on its subscriptions."""
+
+    client: aiomqtt.Client
+    messages: list[Received] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def collect(self) -> None:
+        async for message in self.client.messages:
+            payload = message.payload
+            text = payload.decode() if isinstance(payload, bytes | bytearray) else str(payload)
+            self.messages.append(Received(message.topic.value, text, message.retain))
+            self.changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT_S):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+    def state(self, prefix: str = "mmbc/") -> dict[str, str]:
+        """Latest payload per topic, test markers left out."""
+        return {
+            m.topic: m.payload
+            for m in self.messages
+            if m.topic.startswith(prefix) and not m.topic.startswith(SYNC_ROOT)
+        }
+
+    def of(self, topic: str) -> list[Received]:
+        return [m for m in self.messages if m.topic == topic]
+
+    async def has(self, expected: dict[str, str]) -> None:
+        await self.wait_for(
+            lambda: all(self.state().get(topic) == value for topic, value in expected.items())
+        )
+
+    async def send(self, topic: str, payload: str | bytes) -> None:
+        await self.client.publish(topic, payload, qos=1)
+
+    async def sync(self) -> None:
+        """Barrier: everything the broker queued for us before this call has arrived."""
+        topic = f"{SYNC_ROOT}{next(_sync_ids)}"
+        await self.client.publish(topic, "x", qos=1)
+        await self.wait_for(lambda: any(m.topic == topic for m in self.messages))
+
+
+_observer_ids = itertools.count()
+_sync_ids = itertools.count()
+
+
+@contextlib.asynccontextmanager
+async def observe(
+    broker: TestBroker, topics: tuple[str, ...] = ("mmbc/#",)
+) -> AsyncIterator[Observer]:
+    client = aiomqtt.Client(
+        HOST,
+        broker.port,
+        username=TEST_USERNAME,
+        password=TEST_PASSWORD,
+        identifier=f"observer-{os.getpid()}-{next(_observer_ids)}",
+    )
+    async with client:
+        observer = Observer(client)
+        for topic in (*topics, f"{SYNC_ROOT}#"):
+            await client.subscribe(topic, qos=1)
+        task = asyncio.create_task(observer.collect())
+        try:
+            yield observer
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+@dataclass
+class Commands:
+    """What the bridge handed to the runtime."""
+
+    blocked: list[bool] = field(default_factory=list)
+    modes: list[Mode] = field(default_factory=list)
+
+
+def make_settings(broker: TestBroker, **overrides: Any) -> MqttSettings:
+    values: dict[str, Any] = {
+        "host": HOST,
+        "port": broker.port,
+        "username": TEST_USERNAME,
+        "password": TEST_PASSWORD,
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.5,
+    }
+    values.update(overrides)
+    return MqttSettings(**values)
+
+
+def make_bridge(
+    settings_: MqttSettings,
+    commands: Commands | None = None,
+    *,
+    has_pv: bool = True,
+    battery_names: tuple[str, ...] = ("garage", "attic"),
+    clock: Any = None,
+) -> MqttBridge:
+    commands = commands if commands is not None else Commands()
+    return MqttBridge(
+        settings_,
+        clock=clock or LoopClock(),
+        on_block_discharge=commands.blocked.append,
+        on_mode=commands.modes.append,
+        has_pv=has_pv,
+        battery_names=list(battery_names),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(bridge: MqttBridge) -> AsyncIterator[MqttBridge]:
+    task = asyncio.create_task(bridge.run())
+    try:
+        yield bridge
+    finally:
+        await bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    # Polls state the bridge exposes only as properties; bounded by WAIT_S.
+    async with asyncio.timeout(WAIT_S):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def until_length(items: list[Any], length: int) -> None:
+    await until(lambda: len(items) >= length)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[TestBroker]:
+    async with start_broker() as started:
+        yield started
+
+
+# ---------------------------------------------------------------------------------------
+# pure: payload parsing and formatting
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [(b"true", True), (b"TRUE", True), (b" True\n", True), (b"false", False), (b"FaLsE", False)],
+)
+def test_parse_block_discharge_accepts_true_false_any_case(payload: bytes, expected: bool) -> None:
+    assert parse_block_discharge(payload) is expected
+
+
+@pytest.mark.parametrize("payload", [b"", b"1", b"on", b"yes", b"truee", b'"true"', b"\xff\xfe"])
+def test_parse_block_discharge_rejects_anything_else(payload: bytes) -> None:
+    with pytest.raises(ValueError, match=r"expected 'true' or 'false'|not UTF-8"):
+        parse_block_discharge(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"normal", Mode.NORMAL),
+        (b"HOLD", Mode.HOLD),
+        (b" Charge ", Mode.CHARGE),
+        (b"selfcontrol", Mode.SELFCONTROL),
+        (b"1", Mode.NORMAL),
+        (b"2", Mode.HOLD),
+        (b"3", Mode.CHARGE),
+        (b"4", Mode.SELFCONTROL),
+    ],
+)
+def test_parse_mode_accepts_names_and_evcc_numbers(payload: bytes, expected: Mode) -> None:
+    assert parse_mode(payload) is expected
+
+
+@pytest.mark.parametrize("payload", [b"", b"0", b"5", b"-1", b"1.0", b"\xd9\xa1", b"auto", b"\xff"])
+def test_parse_mode_rejects_anything_else(payload: bytes) -> None:
+    with pytest.raises(ValueError, match=r"expected one of|not UTF-8"):
+        parse_mode(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40))
+def test_command_parsers_raise_only_value_error(payload: bytes) -> None:
+    for parse in (parse_block_discharge, parse_mode):
+        with contextlib.suppress(ValueError):
+            parse(payload)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["true", "false", *MODE_OPTIONS]), st.randoms())
+def test_command_parsers_ignore_case(word: str, rnd: Any) -> None:
+    mixed = "".join(c.upper() if rnd.random() < 0.5 else c for c in word).encode()
+    if word in ("true", "false"):
+        assert parse_block_discharge(mixed) is (word == "true")
+    else:
+        assert parse_mode(mixed) is Mode(word)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(min_value=-5000, max_value=5000, allow_nan=False))
+def test_battery_power_on_mqtt_is_positive_when_charging(power_w: float) -> None:
+    published = int(format_battery_power(power_w))
+    assert published == -round(power_w)
+    if power_w <= -0.5:  # engine: charging
+        assert published > 0
+    if power_w >= 0.5:  # engine: discharging
+        assert published < 0
+
+
+def test_formats() -> None:
+    assert format_soc(67.44) == "67.4"
+    assert format_soc(100.0) == "100.0"
+    assert format_unsigned(-3.0) == "0"
+    assert format_unsigned(12345.6) == "12346"
+    assert format_battery_power(0.2) == "0"  # never "-0"
+
+
+def test_status_payloads_cover_every_topic_with_exact_format() -> None:
+    payloads = {f"mmbc/{k}": v for k, v in status_payloads(sample_status(), has_pv=True).items()}
+    assert payloads == {k: v for k, v in EXPECTED_STATE.items() if k != "mmbc/status/online"}
+
+
+def test_status_payloads_leave_out_unknown_values_and_pv_without_meter() -> None:
+    status = sample_status(
+        soc_pct=None,
+        grid_w=math.nan,
+        quality=None,
+        grid_rms_w=None,
+        charge_total_wh=None,
+        batteries=(BatteryStatus(1, "garage", None, None, "unavailable", False),),
+    )
+    payloads = status_payloads(status, has_pv=False)
+    assert "status/pv_power" not in payloads
+    for absent in ("status/soc", "status/grid_power", "status/control_quality"):
+        assert absent not in payloads
+    assert "status/charge_total_wh" not in payloads
+    assert "battery/1/soc" not in payloads
+    assert payloads["battery/1/online"] == "false"
+    assert payloads["battery/1/state"] == "unavailable"
+    assert payloads["status/discharge_total_wh"] == "6789"
+
+
+# ---------------------------------------------------------------------------------------
+# pure: the publishing schedule (rate limiting) with explicit times
+
+
+def test_schedule_sends_first_value_at_once_then_rate_limits_changes() -> None:
+    schedule = PublishSchedule(min_interval_s=5.0, max_interval_s=60.0)
+    schedule.update({"a": "1"})
+    assert schedule.due(0.0) == [("a", "1")]
+    schedule.mark_sent("a", "1", 0.0)
+    schedule.update({"a": "2"})
+    schedule.update({"a": "3"})  # only the latest value is kept
+    assert schedule.due(4.9) == []
+    assert schedule.next_due_s() == 5.0
+    assert schedule.due(5.0) == [("a", "3")]
+    assert len(schedule) == 1
+
+
+def test_schedule_refreshes_an_unchanged_value_every_max_interval() -> None:
+    schedule = PublishSchedule(min_interval_s=5.0, max_interval_s=60.0)
+    schedule.update({"a": "1"})
+    schedule.mark_sent("a", "1", 10.0)
+    schedule.update({"a": "1"})
+    assert schedule.due(69.9) == []
+    assert schedule.due(70.0) == [("a", "1")]
+
+
+def test_schedule_reset_and_force_make_topics_due_at_once() -> None:
+    schedule = PublishSchedule(min_interval_s=5.0, max_interval_s=60.0)
+    schedule.update({"a": "1", "b": "2"})
+    for topic, payload in schedule.due(0.0):
+        schedule.mark_sent(topic, payload, 0.0)
+    assert schedule.force("b")
+    assert not schedule.force("unknown")
+    assert schedule.due(1.0) == [("b", "2")]
+    schedule.mark_sent("b", "2", 1.0)
+    assert schedule.due(1.0) == []
+    schedule.reset()
+    assert schedule.due(1.0) == [("a", "1"), ("b", "2")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=3.0), st.sampled_from(["x", "y", "z"])),
+        max_size=60,
+    )
+)
+def test_schedule_never_sends_a_topic_twice_within_min_interval(steps: list[Any]) -> None:
+    schedule = PublishSchedule(min_interval_s=5.0, max_interval_s=60.0)
+    now_s = 0.0
+    sent_at: list[float] = []
+    for step_s, value in steps:
+        now_s += step_s
+        schedule.update({"t": value})
+        for topic, payload in schedule.due(now_s):
+            schedule.mark_sent(topic, payload, now_s)
+            sent_at.append(now_s)
+    assert all(b - a >= 5.0 for a, b in itertools.pairwise(sent_at))
+
+
+# ---------------------------------------------------------------------------------------
+# pure: settings
+
+
+def test_settings_defaults_and_normalisation() -> None:
+    defaults = MqttSettings(host="broker")
+    assert defaults.port == 1883
+    assert defaults.topic_prefix == "mmbc"
+    assert defaults.discovery_prefix == "homeassistant"
+    assert defaults.discovery
+    assert defaults.min_interval_s == 5.0
+    assert defaults.max_interval_s == 60.0
+    assert defaults.reconnect_max_s <= 30.0
+    assert defaults.client_id == MqttSettings(host="other").client_id == "mmbc-engine"
+    virtual = MqttSettings(host="broker", topic_prefix="/mmbc/virtual/")
+    assert virtual.topic_prefix == "mmbc/virtual"
+    assert virtual.client_id == "mmbc-engine-mmbc_virtual"
+    assert "hunter2" not in repr(MqttSettings(host="broker", password="hunter2"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"host": " "},
+        {"port": 0},
+        {"port": 70000},
+        {"topic_prefix": "mmbc/#"},
+        {"topic_prefix": "+"},
+        {"topic_prefix": "/"},
+        {"discovery_prefix": ""},
+        {"min_interval_s": 10.0, "max_interval_s": 5.0},
+        {"min_interval_s": -1.0},
+        {"reconnect_max_s": 60.0},
+        {"keepalive_s": 0},
+        {"tls_ca_file": "/nonexistent/ca.pem"},
+    ],
+)
+def test_invalid_settings_raise_config_error(overrides: dict[str, Any]) -> None:
+    values: dict[str, Any] = {"host": "broker", **overrides}
+    with pytest.raises(ConfigError):
+        make_bridge(MqttSettings(**values))
+
+
+# ---------------------------------------------------------------------------------------
+# pure: build_status
+
+
+def _telemetry(name: str, **values: Any) -> BatteryTelemetry:
+    defaults: dict[str, Any] = {
+        "online": True,
+        "soc_pct": 50.0,
+        "power_w": 0.0,
+        "charge_total_wh": 1000.0,
+        "discharge_total_wh": 500.0,
+    }
+    defaults.update(values)
+    return BatteryTelemetry(name=name, **defaults)
+
+
+def _plan(**values: Any) -> Plan:
+    defaults: dict[str, Any] = {"setpoints": {}, "fleet_state": "normal", "battery_states": {}}
+    defaults.update(values)
+    return Plan(**defaults)
+
+
+def test_build_status_weights_soc_by_capacity_of_online_batteries() -> None:
+    snapshot = Snapshot(
+        now_s=0.0,
+        grid_w=120.0,
+        meter_updated_s=0.0,
+        batteries=(
+            _telemetry("a", soc_pct=20.0, power_w=-300.0),
+            _telemetry("b", soc_pct=80.0, power_w=100.0),
+            _telemetry("c", online=False, soc_pct=None, power_w=None),
+            _telemetry("d", soc_pct=None, power_w=50.0),  # online, SoC invalid
+        ),
+        mode=Mode.CHARGE,
+        discharge_blocked=True,
+        pv_w=900.0,
+    )
+    plan = _plan(
+        battery_states={"a": "charging", "b": "discharging", "d": "idle"},
+        quality="oscillating",
+        grid_rms_w=77.0,
+    )
+    status = build_status(snapshot, plan, {"a": 10000.0, "b": 5000.0, "c": 5000.0})
+    assert status.soc_pct == pytest.approx((20.0 * 10000 + 80.0 * 5000) / 15000)
+    assert status.battery_power_w == pytest.approx(-150.0)
+    assert status.grid_w == 120.0
+    assert status.pv_w == 900.0
+    assert status.mode is Mode.CHARGE
+    assert status.discharge_blocked
+    assert status.quality == "oscillating"
+    assert status.grid_rms_w == 77.0
+    assert [b.index for b in status.batteries] == [1, 2, 3, 4]
+    assert [b.state for b in status.batteries] == ["charging", "discharging", "unavailable", "idle"]
+    assert status.batteries[2].online is False
+    # One battery reported no counters (offline): a partial sum would look like a reset.
+    assert status.charge_total_wh is None
+    assert status.discharge_total_wh is None
+
+
+def test_build_status_sums_lifetime_counters_and_reports_safe_hold() -> None:
+    snapshot = Snapshot(
+        now_s=0.0,
+        grid_w=None,
+        meter_updated_s=None,
+        batteries=(
+            _telemetry("a", charge_total_wh=1000.0, discharge_total_wh=10.0),
+            _telemetry("b", charge_total_wh=2500.5, discharge_total_wh=20.0),
+        ),
+    )
+    status = build_status(snapshot, _plan(safe_hold=True, quality="stable"), {})
+    assert status.charge_total_wh == pytest.approx(3500.5)
+    assert status.discharge_total_wh == pytest.approx(30.0)
+    assert status.soc_pct == pytest.approx(50.0)
+    assert status.grid_w is None
+    assert status.quality == "safe_hold"
+
+
+def test_build_status_without_any_valid_soc_has_no_fleet_soc() -> None:
+    snapshot = Snapshot(
+        now_s=0.0,
+        grid_w=0.0,
+        meter_updated_s=0.0,
+        batteries=(_telemetry("a", online=False), _telemetry("b", soc_pct=math.nan)),
+    )
+    assert build_status(snapshot, _plan(), {}).soc_pct is None
+
+
+# ---------------------------------------------------------------------------------------
+# pure: discovery
+
+
+def test_discovery_unique_ids_are_stable_and_distinct_per_prefix() -> None:
+    def ids(prefix: str) -> list[str]:
+        return [
+            m.payload["unique_id"]
+            for m in discovery_messages(
+                topic_prefix=prefix,
+                discovery_prefix="homeassistant",
+                battery_names=["a", "b"],
+                has_pv=True,
+            )
+            if m.payload is not None
+        ]
+
+    first = ids("mmbc")
+    assert first == ids("mmbc")
+    assert len(set(first)) == len(first)
+    assert "mmbc_soc" in first
+    assert "mmbc_battery_2_power" in first
+    assert node_id("mmbc/virtual") == "mmbc_virtual"
+    assert set(first).isdisjoint(ids("mmbc/virtual"))
+    custom = discovery_messages(
+        topic_prefix="mmbc/virtual",
+        discovery_prefix="ha",
+        battery_names=[],
+        has_pv=False,
+    )
+    assert custom[0].topic == "ha/sensor/mmbc_virtual/soc/config"
+    assert custom[0].payload is not None
+    assert custom[0].payload["state_topic"] == "mmbc/virtual/status/soc"
+
+
+# ---------------------------------------------------------------------------------------
+# against a real broker
+
+
+async def test_every_topic_is_published_retained_with_exact_payloads(broker: TestBroker) -> None:
+    async with running(make_bridge(make_settings(broker))) as bridge:
+        bridge.publish(sample_status())
+        async with observe(broker) as live:
+            await live.has(EXPECTED_STATE)
+        # A late subscriber gets every value from the broker's retained store.
+        async with observe(broker) as late:
+            await late.has(EXPECTED_STATE)
+            await late.sync()
+            assert late.state() == EXPECTED_STATE  # nothing else, no control echo
+            assert all(m.retain for m in late.messages if m.topic.startswith("mmbc/"))
+
+
+async def test_no_pv_topic_without_pv_meter(broker: TestBroker) -> None:
+    async with running(make_bridge(make_settings(broker), has_pv=False)) as bridge:
+        bridge.publish(sample_status())
+        expected = {k: v for k, v in EXPECTED_STATE.items() if k != "mmbc/status/pv_power"}
+        async with observe(broker) as late:
+            await late.has(expected)
+            await late.sync()
+            assert late.state() == expected
+
+
+async def test_block_discharge_commands_are_applied_and_echoed(broker: TestBroker) -> None:
+    applied: list[bool] = []
+    status = sample_status()
+
+    def apply(blocked: bool) -> None:  # what the runtime does within one cycle
+        applied.append(blocked)
+        bridge.publish(replace(status, discharge_blocked=blocked))
+
+    bridge = MqttBridge(
+        make_settings(broker, min_interval_s=0.0),
+        clock=LoopClock(),
+        on_block_discharge=apply,
+        on_mode=lambda mode: None,
+        has_pv=True,
+        battery_names=["garage", "attic"],
+    )
+    async with running(bridge), observe(broker) as observer:
+        bridge.publish(status)
+        await observer.has({"mmbc/status/discharge_blocked": "false"})
+        for count, (payload, expected) in enumerate(
+            (("true", "true"), ("TRUE", "true"), ("false", "false")), start=1
+        ):
+            await observer.send("mmbc/control/block_discharge", payload)
+            await until_length(applied, count)
+            await observer.has({"mmbc/status/discharge_blocked": expected})
+        assert applied == [True, True, False]
+
+
+async def test_mode_commands_accept_names_and_numbers(broker: TestBroker) -> None:
+    commands = Commands()
+    async with running(make_bridge(make_settings(broker), commands)), observe(broker) as observer:
+        await observer.has({"mmbc/status/online": "online"})
+        for payload in ("charge", "NORMAL", "1", "2", "3", "4"):
+            await observer.send("mmbc/control/mode", payload)
+        await until(lambda: len(commands.modes) == 6)
+    assert commands.modes == [
+        Mode.CHARGE,
+        Mode.NORMAL,
+        Mode.NORMAL,
+        Mode.HOLD,
+        Mode.CHARGE,
+        Mode.SELFCONTROL,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "status_topic", "status_payload"),
+    [
+        ("mmbc/control/block_discharge", b"maybe", "mmbc/status/discharge_blocked", "false"),
+        ("mmbc/control/block_discharge", b"", "mmbc/status/discharge_blocked", "false"),
+        ("mmbc/control/block_discharge", b"\xff\x00", "mmbc/status/discharge_blocked", "false"),
+        ("mmbc/control/mode", b"turbo", "mmbc/status/mode", "hold"),
+        ("mmbc/control/mode", b"5", "mmbc/status/mode", "hold"),
+    ],
+)
+async def test_invalid_command_is_rejected_once_and_state_republished(
+    broker: TestBroker,
+    caplog: pytest.LogCaptureFixture,
+    topic: str,
+    payload: bytes,
+    status_topic: str,
+    status_payload: str,
+) -> None:
+    commands = Commands()
+    # A huge min interval: the republish must not wait for the rate limiter.
+    bridge = make_bridge(
+        make_settings(broker, min_interval_s=1000.0, max_interval_s=1000.0), commands
+    )
+    async with running(bridge), observe(broker) as observer:
+        bridge.publish(sample_status())
+        await observer.has({status_topic: status_payload})
+        before = len(observer.of(status_topic))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+            await observer.send(topic, payload)
+            await observer.wait_for(lambda: len(observer.of(status_topic)) == before + 1)
+        assert observer.of(status_topic)[-1].payload == status_payload
+    assert commands == Commands()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == LOGGER_NAME]
+    assert len(warnings) == 1
+    assert topic in warnings[0].getMessage()
+    assert repr(payload) in warnings[0].getMessage()
+
+
+async def test_changes_within_min_interval_are_held_back(broker: TestBroker) -> None:
+    bridge = make_bridge(make_settings(broker, min_interval_s=1000.0, max_interval_s=1000.0))
+    async with running(bridge), observe(broker) as observer:
+        bridge.publish(sample_status(soc_pct=50.0))
+        await observer.has({"mmbc/status/soc": "50.0", "mmbc/status/mode": "hold"})
+        bridge.publish(sample_status(soc_pct=60.0))
+        # Barrier: an invalid mode forces status/mode out at once; the publisher has seen
+        # the new SoC by then and held it back.
+        mode_count = len(observer.of("mmbc/status/mode"))
+        await observer.send("mmbc/control/mode", "bogus")
+        await observer.wait_for(lambda: len(observer.of("mmbc/status/mode")) > mode_count)
+        await observer.sync()
+        assert [m.payload for m in observer.of("mmbc/status/soc")] == ["50.0"]
+
+
+async def test_unchanged_values_are_refreshed_every_max_interval(broker: TestBroker) -> None:
+    bridge = make_bridge(make_settings(broker, min_interval_s=0.0, max_interval_s=0.1))
+    async with running(bridge), observe(broker) as observer:
+        bridge.publish(sample_status())
+        await observer.wait_for(lambda: len(observer.of("mmbc/status/soc")) >= 3)
+        assert {m.payload for m in observer.of("mmbc/status/soc")} == {"67.4"}
+
+
+async def test_broker_restart_reconnects_and_republishes_everything(broker: TestBroker) -> None:
+    commands = Commands()
+    bridge = make_bridge(make_settings(broker), commands)
+    async with running(bridge):
+        bridge.publish(sample_status())
+        async with observe(broker) as observer:
+            await observer.has(EXPECTED_STATE)
+        await broker.stop()
+        await until(lambda: not bridge.connected)
+        # Control goes on while the broker is away: publish() neither blocks nor fails.
+        for soc_pct in (10.0, 20.0, 30.0):
+            bridge.publish(sample_status(soc_pct=soc_pct))
+        await broker.start()  # same port; retained messages and sessions are gone
+        await until(lambda: bridge.connections >= 2 and bridge.connected)
+        async with observe(broker, ("mmbc/#", "homeassistant/#")) as late:
+            await late.has({**EXPECTED_STATE, "mmbc/status/soc": "30.0"})
+            assert "homeassistant/switch/mmbc/block_discharge/config" in late.state("")
+            # Commands work again on the new connection.
+            await late.send("mmbc/control/block_discharge", "true")
+            await until(lambda: commands.blocked == [True])
+
+
+async def test_command_sent_while_engine_is_away_is_delivered(broker: TestBroker) -> None:
+    settings_ = make_settings(broker, client_id="mmbc-persistent-test")
+    async with running(make_bridge(settings_)), observe(broker) as observer:
+        await observer.has({"mmbc/status/online": "online"})
+    # The engine is gone (its persistent session stays); a command arrives meanwhile.
+    async with observe(broker) as sender:
+        await sender.send("mmbc/control/block_discharge", "true")
+        await sender.send("mmbc/control/mode", "3")
+    commands = Commands()
+    async with running(make_bridge(settings_, commands)):
+        await until(lambda: commands.blocked == [True] and commands.modes == [Mode.CHARGE])
+
+
+async def test_graceful_stop_publishes_offline(broker: TestBroker) -> None:
+    async with running(make_bridge(make_settings(broker))), observe(broker) as observer:
+        await observer.has({"mmbc/status/online": "online"})
+    async with observe(broker) as late:
+        await late.has({"mmbc/status/online": "offline"})
+        assert late.of("mmbc/status/online")[-1].retain
+
+
+_DYING_ENGINE = """
+import asyncio, sys
+from engine.adapters.mqtt import MqttBridge, MqttSettings
+from engine.ports import LoopClock
+
+async def main():
+    settings = MqttSettings(host="127.0.0.1", port=int(sys.argv[1]), username=sys.argv[2],
+                            discovery=False, client_id="mmbc-dying-engine")
+    bridge = MqttBridge(settings, clock=LoopClock(), on_block_discharge=print, on_mode=print,
+                        has_pv=False, battery_names=[])
+    await bridge.run()
+
+asyncio.run(main())
+"""
+
+
+async def test_last_will_reads_offline_when_engine_dies(broker: TestBroker) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    async with observe(broker) as observer:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _DYING_ENGINE,
+            str(broker.port),
+            TEST_USERNAME,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await observer.has({"mmbc/status/online": "online"})
+        finally:
+            proc.kill()  # SIGKILL: no DISCONNECT, no goodbye
+            await proc.wait()
+        await observer.has({"mmbc/status/online": "offline"})
+    async with observe(broker) as late:
+        await late.has({"mmbc/status/online": "offline"})
+        assert late.of("mmbc/status/online")[-1].retain
+
+
+async def test_discovery_payloads(broker: TestBroker) -> None:
+    expected_topics = {
+        "homeassistant/sensor/mmbc/soc/config",
+        "homeassistant/sensor/mmbc/battery_power/config",
+        "homeassistant/sensor/mmbc/grid_power/config",
+        "homeassistant/sensor/mmbc/pv_power/config",
+        "homeassistant/sensor/mmbc/charge_total_wh/config",
+        "homeassistant/sensor/mmbc/discharge_total_wh/config",
+        "homeassistant/sensor/mmbc/control_quality/config",
+        "homeassistant/sensor/mmbc/grid_rms_w/config",
+        "homeassistant/switch/mmbc/block_discharge/config",
+        "homeassistant/select/mmbc/mode/config",
+    }
+    for n in (1, 2):
+        expected_topics |= {
+            f"homeassistant/sensor/mmbc/battery_{n}_soc/config",
+            f"homeassistant/sensor/mmbc/battery_{n}_power/config",
+            f"homeassistant/sensor/mmbc/battery_{n}_state/config",
+            f"homeassistant/binary_sensor/mmbc/battery_{n}_online/config",
+        }
+    # A late subscriber (Home Assistant starting after MMBC) gets every config retained.
+    async with (
+        running(make_bridge(make_settings(broker))),
+        observe(broker, ("homeassistant/#",)) as late,
+    ):
+        await late.wait_for(lambda: expected_topics <= set(late.state("homeassistant/")))
+        await late.sync()
+    configs = {
+        m.topic: json.loads(m.payload)
+        for m in late.messages
+        if m.topic.startswith("homeassistant/")
+    }
+    assert set(configs) == expected_topics
+    assert all(m.retain for m in late.messages if m.topic.startswith("homeassistant/"))
+
+    unique_ids = [c["unique_id"] for c in configs.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+    for topic, config in configs.items():
+        key = topic.split("/")[3]
+        assert config["unique_id"] == f"mmbc_{key}"
+        assert {
+            "topic": "mmbc/status/online",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        } in config["availability"]
+        # Every state topic HA listens to is one the bridge really publishes.
+        assert config["state_topic"] in EXPECTED_STATE
+
+    fleet = configs["homeassistant/sensor/mmbc/soc/config"]
+    assert fleet["device"]["identifiers"] == ["mmbc"]
+    assert (fleet["device_class"], fleet["state_class"], fleet["unit_of_measurement"]) == (
+        "battery",
+        "measurement",
+        "%",
+    )
+    for key in ("battery_power", "grid_power", "pv_power", "grid_rms_w"):
+        config = configs[f"homeassistant/sensor/mmbc/{key}/config"]
+        assert (config["device_class"], config["state_class"], config["unit_of_measurement"]) == (
+            "power",
+            "measurement",
+            "W",
+        )
+    for key in ("charge_total_wh", "discharge_total_wh"):
+        config = configs[f"homeassistant/sensor/mmbc/{key}/config"]
+        assert (config["device_class"], config["state_class"], config["unit_of_measurement"]) == (
+            "energy",
+            "total_increasing",
+            "Wh",
+        )
+    switch = configs["homeassistant/switch/mmbc/block_discharge/config"]
+    assert switch["command_topic"] == "mmbc/control/block_discharge"
+    assert switch["state_topic"] == "mmbc/status/discharge_blocked"
+    assert (switch["payload_on"], switch["payload_off"]) == ("true", "false")
+    select = configs["homeassistant/select/mmbc/mode/config"]
+    assert select["command_topic"] == "mmbc/control/mode"
+    assert select["state_topic"] == "mmbc/status/mode"
+    assert select["options"] == ["normal", "hold", "charge", "selfcontrol"]
+
+    battery = configs["homeassistant/sensor/mmbc/battery_2_power/config"]
+    assert battery["device"]["identifiers"] == ["mmbc_battery_2"]
+    assert battery["device"]["via_device"] == "mmbc"
+    assert "attic" in battery["device"]["name"]
+    assert battery["state_topic"] == "mmbc/battery/2/power"
+    assert {
+        "topic": "mmbc/battery/2/online",
+        "payload_available": "true",
+        "payload_not_available": "false",
+    } in battery["availability"]
+    online = configs["homeassistant/binary_sensor/mmbc/battery_1_online/config"]
+    assert (online["device_class"], online["payload_on"], online["payload_off"]) == (
+        "connectivity",
+        "true",
+        "false",
+    )
+
+
+async def test_discovery_removes_pv_sensor_without_pv_meter(broker: TestBroker) -> None:
+    topic = "homeassistant/sensor/mmbc/pv_power/config"
+    async with observe(broker, ("homeassistant/#", "mmbc/#")) as observer:
+        async with running(make_bridge(make_settings(broker), has_pv=True)):
+            await observer.wait_for(lambda: bool(observer.of(topic)))
+        async with running(make_bridge(make_settings(broker), has_pv=False)):
+            await observer.wait_for(lambda: observer.of(topic)[-1].payload == "")
+    async with observe(broker, ("homeassistant/#", "mmbc/#")) as late:
+        await late.has({"mmbc/status/online": "offline"})
+        await late.sync()
+        assert topic not in late.state("")
+
+
+async def test_discovery_can_be_disabled(broker: TestBroker) -> None:
+    async with (
+        running(make_bridge(make_settings(broker, discovery=False))),
+        observe(broker, ("homeassistant/#", "mmbc/#")) as observer,
+    ):
+        await observer.has({"mmbc/status/online": "online"})
+        await observer.sync()
+        assert not [m for m in observer.messages if m.topic.startswith("homeassistant/")]
+
+
+class InstantClock:
+    """Records the bridge's sleeps and returns at once (virtual time)."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.now_s
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now_s += seconds
+        await asyncio.sleep(0)
+
+
+async def test_unreachable_broker_backs_off_to_30_s_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = InstantClock()
+    settings_ = MqttSettings(host=HOST, port=_free_port())  # nobody listens there
+    bridge = make_bridge(settings_, clock=clock)
+    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
+        async with running(bridge):
+            for i in range(1000):
+                bridge.publish(sample_status(soc_pct=float(i % 100)))
+            await until(lambda: len(clock.sleeps) >= 8)
+            assert not bridge.connected
+    assert clock.sleeps[:8] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    unavailable = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(unavailable) == 1
+    assert unavailable[0].levelno == logging.WARNING

@@ -432,7 +432,8 @@ def _options_layer(data: Mapping[str, object], warnings: list[str]) -> _Layer:
             continue
         match = _BATTERY_OPTION_RE.fullmatch(lower)
         if lower == "batteries":
-            list_battery_key = key
+            if value:  # an add-on's empty default list does not clash with battery_<n>_* keys
+                list_battery_key = key
             _options_battery_list(key, value, layer)
             continue
         if match is not None:
@@ -465,6 +466,8 @@ def _options_layer(data: Mapping[str, object], warnings: list[str]) -> _Layer:
 
 
 def _options_battery_list(key: str, value: object, layer: _Layer) -> None:
+    if value is None:
+        return
     if not isinstance(value, list):
         raise ConfigError(key, "expected a list of batteries ({ip, address, port, ...})")
     for i, entry in enumerate(value):
@@ -611,6 +614,12 @@ def _as_host(raw: _Raw) -> str:
     text = _as_str(raw)
     if "://" in text or "/" in text:
         raise ConfigError(raw.key, f"expected a host name or IP address, not a URL: {_show(text)}")
+    if text.count(":") == 1:  # "192.168.1.101:502"; IPv6 addresses have at least two
+        raise ConfigError(
+            raw.key,
+            f"expected a host name or IP address without a port, got {_show(text)};"
+            " the port is a setting of its own",
+        )
     if not _HOST_RE.fullmatch(text) or len(text) > 253:
         raise ConfigError(raw.key, f"expected a host name or IP address, got {_show(text)}")
     return text
@@ -893,9 +902,8 @@ def _build_control(r: _Resolver) -> dict[str, object]:
             overrides[name] = _control_parser(name, getattr(defaults, name))(raw)
     min_soc = overrides.get("min_soc_pct", defaults.min_soc_pct)
     max_soc = overrides.get("max_soc_pct", defaults.max_soc_pct)
-    assert isinstance(min_soc, float)
-    assert isinstance(max_soc, float)
-    if min_soc >= max_soc:
+    numbers = (int, float)
+    if isinstance(min_soc, numbers) and isinstance(max_soc, numbers) and min_soc >= max_soc:
         raw = r.raw("control.min_soc_pct") or r.raw("control.max_soc_pct")
         assert raw is not None
         raise ConfigError(

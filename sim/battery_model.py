@@ -16,6 +16,8 @@ _TIME_EPS_S = 1e-6
 # Bisection iterations to find when a ramp exhausts the available energy (rare path).
 _BISECT_ITERATIONS = 48
 _WS_PER_WH = 3600.0
+# Marks a pending switch-off (reboot) in the command queue.
+_SWITCH_OFF = math.nan
 
 
 def _check_curve(name: str, curve: tuple[tuple[float, float], ...]) -> None:
@@ -174,12 +176,19 @@ class VenusE:
         self._pending.append((effective_s, power_w))
 
     def switch_off(self, now_s: float) -> None:
-        """Inverter off at once (reboot): output 0 W, relay open, pending commands dropped."""
-        if self._t_s is not None and now_s > self._t_s:
-            self._integrate(self._t_s, now_s)
-        self._pending.clear()
-        self._goal_w = 0.0
+        """Inverter off at ``now_s`` (reboot): output 0 W at once, relay open, commands dropped."""
         self._commanded_w = 0.0
+        if self._t_s is not None and now_s > self._t_s:
+            # Later than the integrated time: commands due before then still act, then off.
+            while self._pending and self._pending[-1][0] >= now_s:
+                self._pending.pop()
+            self._pending.append((now_s, _SWITCH_OFF))
+            return
+        self._pending.clear()
+        self._off()
+
+    def _off(self) -> None:
+        self._goal_w = 0.0
         self._p_w = 0.0
         self._relay_closed = False
         self._relay_ready_s = None
@@ -230,7 +239,11 @@ class VenusE:
         pending = self._pending
         while t_end_s - t_s > 1e-12:
             while pending and pending[0][0] <= t_s + 1e-12:
-                self._goal_w = pending.popleft()[1]
+                goal_w = pending.popleft()[1]
+                if math.isnan(goal_w):  # _SWITCH_OFF (set_target never queues NaN)
+                    self._off()
+                else:
+                    self._goal_w = goal_w
             seg_end_s = pending[0][0] if pending and pending[0][0] < t_end_s else t_end_s
             if self._charge_blocked and self.stored_wh < self._ceiling_wh() - (
                 self.capacity_wh * CHARGE_RESUME_HYSTERESIS_PCT / 100.0
@@ -306,8 +319,7 @@ class VenusE:
 
     def _idle(self, duration_s: float) -> None:
         draw_wh = self.params.standby_w * duration_s / _WS_PER_WH
-        if draw_wh > self.stored_wh:
-            draw_wh = self.stored_wh  # the draw stops when the cells are empty
+        draw_wh = min(draw_wh, self.stored_wh)  # the draw stops when the cells are empty
         self.stored_wh -= draw_wh
         self.conversion_loss_wh += draw_wh
         self.standby_loss_wh += draw_wh

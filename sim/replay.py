@@ -10,6 +10,7 @@ real sockets.
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -146,7 +147,8 @@ def run_scenario(
     checker = InvariantChecker(settings, world.names)
     notes: list[str] = []
     period = policy.period_s
-    next_tick = 0.0
+    # The first reading becomes visible after the meter's latency: start polling then.
+    next_tick = math.ceil(scenario.meter.latency_s / PLANT_STEP_S) * PLANT_STEP_S
     dt = PLANT_STEP_S
     steps = round(scenario.duration_s / dt)
     report_every = max(1, steps // 100)

@@ -100,7 +100,7 @@ class Scenario:
     pv_meter: bool
     events: tuple[Event, ...]
     faults: tuple[Fault, ...]
-    blocks: tuple[tuple[float, float], ...]  # (start_s, end_s) windows, discharge blocked
+    blocks: tuple[tuple[float, float], ...]  # (at_s, duration_s) windows, discharge blocked
     control: dict[str, object] = field(hash=False)  # validated ControlSettings overrides
     tariff: Tariff
     seed: int
@@ -124,7 +124,7 @@ class Scenario:
 
     def discharge_blocked_at(self, t_s: float) -> bool:
         """Whether a ``[[block]]`` window covers scenario time ``t_s``."""
-        return any(start_s <= t_s < end_s for start_s, end_s in self.blocks)
+        return any(at_s <= t_s < at_s + length_s for at_s, length_s in self.blocks)
 
 
 class _Parser:
@@ -459,7 +459,7 @@ class _Parser:
         self.keys(table, where, ("at_s", "duration_s"))
         at_s = self.at(table["at_s"], f"{where}.at_s", duration_s)
         length_s = self.number(table["duration_s"], f"{where}.duration_s", gt=0.0)
-        return (at_s, at_s + length_s)
+        return (at_s, length_s)
 
     def control(self, table: dict[str, Any]) -> dict[str, object]:
         known = ControlSettings.field_names()

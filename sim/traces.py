@@ -256,6 +256,9 @@ def load_trace(
     if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0.0):
         raise TraceError(path, f"duration_s must be positive, got {duration_s!r}", key="duration_s")
     window_end_s = main.end_s if duration_s is None else window_start_s + float(duration_s)
+    if not window_end_s > window_start_s:
+        msg = f"duration_s {duration_s!r} is too short to form a window"
+        raise TraceError(path, msg, key="duration_s")
     if window_end_s > main.end_s + _EPS_S:
         msg = f"the window ends at {window_end_s:g} s but the trace ends at {main.end_s:g} s"
         raise TraceError(path, msg, key="duration_s")

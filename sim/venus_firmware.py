@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+from collections.abc import Callable
 
 from engine.adapters import marstek_registers as reg
 from sim.battery_model import VenusE
@@ -111,6 +112,19 @@ class VenusFirmware:
         self._month_index: int | None = None
         self._day_base = (0.0, 0.0)
         self._month_base = (0.0, 0.0)
+        # (first, last register, builder): a read computes only the blocks it touches.
+        self._blocks: tuple[tuple[int, int, Callable[[dict[int, int], float], None]], ...] = (
+            (
+                reg.REG_DEVICE_NAME,
+                reg.REG_DEVICE_NAME + reg.DEVICE_NAME_REGS - 1,
+                self._block_name,
+            ),
+            (reg.REG_BATTERY_VOLTAGE, reg.REG_CAPACITY, self._block_battery),
+            (reg.REG_AC_VOLTAGE, reg.REG_AC_FREQUENCY, self._block_ac),
+            (reg.REG_TOTAL_CHARGE, reg.REG_MONTHLY_DISCHARGE + 1, self._block_counters),
+            (reg.REG_INVERTER_STATE, reg.REG_ALARMS + 1, self._block_status),
+            (reg.REG_RS485_CONTROL, reg.REG_MAX_DISCHARGE_POWER, self._block_control),
+        )
 
     # ---------------------------------------------------------------- semantics
     @property
@@ -145,7 +159,7 @@ class VenusFirmware:
         for addr in range(address, address + count):
             if addr not in MAPPED_REGISTERS:
                 return FirmwareFault.ILLEGAL_ADDRESS
-        image = self._image(now_s)
+        image = self._image(address, count, now_s)
         return [image[addr] for addr in range(address, address + count)]
 
     def write(self, address: int, values: list[int], now_s: float) -> FirmwareFault | None:
@@ -201,14 +215,17 @@ class VenusFirmware:
         """Total, daily and monthly AC charge/discharge energy in Wh."""
         bat = self.battery
         totals = (bat.charged_wh, bat.discharged_wh)
+        # The first read adopts the current day and month: everything so far counts as today.
         day = math.floor(now_s / DAY_S)
         if day != self._day_index:
+            if self._day_index is not None:
+                self._day_base = totals
             self._day_index = day
-            self._day_base = totals
         month = math.floor(now_s / MONTH_S)
         if month != self._month_index:
+            if self._month_index is not None:
+                self._month_base = totals
             self._month_index = month
-            self._month_base = totals
         return (
             totals[0],
             totals[1],
@@ -218,33 +235,45 @@ class VenusFirmware:
             totals[1] - self._month_base[1],
         )
 
-    def _image(self, now_s: float) -> dict[int, int]:
-        bat = self.battery
-        soc_pct = bat.soc_pct
-        ac_w = bat.ac_power_w
-        dc_w = bat.dc_power_w
-        battery_v = 48.0 + 6.0 * soc_pct / 100.0  # 16s LFP, roughly linear in the mid range
+    def _image(self, address: int, count: int, now_s: float) -> dict[int, int]:
+        """The registers of every block that [address, address + count) touches."""
         image: dict[int, int] = {}
+        end = address + count
+        for first, last, build in self._blocks:
+            if address <= last and first < end:
+                build(image, now_s)
+        return image
+
+    def _block_name(self, image: dict[int, int], _now_s: float) -> None:
         for i, word in enumerate(self._name_regs):
             image[reg.REG_DEVICE_NAME + i] = word
+
+    def _block_battery(self, image: dict[int, int], _now_s: float) -> None:
+        bat = self.battery
+        soc_pct = bat.soc_pct
+        dc_w = bat.dc_power_w
+        battery_v = 48.0 + 6.0 * soc_pct / 100.0  # 16s LFP, roughly linear in the mid range
         image[reg.REG_BATTERY_VOLTAGE] = _u16(battery_v * 100.0)
         image[reg.REG_BATTERY_CURRENT] = _i16(dc_w / battery_v * 100.0)
-        high, low = _i32(dc_w)
-        image[reg.REG_BATTERY_POWER] = high
-        image[reg.REG_BATTERY_POWER + 1] = low
+        image[reg.REG_BATTERY_POWER], image[reg.REG_BATTERY_POWER + 1] = _i32(dc_w)
         image[reg.REG_SOC] = SOC_GARBAGE if self.soc_garbage else _u16(math.floor(soc_pct + 0.5))
         image[reg.REG_CAPACITY] = _u16(bat.capacity_wh)
+
+    def _block_ac(self, image: dict[int, int], _now_s: float) -> None:
+        ac_w = self.battery.ac_power_w
         image[reg.REG_AC_VOLTAGE] = _u16(AC_VOLTAGE_V * 10.0)
         image[reg.REG_AC_CURRENT] = _i16(ac_w / AC_VOLTAGE_V * 100.0)
-        high, low = _i32(ac_w)
-        image[reg.REG_AC_POWER] = high
-        image[reg.REG_AC_POWER + 1] = low
+        image[reg.REG_AC_POWER], image[reg.REG_AC_POWER + 1] = _i32(ac_w)
         image[reg.REG_AC_FREQUENCY] = _u16(AC_FREQUENCY_HZ * 100.0)
-        counters = self._counters(now_s)
-        for i, energy_wh in enumerate(counters):
+
+    def _block_counters(self, image: dict[int, int], now_s: float) -> None:
+        for i, energy_wh in enumerate(self._counters(now_s)):
             high, low = _u32(energy_wh / 10.0)  # 0.01 kWh
             image[reg.REG_TOTAL_CHARGE + 2 * i] = high
             image[reg.REG_TOTAL_CHARGE + 2 * i + 1] = low
+
+    def _block_status(self, image: dict[int, int], _now_s: float) -> None:
+        ac_w = self.battery.ac_power_w
         if ac_w > 0.0:
             state = reg.InverterState.DISCHARGE
         elif ac_w < 0.0:
@@ -252,8 +281,11 @@ class VenusFirmware:
         else:
             state = reg.InverterState.STANDBY
         image[reg.REG_INVERTER_STATE] = state
-        image[reg.REG_ALARMS] = _ALARM_LOW_SOC_BIT if bat.discharge_blocked else 0
+        image[reg.REG_ALARMS] = _ALARM_LOW_SOC_BIT if self.battery.discharge_blocked else 0
         image[reg.REG_ALARMS + 1] = 0
+
+    def _block_control(self, image: dict[int, int], _now_s: float) -> None:
+        bat = self.battery
         image[reg.REG_RS485_CONTROL] = (
             reg.RS485_ENABLE if self.control_enabled else reg.RS485_DISABLE
         )
@@ -268,7 +300,6 @@ class VenusFirmware:
         image[reg.REG_DISCHARGE_CUTOFF] = _u16(bat.discharge_cutoff_pct * 10.0)
         image[reg.REG_MAX_CHARGE_POWER] = self.max_charge_power_w
         image[reg.REG_MAX_DISCHARGE_POWER] = self.max_discharge_power_w
-        return image
 
     # ---------------------------------------------------------------- scripted faults
     def reboot(self, now_s: float, offline_s: float = DEFAULT_REBOOT_OFFLINE_S) -> None:

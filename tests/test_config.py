@@ -490,6 +490,14 @@ def test_home_assistant_options_json(tmp_path: Path) -> None:
     assert config.log_level == "DEBUG"
 
 
+def test_options_json_empty_battery_list_and_flat_keys_work_together() -> None:
+    config = build_config(
+        options={"p1_host": "192.168.1.50", "batteries": [], "battery_2_ip": "192.168.1.102"}
+    )
+
+    assert [b.name for b in config.batteries] == ["battery_2"]
+
+
 def test_upstream_style_options_json_with_env_names() -> None:
     config = build_config(
         options={
@@ -603,6 +611,8 @@ ENV_ERRORS: list[tuple[dict[str, str], str, str]] = [
     ({"BATTERY_1_TIMEOUT_S": "0"}, "BATTERY_1_TIMEOUT_S", "greater than 0"),
     ({"BATTERY_1_IP": "http://192.168.1.101"}, "BATTERY_1_IP", "not a URL"),
     ({"BATTERY_1_IP": "192.168.1.101 502"}, "BATTERY_1_IP", "host name or IP address"),
+    ({"BATTERY_1_IP": "192.168.1.101:502"}, "BATTERY_1_IP", "without a port"),
+    ({"MQTT_HOST": "192.168.1.10:1883"}, "MQTT_HOST", "without a port"),
     ({"BATTERY_3_PORT": "502"}, "BATTERY_3_PORT", "battery 3 has no IP address"),
     ({"BATTERY_2_ADDRESS": "2"}, "BATTERY_2_ADDRESS", "battery 2 has no IP address"),
     ({"BATTERY_1_ADRESS": "2"}, "BATTERY_1_ADRESS", "did you mean BATTERY_1_ADDRESS?"),
@@ -787,6 +797,30 @@ def test_password_never_appears_in_repr_or_describe() -> None:
     assert "password set" in config.describe()
 
 
+def test_mqtt_settings_for_the_adapter_carry_every_field() -> None:
+    config = env_config(
+        MQTT_HOST="broker.lan",
+        MQTT_USERNAME="mmbc",
+        MQTT_PASSWORD="pw",
+        MQTT_TOPIC_PREFIX="mmbc/virtual",
+        MQTT_MIN_INTERVAL_S="2",
+    )
+
+    settings = config.mqtt_settings()
+
+    assert (settings.host, settings.port, settings.username, settings.password) == (
+        "broker.lan",
+        1883,
+        "mmbc",
+        "pw",
+    )
+    assert (settings.topic_prefix, settings.min_interval_s) == ("mmbc/virtual", 2.0)
+    assert settings.client_id  # the adapter derives one when none is configured
+    with pytest.raises(ConfigError) as info:
+        env_config().mqtt_settings()
+    assert info.value.key == "MQTT_HOST"
+
+
 def test_describe_lists_the_changed_thresholds() -> None:
     text = env_config(MMBC_DEADBAND_W="33").describe()
 
@@ -802,7 +836,7 @@ def _documented(name: str) -> str:
 def test_every_variable_is_documented(doc: str) -> None:
     text = (REPO / doc).read_text(encoding="utf-8")
 
-    missing = sorted(n for n in env_names() if _documented(n) not in text)
+    missing = sorted(n for n in env_names() if n not in text and _documented(n) not in text)
 
     assert missing == []
 

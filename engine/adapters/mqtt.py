@@ -370,6 +370,9 @@ class MqttBridge:
         )
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        # Ends the current session's loops. Cancellation alone is not enough: on Python
+        # 3.11 asyncio.wait_for (inside aiomqtt's publish) can swallow a cancellation.
+        self._closing = asyncio.Event()
         self._finished = asyncio.Event()
         self._running = False
         self._connected = False
@@ -426,6 +429,7 @@ class MqttBridge:
     async def stop(self) -> None:
         """Publish ``offline`` (retained), disconnect, and wait for :meth:`run` to return."""
         self._stop_requested.set()
+        self._close_session()
         if self._running:
             # run() gives the session _STOP_GRACE_S to say goodbye, then cancels it.
             with contextlib.suppress(TimeoutError):
@@ -450,7 +454,14 @@ class MqttBridge:
             max_queued_incoming_messages=_MAX_QUEUED_COMMANDS,
         )
 
+    def _close_session(self) -> None:
+        self._closing.set()
+        self._wake.set()
+
     async def _session(self) -> None:
+        self._closing = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._closing.set()
         async with self._client() as client:
             self._connected = True
             self._connections += 1
@@ -481,18 +492,19 @@ class MqttBridge:
     async def _serve(self, client: aiomqtt.Client) -> None:
         receiver = asyncio.create_task(self._receive(client))
         sender = asyncio.create_task(self._send(client))
-        stopper = asyncio.create_task(self._stop_requested.wait())
+        stopper = asyncio.create_task(self._closing.wait())
         tasks = (receiver, sender, stopper)
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._close_session()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         for task in (receiver, sender):
             if not task.cancelled() and (error := task.exception()) is not None:
                 raise error
-        if self._stop_requested.is_set():
+        if stopper in done:  # asked to close (stop or cancellation), not a broken link
             await client.publish(self.topic(ONLINE_STATUS), OFFLINE, qos=_STATUS_QOS, retain=True)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
@@ -500,7 +512,7 @@ class MqttBridge:
             self._handle_command(message.topic.value, _payload_bytes(message.payload))
 
     async def _send(self, client: aiomqtt.Client) -> None:
-        while True:
+        while not self._closing.is_set():
             self._wake.clear()  # before reading the schedule, so no update is missed
             for topic, payload in self._schedule.due(self._clock.now()):
                 await client.publish(topic, payload, qos=_STATUS_QOS, retain=True)
@@ -521,19 +533,21 @@ class MqttBridge:
             await asyncio.gather(*waits, return_exceptions=True)
 
     async def _until_stopped(self, work: Awaitable[None], *, grace_s: float) -> None:
-        """Await ``work``; if stop is requested first, give it ``grace_s`` then cancel it.
+        """Await ``work`` until :meth:`stop` (or our own cancellation) intervenes.
 
-        Exceptions of ``work`` propagate; a cancelled ``work`` returns quietly.
+        Then the session is asked to close and gets ``grace_s`` to say goodbye (publish
+        ``offline``, disconnect) before it is cancelled. Exceptions of ``work`` propagate.
         """
         task = asyncio.ensure_future(work)
         stopper = asyncio.create_task(self._stop_requested.wait())
         try:
             await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
-            if not task.done() and grace_s > 0:
-                await asyncio.wait((task,), timeout=grace_s)
         finally:
             stopper.cancel()
             if not task.done():
+                self._close_session()
+                if grace_s > 0:
+                    await asyncio.wait((task,), timeout=grace_s)
                 task.cancel()
             await asyncio.gather(task, stopper, return_exceptions=True)
         if not task.cancelled():

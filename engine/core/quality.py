@@ -8,6 +8,9 @@ from enum import StrEnum
 
 WINDOW_S = 60.0
 BAND_W = 20.0
+OSCILLATING_CROSSINGS = 6  # ±20 W band crossings per minute
+SLUGGISH_RMS_W = 100.0
+LIMITED_RMS_W = 50.0
 
 
 class Quality(StrEnum):
@@ -20,40 +23,48 @@ class Quality(StrEnum):
 
 
 class QualityMonitor:
-    """RMS grid error and band crossings over the last minute of meter readings."""
+    """RMS grid error and ±20 W band crossings over the last minute of meter readings.
+
+    Kept incrementally (running sums), because it is updated on every reading.
+    """
 
     def __init__(self) -> None:
         self._samples: deque[tuple[float, float]] = deque()
+        self._sum_sq = 0.0
+        self._crossings: deque[float] = deque()
+        self._side = 0
 
     def add(self, t_s: float, error_w: float) -> None:
         self._samples.append((t_s, error_w))
-        while self._samples and self._samples[0][0] < t_s - WINDOW_S:
-            self._samples.popleft()
+        self._sum_sq += error_w * error_w
+        side = 1 if error_w > BAND_W else -1 if error_w < -BAND_W else 0
+        if side:
+            if self._side and side != self._side:
+                self._crossings.append(t_s)
+            self._side = side
+        horizon = t_s - WINDOW_S
+        while self._samples and self._samples[0][0] < horizon:
+            _, old = self._samples.popleft()
+            self._sum_sq -= old * old
+        while self._crossings and self._crossings[0] < horizon:
+            self._crossings.popleft()
 
     def rms_w(self) -> float | None:
         if not self._samples:
             return None
-        return math.sqrt(sum(e * e for _, e in self._samples) / len(self._samples))
+        return math.sqrt(max(0.0, self._sum_sq) / len(self._samples))
 
     def crossings(self) -> int:
-        side = 0
-        count = 0
-        for _, e in self._samples:
-            now = 1 if e > BAND_W else -1 if e < -BAND_W else 0
-            if now and side and now != side:
-                count += 1
-            if now:
-                side = now
-        return count
+        return len(self._crossings)
 
     def verdict(self, *, limited: bool) -> Quality:
         rms = self.rms_w()
         if rms is None:
             return Quality.IDLE
-        if limited and rms > 50.0:
+        if limited and rms > LIMITED_RMS_W:
             return Quality.BATTERY_LIMITED
-        if self.crossings() >= 6:
+        if self.crossings() >= OSCILLATING_CROSSINGS:
             return Quality.OSCILLATING
-        if rms > 100.0:
+        if rms > SLUGGISH_RMS_W:
             return Quality.SLUGGISH
         return Quality.STABLE

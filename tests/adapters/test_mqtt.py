@@ -117,7 +117,11 @@ class Observer:
     async def collect(self) -> None:
         async for message in self.client.messages:
             payload = message.payload
-            text = payload.decode() if isinstance(payload, bytes | bytearray) else str(payload)
+            text = (
+                payload.decode(errors="replace")
+                if isinstance(payload, bytes | bytearray)
+                else str(payload)
+            )
             self.messages.append(Received(message.topic.value, text, message.retain))
             self.changed.set()
 
@@ -313,9 +317,9 @@ def test_command_parsers_ignore_case(word: str, rnd: Any) -> None:
 def test_battery_power_on_mqtt_is_positive_when_charging(power_w: float) -> None:
     published = int(format_battery_power(power_w))
     assert published == -round(power_w)
-    if power_w <= -0.5:  # engine: charging
+    if power_w < -0.5:  # engine: charging
         assert published > 0
-    if power_w >= 0.5:  # engine: discharging
+    if power_w > 0.5:  # engine: discharging
         assert published < 0
 
 
@@ -485,7 +489,14 @@ def test_build_status_weights_soc_by_capacity_of_online_batteries() -> None:
         batteries=(
             _telemetry("a", soc_pct=20.0, power_w=-300.0),
             _telemetry("b", soc_pct=80.0, power_w=100.0),
-            _telemetry("c", online=False, soc_pct=None, power_w=None),
+            _telemetry(
+                "c",
+                online=False,
+                soc_pct=None,
+                power_w=None,
+                charge_total_wh=None,
+                discharge_total_wh=None,
+            ),
             _telemetry("d", soc_pct=None, power_w=50.0),  # online, SoC invalid
         ),
         mode=Mode.CHARGE,
@@ -727,7 +738,9 @@ async def test_broker_restart_reconnects_and_republishes_everything(broker: Test
         await until(lambda: bridge.connections >= 2 and bridge.connected)
         async with observe(broker, ("mmbc/#", "homeassistant/#")) as late:
             await late.has({**EXPECTED_STATE, "mmbc/status/soc": "30.0"})
-            assert "homeassistant/switch/mmbc/block_discharge/config" in late.state("")
+            await late.wait_for(
+                lambda: "homeassistant/switch/mmbc/block_discharge/config" in late.state("")
+            )
             # Commands work again on the new connection.
             await late.send("mmbc/control/block_discharge", "true")
             await until(lambda: commands.blocked == [True])
@@ -752,6 +765,18 @@ async def test_graceful_stop_publishes_offline(broker: TestBroker) -> None:
     async with observe(broker) as late:
         await late.has({"mmbc/status/online": "offline"})
         assert late.of("mmbc/status/online")[-1].retain
+
+
+async def test_cancelled_bridge_still_says_offline(broker: TestBroker) -> None:
+    bridge = make_bridge(make_settings(broker))
+    task = asyncio.create_task(bridge.run())
+    async with observe(broker) as observer:
+        await observer.has({"mmbc/status/online": "online"})
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await observer.has({"mmbc/status/online": "offline"})
+    assert not bridge.connected
 
 
 _DYING_ENGINE = """
@@ -815,13 +840,13 @@ async def test_discovery_payloads(broker: TestBroker) -> None:
             f"homeassistant/sensor/mmbc/battery_{n}_state/config",
             f"homeassistant/binary_sensor/mmbc/battery_{n}_online/config",
         }
-    # A late subscriber (Home Assistant starting after MMBC) gets every config retained.
-    async with (
-        running(make_bridge(make_settings(broker))),
-        observe(broker, ("homeassistant/#",)) as late,
-    ):
-        await late.wait_for(lambda: expected_topics <= set(late.state("homeassistant/")))
-        await late.sync()
+    async with running(make_bridge(make_settings(broker))):
+        async with observe(broker) as live:
+            await live.has({"mmbc/status/online": "online"})  # published after the configs
+        # A late subscriber (Home Assistant starting after MMBC) gets every config retained.
+        async with observe(broker, ("homeassistant/#",)) as late:
+            await late.wait_for(lambda: expected_topics <= set(late.state("homeassistant/")))
+            await late.sync()
     configs = {
         m.topic: json.loads(m.payload)
         for m in late.messages

@@ -120,9 +120,10 @@ def test_energy_is_conserved_and_state_stays_in_bounds(
             assert -params.max_charge_w <= battery.ac_power_w <= params.max_discharge_w
             # SoC within 0..100 and never charged above the cut-off.
             assert 0.0 <= battery.soc_pct <= 100.0
-            assert battery.stored_wh <= max(
-                start_wh, params.capacity_wh * params.charge_cutoff_pct / 100
-            ) + 1e-9
+            assert (
+                battery.stored_wh
+                <= max(start_wh, params.capacity_wh * params.charge_cutoff_pct / 100) + 1e-9
+            )
     # Balance: what the cells lost is what went out on the AC side plus the losses.
     delta_wh = battery.stored_wh - start_wh
     assert delta_wh == pytest.approx(
@@ -158,8 +159,8 @@ def test_stored_energy_is_the_integral_of_dc_power_whatever_the_step(
     fine = VenusE(params, soc_pct)
     coarse = VenusE(params, soc_pct)
     total_s = 0.0
-    for target_w, hold_s in cmds:
-        hold_s = max(1.0, round(hold_s))
+    for target_w, raw_hold_s in cmds:
+        hold_s = max(1.0, round(raw_hold_s))
         fine.set_target(target_w, total_s)
         coarse.set_target(target_w, total_s)
         for i in range(round(hold_s / 0.05)):
@@ -415,3 +416,13 @@ def test_rejects_a_non_finite_target_and_a_step_back_in_time() -> None:
         battery.advance(0.5, 1.0)
     with pytest.raises(ValueError, match="dt_s"):
         battery.advance(1.0, -1.0)
+
+
+def test_switch_off_ahead_of_the_model_acts_at_its_own_instant() -> None:
+    battery = VenusE(INSTANT, 50.0)
+    battery.set_target(1000.0, 0.0)
+    battery.advance(0.0, 1.0)
+    battery.switch_off(1.5)  # the replay has only integrated up to 1.0 s
+    assert battery.advance(1.0, 1.0) == pytest.approx(500.0)
+    assert battery.ac_power_w == 0.0
+    assert battery.is_standby

@@ -1,0 +1,182 @@
+"""The `mmbc` policy's safety properties, checked cycle by cycle on snapshot and plan.
+
+Stated independently of the policy's code (the tests' own health, eligibility and taper
+rules). One condition the plan does not expose is read from the policy on purpose: the stale
+limit it learnt from the meter's cadence (bounded here by the configured limit and 30 s).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
+from engine.core.policy import MmbcPolicy
+from engine.core.settings import BatterySpec, ControlSettings
+from tests.strategies import healthy
+
+KEEPALIVE_W = 1  # a 1 W command keeps the relay engaged; it is not "active"
+MAX_STALE_S = 30.0  # the learnt cadence may stretch the stale limit, never beyond this
+_LEADER_CHANGE = re.compile(r"^leader (?P<old>.+) -> (?P<new>.+)$")
+
+
+def charge_limit_w(spec: BatterySpec, soc_pct: float, settings: ControlSettings) -> int:
+    """The tests' statement of the charge taper (battery care near full)."""
+    limit = spec.max_charge_w
+    if soc_pct >= settings.taper_full_soc_pct:
+        return min(limit, settings.taper_full_power_w)
+    if soc_pct >= settings.taper_soc_pct:
+        return min(limit, settings.taper_power_w)
+    return limit
+
+
+def is_stale(snap: Snapshot, limit_s: float) -> bool:
+    return (
+        snap.grid_w is None
+        or snap.meter_updated_s is None
+        or snap.now_s - snap.meter_updated_s > limit_s
+    )
+
+
+@dataclass(slots=True)
+class _LeaderChange:
+    at_s: float
+    old: str
+    new: str
+
+
+class SafetyChecker:
+    """Checks every safety property of issue 6 after each cycle of one policy."""
+
+    def __init__(self, policy: MmbcPolicy) -> None:
+        self.policy = policy
+        self.settings = policy.settings
+        self.leader_change: _LeaderChange | None = None
+        self.handover_cycles = 0  # cycles a make-before-break overlap was seen (for reach)
+
+    def check(self, snap: Snapshot, plan: Plan) -> None:
+        for reason in plan.reasons:
+            if m := _LEADER_CHANGE.match(reason):
+                self.leader_change = _LeaderChange(snap.now_s, m["old"], m["new"])
+        s = self.settings
+        specs = {b.name: b for b in s.batteries}
+        tel = {t.name: t for t in snap.batteries if t.name in specs}
+        ok = {n for n in specs if healthy(tel.get(n))}
+        sp = plan.setpoints
+
+        # An unknown, offline or garbage battery gets no command (or 0 W).
+        assert set(sp) <= set(specs), f"setpoint for an unknown battery: {sp}"
+        for name, power in sp.items():
+            assert isinstance(power, int)
+            if name not in ok:
+                assert power == 0, f"{name} is unhealthy but commanded {power} W"
+
+        for name, power in sp.items():
+            spec = specs[name]
+            # Within the battery's limits.
+            assert -spec.max_charge_w <= power <= spec.max_discharge_w, (name, power, spec)
+            t = tel.get(name)
+            if power == 0 or t is None or t.soc_pct is None:
+                continue
+            soc = t.soc_pct
+            if power < 0:
+                assert soc < s.max_soc_pct, f"{name} charged at {soc} % >= max {s.max_soc_pct}"
+                assert -power <= charge_limit_w(spec, soc, s), f"{name} {power} W above taper"
+            else:
+                assert soc > s.min_soc_pct, f"{name} discharged at {soc} % <= {s.min_soc_pct}"
+                assert not snap.discharge_blocked, f"{name} discharged while blocked"
+                assert snap.mode not in (Mode.HOLD, Mode.CHARGE), f"{name} discharged: {snap.mode}"
+
+        # Unavailable exactly when the last telemetry was unhealthy; state matches the sign.
+        assert set(plan.battery_states) == set(specs)
+        for name in specs:
+            state = plan.battery_states[name]
+            assert (state == "unavailable") == (name not in ok), (name, state, tel.get(name))
+            power = sp.get(name, 0)
+            if power > 0:
+                assert state == "discharging", (name, power, state)
+            elif power < 0:
+                assert state == "charging", (name, power, state)
+            else:
+                assert state in ("idle", "blocked", "ineligible", "unavailable"), (name, state)
+
+        if snap.mode is Mode.SELFCONTROL:
+            assert sp == {}, "selfcontrol: no setpoints"
+            assert sorted(plan.release) == sorted(ok), "selfcontrol releases the healthy ones"
+            assert plan.fleet_state == "selfcontrol"
+            assert not plan.safe_hold
+            return
+        assert plan.release == ()
+
+        limit_s = self.policy._cadence.stale_limit_s(s.stale_after_s)
+        assert s.stale_after_s <= limit_s <= max(s.stale_after_s, MAX_STALE_S)
+        if is_stale(snap, limit_s):
+            assert plan.safe_hold, "stale meter but no safe hold"
+            assert plan.fleet_state == "safe_hold"
+            assert sp == dict.fromkeys(ok, 0), f"safe hold must command every battery 0: {sp}"
+            return
+        assert not plan.safe_hold
+        if snap.mode is Mode.CHARGE:
+            assert plan.fleet_state == "charge"
+            for name in ok:
+                soc = tel[name].soc_pct
+                assert soc is not None
+                want = -charge_limit_w(specs[name], soc, s) if soc < s.max_soc_pct else 0
+                assert sp.get(name) == want, f"charge mode: {name} at {soc} % got {sp.get(name)}"
+            return
+        hold = snap.mode is Mode.HOLD or snap.discharge_blocked
+        assert plan.fleet_state == ("hold" if hold else "normal")
+        self._check_concentration(snap, plan, tel)
+
+    def _check_concentration(
+        self, snap: Snapshot, plan: Plan, tel: dict[str, BatteryTelemetry]
+    ) -> None:
+        """Normal/hold: the fleet carries the demand, on one battery below the split.
+
+        Below ``split_threshold_w - split_hysteresis_w`` the batteries are filled in priority
+        order, so at most one active battery is below its limit (exactly one battery when the
+        leader can carry the demand). The exception is make-before-break: for at most
+        ``handover_timeout_s`` after a leader change the outgoing leader also covers what the
+        incoming one does not deliver yet. 1 W keep-alives are not active.
+        """
+        s = self.settings
+        target = plan.extra["target_w"]
+        sp = plan.setpoints
+        active = {n: p for n, p in sp.items() if abs(p) > KEEPALIVE_W}
+        for name, power in active.items():
+            assert abs(target) > s.idle_band_w, f"{name} active at {power} W in the idle band"
+            assert (power > 0) == (target > 0), f"{name} at {power} W against {target:.0f} W"
+
+        specs = {b.name: b for b in s.batteries}
+
+        def limit(name: str, power: int) -> int:
+            if power > 0:
+                return specs[name].max_discharge_w
+            soc = tel[name].soc_pct
+            assert soc is not None
+            return charge_limit_w(specs[name], soc, s)
+
+        below_split = abs(target) <= s.split_threshold_w - s.split_hysteresis_w
+        unsaturated = {n for n, p in active.items() if abs(p) < limit(n, p)}
+        carried = sum(abs(p) for p in sp.values())
+        overlap = carried > abs(target) + len(sp) or (below_split and len(unsaturated) > 1)
+        if not overlap:
+            return
+        # Only a hand-over may do this: recent, between the announced pair, bounded.
+        lc = self.leader_change
+        assert lc is not None, f"no leader change, yet {sp} for a demand of {target:.0f} W"
+        assert snap.now_s - lc.at_s <= s.handover_timeout_s, (
+            f"overlap {sp} lasts beyond the hand-over timeout (leader change at {lc.at_s})"
+        )
+        outgoing = abs(sp.get(lc.old, 0))
+        assert outgoing > 0, f"overlap {sp} without the outgoing leader {lc.old}"
+        incoming_tel = tel.get(lc.new)
+        delivered = abs(incoming_tel.power_w or 0.0) if incoming_tel else 0.0
+        assert outgoing <= max(0.0, abs(target) - delivered) + 1, (
+            f"outgoing {lc.old} at {outgoing} W covers more than the missing "
+            f"{abs(target) - delivered:.0f} W"
+        )
+        assert carried - outgoing <= abs(target) + len(sp), sp
+        if below_split:
+            assert unsaturated <= {lc.old, lc.new}, (sp, lc)
+        self.handover_cycles += 1

@@ -1,0 +1,785 @@
+"""Scenario files and traces: every shipped scenario loads, holds, events and strict validation."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import math
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.core.settings import ControlSettings
+from sim.params import FAULT_KINDS, Event
+from sim.scenario import (
+    DEFAULT_SCENARIO,
+    FAULT_SCENARIO_DIR,
+    LONG_SCENARIO_DIR,
+    SCENARIO_DIR,
+    VARIANT_SCENARIO_DIR,
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    load_scenarios,
+    parse_scenario,
+    resolve_scenario,
+)
+from sim.traces import EventTimeline, TraceError, event_power_w, load_trace
+
+ALL_SCENARIO_FILES = sorted(SCENARIO_DIR.rglob("*.toml"))
+MAIN_FILES = sorted(SCENARIO_DIR.glob("*.toml"))
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[float]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _csv_column(path: Path, column: str) -> dict[float, float]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {float(r["timestamp_s"]): float(r[column]) for r in csv.DictReader(handle)}
+
+
+# -- shipped scenarios -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL_SCENARIO_FILES, ids=lambda p: str(p.relative_to(SCENARIO_DIR)))
+def test_every_shipped_scenario_loads(path: Path) -> None:
+    scenario = load_scenario(path)
+    assert scenario.name == path.stem
+    assert scenario.description.strip()
+    assert scenario.duration_s > 0
+    assert 1 <= len(scenario.batteries) <= 3
+    trace = scenario.load_trace()
+    assert trace.duration_s == scenario.duration_s
+    # The project never reads ../shared: every trace is a copy inside scenarios/traces.
+    assert scenario.trace.file.resolve().parent == (SCENARIO_DIR / "traces").resolve()
+    for t_s in (0.0, scenario.duration_s / 2, scenario.duration_s - 1):
+        assert math.isfinite(trace.net_at(t_s))
+    for event in scenario.events:
+        assert event.at_s < scenario.duration_s
+
+
+def test_shipped_set_covers_the_issue() -> None:
+    main = load_scenarios([SCENARIO_DIR])
+    assert len(main) >= 12
+    assert {len(s.batteries) for s in main} == {1, 2, 3}
+    socs = [b.soc_pct for s in main for b in s.batteries]
+    assert min(socs) <= 15.0
+    assert max(socs) >= 99.0
+    replays = [s for s in main if not s.events]
+    assert len(replays) >= 6
+    scripted = {e.kind for s in main for e in s.events}
+    assert scripted == {"load_step", "pulse", "ramp"}
+    assert any(s.blocks for s in main)
+    # Most of the main set stays short so the whole bench is fast.
+    assert sum(s.duration_s <= 6 * 3600 for s in main) >= len(main) - 1
+
+    faults = load_scenarios([FAULT_SCENARIO_DIR])
+    kinds = {f.kind for s in faults for f in s.faults}
+    assert kinds == FAULT_KINDS
+    for s in faults:
+        assert len(s.batteries) == 2
+        assert 30 * 60 <= s.duration_s <= 60 * 60
+    combined = [s for s in faults if len(s.faults) > 1]
+    assert {frozenset(f.kind for f in s.faults) for s in combined} >= {
+        frozenset({"meter_outage", "battery_offline"}),
+        frozenset({"broker_restart", "battery_reboot"}),
+    }
+
+    long = load_scenarios([LONG_SCENARIO_DIR])
+    assert [(s.name, len(s.batteries), s.duration_s) for s in long] == [
+        ("day_24h_3bat", 3, 86400.0)
+    ]
+
+
+def test_all_scenario_names_are_unique() -> None:
+    scenarios = load_scenarios(
+        [SCENARIO_DIR, VARIANT_SCENARIO_DIR, FAULT_SCENARIO_DIR, LONG_SCENARIO_DIR]
+    )
+    assert len({s.name for s in scenarios}) == len(ALL_SCENARIO_FILES)
+
+
+def test_default_scenario_is_the_real_winter_evening() -> None:
+    scenario = load_scenario(DEFAULT_SCENARIO)
+    assert scenario.name == "default"
+    assert len(scenario.batteries) == 2
+    trace = scenario.load_trace()
+    recorded = _csv_column(scenario.trace.file, "grid_w")
+    assert trace.start_s == 61200.0
+    assert trace.net_at(0.0) == recorded[61200.0]
+    assert trace.net_at(59.0) == recorded[61200.0]  # held between 1-min samples
+    assert trace.net_at(60.0) == recorded[61260.0]
+    assert trace.net_at(21599.0) == recorded[82740.0]
+
+
+@pytest.mark.parametrize(
+    "variant", sorted(VARIANT_SCENARIO_DIR.glob("*.toml")), ids=lambda p: p.stem
+)
+def test_variants_stay_in_step_with_their_base(variant: Path) -> None:
+    slow = load_scenario(variant)
+    base_name, _, kind = slow.name.rpartition("_slow_")
+    base = load_scenario(SCENARIO_DIR / f"{base_name}.toml")
+    same = ("events", "faults", "blocks", "control", "tariff", "seed", "duration_s", "pv_meter")
+    for name in same:
+        assert getattr(slow, name) == getattr(base, name), name
+    assert slow.trace.file.resolve() == base.trace.file.resolve()
+    assert dataclasses.replace(slow.trace, file=base.trace.file, pv_file=base.trace.pv_file) == (
+        base.trace
+    )
+    if kind == "meter":
+        assert (slow.meter.interval_s, slow.meter.latency_s) == (10.0, 1.0)
+        assert slow.batteries == base.batteries
+    else:
+        assert kind == "battery"
+        assert slow.meter == base.meter
+        assert len(slow.batteries) == len(base.batteries)
+        for s, b in zip(slow.batteries, base.batteries, strict=True):
+            assert (s.params.dead_time_s, s.params.ramp_w_per_s) == (2.0, 400.0)
+            assert s.soc_pct == b.soc_pct
+            assert dataclasses.replace(s.params, dead_time_s=1.0, ramp_w_per_s=1000.0) == b.params
+
+
+def test_at_least_four_scenarios_have_both_slow_variants() -> None:
+    stems = {p.stem for p in VARIANT_SCENARIO_DIR.glob("*.toml")}
+    bases = {s.removesuffix("_slow_meter") for s in stems if s.endswith("_slow_meter")}
+    both = {b for b in bases if f"{b}_slow_battery" in stems}
+    assert len(both) >= 4
+
+
+def test_pv_file_on_a_shipped_scenario_adds_scaled_pv() -> None:
+    scenario = load_scenario(SCENARIO_DIR / "summer_day_nrel_pv.toml")
+    assert scenario.trace.pv_file is not None
+    trace = scenario.load_trace()
+    load = _csv_column(scenario.trace.file, "load_w")
+    pv = _csv_column(scenario.trace.pv_file, "pv_w")
+    absolute_s = 36000.0  # 10:00
+    t_s = absolute_s - trace.start_s
+    assert trace.net_at(t_s) == pytest.approx(load[absolute_s] - 0.8 * pv[absolute_s])
+    assert trace.pv_at(t_s) == pytest.approx(0.8 * pv[absolute_s])
+
+
+def test_resolve_scenario_finds_shipped_names_and_paths() -> None:
+    assert resolve_scenario("default") == DEFAULT_SCENARIO
+    assert resolve_scenario("meter_frozen") == FAULT_SCENARIO_DIR / "meter_frozen.toml"
+    assert resolve_scenario(str(DEFAULT_SCENARIO)) == DEFAULT_SCENARIO
+    with pytest.raises(ScenarioError, match="no shipped scenario"):
+        resolve_scenario("no_such_scenario")
+
+
+# -- traces ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def grid_csv(tmp_path: Path) -> Path:
+    return _write_csv(
+        tmp_path / "grid.csv",
+        ["timestamp_s", "grid_w", "load_w", "pv_w"],
+        [[0, 100, 100, 0], [60, -500, -50, 450], [120, 300, 400, 100], [180, 200, 200, 0]],
+    )
+
+
+def test_trace_holds_each_sample_until_the_next(grid_csv: Path) -> None:
+    trace = load_trace(grid_csv)
+    assert (trace.start_s, trace.end_s, trace.resolution_s) == (0.0, 240.0, 60.0)
+    assert [trace.net_at(t) for t in (0.0, 30.0, 59.999, 60.0, 119.0, 120.0, 239.0)] == [
+        100.0,
+        100.0,
+        100.0,
+        -500.0,
+        -500.0,
+        300.0,
+        200.0,
+    ]
+    # Going back in time still answers correctly (the cursor is only a fast path).
+    assert trace.net_at(10.0) == 100.0
+    assert trace.net_at(125.0) == 300.0
+    assert trace.net_at(1000.0) == 200.0  # held past the end
+    with pytest.raises(ValueError, match=">= 0"):
+        trace.net_at(-1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        trace.net_at(math.nan)
+
+
+def test_trace_window_starts_inside_a_sample(grid_csv: Path) -> None:
+    trace = load_trace(grid_csv, start_s=90.0, duration_s=60.0)
+    assert (trace.start_s, trace.duration_s) == (90.0, 60.0)
+    assert trace.net_at(0.0) == -500.0  # the sample that covers 90 s
+    assert trace.net_at(29.0) == -500.0
+    assert trace.net_at(30.0) == 300.0
+    assert trace.times_s == (0.0, 30.0)
+
+
+def test_trace_replays_grid_unless_scaled(grid_csv: Path) -> None:
+    # OPSD-like row at 60 s: load_w -50 (an interpolation artefact), grid -500.
+    assert load_trace(grid_csv).net_at(60.0) == -500.0
+    rebuilt = load_trace(grid_csv, load_scale=2.0)
+    assert rebuilt.net_at(60.0) == 2.0 * 0.0 - 450.0  # load clipped at 0
+    assert rebuilt.net_at(120.0) == 2.0 * 400.0 - 100.0
+    assert load_trace(grid_csv, pv_scale=0.5).net_at(120.0) == 400.0 - 50.0
+    assert load_trace(grid_csv, pv_scale=0.5).pv_at(60.0) == 225.0
+
+
+def test_trace_without_pv_has_no_pv(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "g.csv", ["timestamp_s", "grid_w"], [[0, 1], [1, 2]])
+    trace = load_trace(path)
+    assert not trace.has_pv
+    with pytest.raises(ValueError, match="no PV"):
+        trace.pv_at(0.0)
+    with pytest.raises(TraceError) as err:
+        load_trace(path, load_scale=2.0)
+    assert err.value.key == "load_scale"
+
+
+def test_pv_file_is_merged_on_both_time_grids(tmp_path: Path) -> None:
+    load = _write_csv(
+        tmp_path / "load.csv", ["timestamp_s", "load_w"], [[0, 1000], [60, 2000], [120, 500]]
+    )
+    pv = _write_csv(
+        tmp_path / "pv.csv",
+        ["timestamp_s", "pv_w"],
+        [[-30, 9], [0, 100], [30, 300], [60, 600], [90, 900], [120, 0], [150, 0]],
+    )
+    trace = load_trace(load, pv_path=pv, pv_scale=2.0)
+    assert trace.times_s == (0.0, 30.0, 60.0, 90.0, 120.0, 150.0)
+    expected = {0: 1000 - 200, 45: 1000 - 600, 60: 2000 - 1200, 100: 2000 - 1800, 170: 500}
+    for t_s, net_w in expected.items():
+        assert trace.net_at(t_s) == net_w
+    assert trace.pv_at(100.0) == 1800.0
+    short_pv = _write_csv(tmp_path / "short.csv", ["timestamp_s", "pv_w"], [[0, 1], [30, 1]])
+    with pytest.raises(TraceError) as err:
+        load_trace(load, pv_path=short_pv)
+    assert err.value.key == "pv_file"
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        ([], "at least two samples"),
+        ([["0", "1"]], "at least two samples"),
+        ([["0", "1"], ["0", "2"]], "not increasing"),
+        ([["0", "1"], ["60", "x"]], "not a number"),
+        ([["0", "1"], ["60", "inf"]], "finite"),
+        ([["0", "1"], ["60"]], "fields"),
+        ([["0", "1"], ["60", "1"], ["120", "1"], ["1000", "1"]], "gap"),
+    ],
+)
+def test_malformed_trace_files_raise_trace_error(
+    tmp_path: Path, rows: list[list[str]], problem: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("timestamp_s,grid_w\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    with pytest.raises(TraceError, match=problem):
+        load_trace(path)
+
+
+def test_trace_window_must_lie_inside_the_trace(grid_csv: Path, tmp_path: Path) -> None:
+    with pytest.raises(TraceError) as err:
+        load_trace(grid_csv, start_s=60.0, duration_s=200.0)
+    assert err.value.key == "duration_s"
+    with pytest.raises(TraceError) as err:
+        load_trace(grid_csv, start_s=240.0)
+    assert err.value.key == "start_s"
+    with pytest.raises(TraceError, match="not found"):
+        load_trace(tmp_path / "missing.csv")
+    no_power = _write_csv(tmp_path / "np.csv", ["timestamp_s", "ev_w"], [[0, 1], [1, 1]])
+    with pytest.raises(TraceError, match="grid_w or a load_w"):
+        load_trace(no_power)
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def test_event_shapes() -> None:
+    step = Event(at_s=10, kind="load_step", power_w=2000, duration_s=5)
+    assert [event_power_w(step, t) for t in (9.9, 10, 14.9, 15)] == [0, 2000, 2000, 0]
+    pulse = Event(at_s=0, kind="pulse", power_w=3000, duration_s=30, on_s=4, off_s=8)
+    assert [event_power_w(pulse, t) for t in (0, 3.9, 4, 11.9, 12, 16, 24, 29, 30)] == [
+        3000,
+        3000,
+        0,
+        0,
+        3000,
+        0,
+        3000,
+        0,
+        0,
+    ]
+    ramp = Event(at_s=100, kind="ramp", power_w=1000, duration_s=60, ramp_s=10)
+    assert [event_power_w(ramp, t) for t in (100, 105, 110, 150, 155, 160)] == [
+        0,
+        500,
+        1000,
+        1000,
+        500,
+        0,
+    ]
+
+
+def test_event_timeline_sums_overlapping_events_in_any_order() -> None:
+    events = [
+        Event(at_s=50, kind="pulse", power_w=1000, duration_s=20, on_s=5, off_s=5),
+        Event(at_s=0, kind="load_step", power_w=2000, duration_s=60),
+        Event(at_s=55, kind="ramp", power_w=-400, duration_s=40, ramp_s=10),
+    ]
+    timeline = EventTimeline(events)
+    times = [0, 49, 50, 55, 59, 60, 65, 70, 80, 95, 200]
+    expected = [sum(event_power_w(e, t) for e in events) for t in times]
+    assert expected == [2000, 2000, 3000, 2000, 1840, 800, -400, -400, -400, 0, 0]
+    assert [timeline.extra_w_at(t) for t in times] == pytest.approx(expected)
+    # Backwards after a forward pass gives the same answers.
+    assert [timeline.extra_w_at(t) for t in reversed(times)] == pytest.approx(expected[::-1])
+
+
+def test_step_times_lists_load_step_edges_only() -> None:
+    timeline = EventTimeline(
+        [
+            Event(at_s=300, kind="load_step", power_w=2500, duration_s=120),
+            Event(at_s=10, kind="pulse", power_w=1000, duration_s=60, on_s=5, off_s=5),
+            Event(at_s=100, kind="load_step", power_w=-800, duration_s=50),
+        ]
+    )
+    assert timeline.step_times() == [(100, -800), (150, 800), (300, 2500), (420, -2500)]
+
+
+def test_unknown_event_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown event kind"):
+        EventTimeline([Event(at_s=0, kind="kettle", power_w=1, duration_s=1)])
+
+
+# -- validation --------------------------------------------------------------------------------
+
+BASE_TOML = """
+name = "t"
+description = "test"
+
+[trace]
+file = "trace.csv"
+
+[[battery]]
+soc_pct = 50
+
+[[battery]]
+soc_pct = 60
+capacity_wh = 10240
+"""
+
+
+@pytest.fixture
+def scenario_dir(tmp_path: Path) -> Path:
+    _write_csv(
+        tmp_path / "trace.csv",
+        ["timestamp_s", "load_w", "pv_w"],
+        [[t, 500 + t, 100] for t in range(0, 3600, 60)],
+    )
+    return tmp_path
+
+
+def _load(directory: Path, text: str) -> Scenario:
+    path = directory / "s.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_scenario(path)
+
+
+def test_valid_scenario_with_every_section(scenario_dir: Path) -> None:
+    scenario = _load(
+        scenario_dir,
+        "seed = 7\n"
+        + BASE_TOML
+        + """
+[meter]
+interval_s = 10
+latency_s = 1.0
+noise_w = 0
+[pv_meter]
+enabled = true
+[[event]]
+at_s = 60
+kind = "pulse"
+power_w = 2000
+duration_s = 600
+on_s = 6
+off_s = 6
+label = "hob"
+[[fault]]
+at_s = 100
+kind = "battery_offline"
+duration_s = 30
+battery = 2
+[[fault]]
+at_s = 200
+kind = "meter_frozen"
+duration_s = 30
+[[block]]
+at_s = 1000
+duration_s = 100
+[control]
+deadband_w = 15
+min_soc_pct = 20
+[tariff]
+import_eur_per_kwh = 0.4
+""",
+    )
+    assert scenario.duration_s == 3600.0
+    assert scenario.meter.interval_s == 10.0
+    assert scenario.meter.seed == 7
+    assert scenario.seed == 7
+    assert scenario.pv_meter
+    assert scenario.batteries[1].params.capacity_wh == 10240.0
+    assert scenario.events[0].on_s == 6.0
+    assert [(f.kind, f.battery) for f in scenario.faults] == [
+        ("battery_offline", 2),
+        ("meter_frozen", None),
+    ]
+    assert scenario.blocks == ((1000.0, 100.0),)  # (at_s, duration_s)
+    assert scenario.discharge_blocked_at(1050.0)
+    assert not scenario.discharge_blocked_at(1100.0)
+    settings_ = scenario.control_settings()
+    assert (settings_.deadband_w, settings_.min_soc_pct) == (15, 20.0)
+    assert isinstance(settings_.min_soc_pct, float)
+    assert scenario.tariff.import_eur_per_kwh == 0.4
+    assert scenario.tariff.export_eur_per_kwh == 0.05
+    assert scenario.load_trace().net_at(61.0) == 560.0 - 100.0
+
+
+def _replace(old: str, new: str) -> Callable[[str], str]:
+    def edit(text: str) -> str:
+        assert old in text
+        return text.replace(old, new, 1)
+
+    return edit
+
+
+def _append(extra: str) -> Callable[[str], str]:
+    return lambda text: text + extra
+
+
+def _prepend(extra: str) -> Callable[[str], str]:
+    return lambda text: extra + text
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "problem"),
+    [
+        (_prepend("surprise = 1\n"), "surprise", "unknown key"),
+        (_replace("capacity_wh = 10240", "capacity_whh = 1"), "battery[2].capacity_whh", "unknown"),
+        (_replace("soc_pct = 50", "capacity_wh = 1"), "battery[1].soc_pct", "missing"),
+        (_replace('file = "trace.csv"', "pv_scale = 1"), "trace.file", "missing"),
+        (_replace('name = "t"', ""), "name", "missing"),
+        (_replace("soc_pct = 60", "soc_pct = 101"), "battery[2].soc_pct", "<= 100"),
+        (_replace("soc_pct = 60", 'soc_pct = "60"'), "battery[2].soc_pct", "must be a number"),
+        (_replace("soc_pct = 60", "soc_pct = true"), "battery[2].soc_pct", "must be a number"),
+        (_replace("soc_pct = 60", "soc_pct = nan"), "battery[2].soc_pct", "finite"),
+        (_replace("capacity_wh = 10240", "capacity_wh = -5"), "battery[2].capacity_wh", "> 0"),
+        (_replace("capacity_wh = 10240", "max_charge_w = 3000"), "battery[2].max_charge_w", "2500"),
+        (_replace("capacity_wh = 10240", "unit_id = 1.0"), "battery[2].unit_id", "integer"),
+        (
+            _replace("capacity_wh = 10240", "discharge_cutoff_pct = 100"),
+            "battery[2].discharge_cutoff_pct",
+            "< 100",
+        ),
+        (
+            _replace("capacity_wh = 10240", "charge_efficiency = [[500, 0.9], [250, 0.8]]"),
+            "battery[2].charge_efficiency[2]",
+            "increase",
+        ),
+        (_replace('file = "trace.csv"', 'file = "nope.csv"'), "trace.file", "not found"),
+        (_append("\n[trace2]\n"), "trace2", "unknown key"),
+        (
+            _replace('file = "trace.csv"', 'file = "trace.csv"\nduration_s = 7200'),
+            "trace.duration_s",
+            "ends",
+        ),
+        (
+            _append('[[event]]\nat_s = 1\nkind = "kettle"\npower_w = 1\nduration_s = 1\n'),
+            "event[1].kind",
+            "must be one of",
+        ),
+        (
+            _append(
+                '[[event]]\nat_s = 1\nkind = "load_step"\npower_w = 1\nduration_s = 1\non_s = 1\n'
+            ),
+            "event[1].on_s",
+            "not used",
+        ),
+        (
+            _append('[[event]]\nat_s = 1\nkind = "pulse"\npower_w = 1\nduration_s = 9\non_s = 1\n'),
+            "event[1].off_s",
+            "missing",
+        ),
+        (
+            _append(
+                '[[event]]\nat_s = 1\nkind = "ramp"\npower_w = 1\nduration_s = 9\nramp_s = 5\n'
+            ),
+            "event[1].ramp_s",
+            "half",
+        ),
+        (
+            _append('[[event]]\nat_s = 3600\nkind = "load_step"\npower_w = 1\nduration_s = 1\n'),
+            "event[1].at_s",
+            "end",
+        ),
+        (
+            _append('[[fault]]\nat_s = 1\nkind = "battery_offline"\nduration_s = 1\nbattery = 3\n'),
+            "fault[1].battery",
+            "out of range",
+        ),
+        (
+            _append('[[fault]]\nat_s = 1\nkind = "battery_offline"\nduration_s = 1\nbattery = 0\n'),
+            "fault[1].battery",
+            "out of range",
+        ),
+        (
+            _append('[[fault]]\nat_s = 1\nkind = "battery_stall"\nduration_s = 1\n'),
+            "fault[1].battery",
+            "missing",
+        ),
+        (
+            _append('[[fault]]\nat_s = 1\nkind = "meter_outage"\nduration_s = 1\nbattery = 1\n'),
+            "fault[1].battery",
+            "not used",
+        ),
+        (
+            _append('[[fault]]\nat_s = 1\nkind = "meteor"\nduration_s = 1\n'),
+            "fault[1].kind",
+            "must be one of",
+        ),
+        (_append("[[block]]\nat_s = 1\nduration_s = 0\n"), "block[1].duration_s", "> 0"),
+        (_append('[meter]\ninterval_s = "1"\n'), "meter.interval_s", "must be a number"),
+        (_append("[meter]\nperiod_s = 1\n"), "meter.period_s", "unknown key"),
+        (_append("[pv_meter]\n"), "pv_meter.enabled", "missing"),
+        (_append("[control]\nbatteries = 1\n"), "control.batteries", "unknown key"),
+        (_append("[control]\ndeadband_w = 2.5\n"), "control.deadband_w", "integer"),
+        (_append("[control]\nmin_soc_pct = 120\n"), "control.min_soc_pct", "0..100"),
+        (_append("[control]\nloop_period_s = 0\n"), "control.loop_period_s", "> 0"),
+        (_append("[tariff]\nimport_eur_per_kwh = inf\n"), "tariff.import_eur_per_kwh", "finite"),
+        (
+            lambda text: "battery = 3\n" + text.split("[[battery]]")[0],
+            "battery",
+            "must be an array of tables",
+        ),
+        (_append("[[battery]]\nsoc_pct = 1\n" * 15), "battery", "at most"),
+        (_append("= broken\n"), "(toml)", ""),
+        (_replace('name = "t"', 'name = "a b"'), "name", "letters"),
+    ],
+)
+def test_each_validation_error_names_its_key(
+    scenario_dir: Path, edit: Callable[[str], str], key: str, problem: str
+) -> None:
+    with pytest.raises(ScenarioError) as err:
+        _load(scenario_dir, edit(BASE_TOML))
+    assert err.value.key == key
+    assert problem in err.value.problem
+    assert f": {key}: " in str(err.value)
+
+
+def test_pv_meter_needs_pv(tmp_path: Path) -> None:
+    _write_csv(tmp_path / "trace.csv", ["timestamp_s", "grid_w"], [[0, 1], [60, 2]])
+    with pytest.raises(ScenarioError) as err:
+        _load(tmp_path, BASE_TOML + "[pv_meter]\nenabled = true\n")
+    assert err.value.key == "pv_meter.enabled"
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="not found") as err:
+        load_scenario(tmp_path / "missing.toml")
+    assert err.value.key == "(file)"
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe name")
+    with pytest.raises(ScenarioError, match="UTF-8"):
+        load_scenario(tmp_path / "bin.toml")
+
+
+def test_load_scenarios_rejects_duplicates_and_empty_dirs(scenario_dir: Path) -> None:
+    (scenario_dir / "a.toml").write_text(BASE_TOML)
+    (scenario_dir / "b.toml").write_text(BASE_TOML)
+    with pytest.raises(ScenarioError, match="duplicate") as err:
+        load_scenarios(scenario_dir)
+    assert err.value.key == "name"
+    empty = scenario_dir / "empty"
+    empty.mkdir()
+    with pytest.raises(ScenarioError, match="no"):
+        load_scenarios([empty])
+    assert [s.name for s in load_scenarios([scenario_dir / "a.toml"])] == ["t"]
+
+
+def test_control_overrides_are_accepted_by_control_settings(scenario_dir: Path) -> None:
+    overrides = "\n".join(
+        f"{name} = {value!r}".replace("'", '"').replace("True", "true").replace("False", "false")
+        for name, value in (
+            (n, getattr(ControlSettings(), n)) for n in sorted(ControlSettings.field_names())
+        )
+    )
+    scenario = _load(scenario_dir, BASE_TOML + "[control]\n" + overrides + "\n")
+    assert scenario.control_settings() == ControlSettings()
+
+
+# -- property: arbitrary input never escapes as another exception ------------------------------
+
+_TOML_SCALARS = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["trace.csv", "load_step", "pulse", "ramp", "battery_offline", "meter_outage"]),
+    st.dates(),
+)
+_KEYS = st.sampled_from(
+    [
+        "name",
+        "description",
+        "trace",
+        "battery",
+        "meter",
+        "pv_meter",
+        "event",
+        "fault",
+        "block",
+        "control",
+        "tariff",
+        "seed",
+        "file",
+        "pv_file",
+        "pv_scale",
+        "start_s",
+        "duration_s",
+        "soc_pct",
+        "capacity_wh",
+        "charge_efficiency",
+        "name",
+        "at_s",
+        "kind",
+        "power_w",
+        "on_s",
+        "off_s",
+        "ramp_s",
+        "battery",
+        "enabled",
+        "interval_s",
+        "deadband_w",
+        "policy",
+        "x",
+    ]
+)
+_TOML_VALUES = st.recursive(
+    _TOML_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+def _valid_document() -> dict[str, Any]:
+    return tomllib.loads(
+        BASE_TOML
+        + """
+[[event]]
+at_s = 1
+kind = "ramp"
+power_w = 100
+duration_s = 60
+ramp_s = 5
+[[fault]]
+at_s = 1
+kind = "battery_stall"
+duration_s = 5
+battery = 1
+[[block]]
+at_s = 1
+duration_s = 2
+[meter]
+interval_s = 1
+[control]
+deadband_w = 10
+"""
+    )
+
+
+def _mutate(doc: Any, path: list[Any], value: Any, delete: bool) -> None:
+    """Replace (or delete) the item at ``path`` inside nested dicts/lists, if it exists."""
+    node = doc
+    for step in path[:-1]:
+        in_dict = isinstance(node, dict) and step in node
+        in_list = isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
+        if not (in_dict or in_list):
+            return
+        node = node[step]
+    last = path[-1]
+    if isinstance(node, dict):
+        if delete:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    elif isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node):
+        if delete:
+            del node[last]
+        else:
+            node[last] = value
+
+
+@pytest.fixture(scope="module")
+def property_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("prop")
+    _write_csv(
+        directory / "trace.csv",
+        ["timestamp_s", "load_w", "pv_w"],
+        [[t, 400, 50] for t in range(0, 600, 60)],
+    )
+    return directory
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mutations=st.lists(
+        st.tuples(
+            st.lists(
+                st.one_of(_KEYS, st.integers(min_value=0, max_value=2)), min_size=1, max_size=3
+            ),
+            _TOML_VALUES,
+            st.booleans(),
+        ),
+        max_size=4,
+    )
+)
+def test_mutated_documents_give_a_scenario_or_a_scenario_error(
+    property_dir: Path, mutations: list[tuple[list[Any], Any, bool]]
+) -> None:
+    doc = _valid_document()
+    for path, value, delete in mutations:
+        _mutate(doc, path, value, delete)
+    error: ScenarioError | None = None
+    try:
+        scenario = parse_scenario(doc, property_dir / "s.toml")
+    except ScenarioError as exc:
+        error = exc
+    if error is not None:
+        assert error.key
+        assert str(error).startswith(str(property_dir / "s.toml"))
+    else:
+        assert scenario.duration_s > 0
+        assert all(0 <= b.soc_pct <= 100 for b in scenario.batteries)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=st.dictionaries(_KEYS, _TOML_VALUES, max_size=6))
+def test_arbitrary_documents_give_a_scenario_or_a_scenario_error(
+    property_dir: Path, doc: dict[str, Any]
+) -> None:
+    with contextlib.suppress(ScenarioError):
+        parse_scenario(doc, property_dir / "s.toml")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=st.one_of(st.binary(max_size=64), st.text(max_size=64).map(str.encode)))
+def test_arbitrary_bytes_give_a_scenario_error(property_dir: Path, raw: bytes) -> None:
+    path = property_dir / "raw.toml"
+    path.write_bytes(raw)
+    with pytest.raises(ScenarioError):
+        load_scenario(path)

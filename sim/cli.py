@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -20,11 +21,28 @@ from sim.scoring import format_side_by_side, format_table
 POLICIES = ("mmbc", "classic")
 SCENARIO_ROOT = Path(DEFAULT_SCENARIO).parent
 EXIT_USAGE = 2
+RUN_KEYS = (
+    "import_wh",
+    "export_wh",
+    "excess_wh",
+    "tracking_score",
+    "mean_abs_grid_w",
+    "steady_rms_w",
+    "band_crossings_per_h",
+    "settle_mean_s",
+    "overshoot_mean_w",
+    "direction_changes",
+    "conversion_loss_wh",
+    "cost_regret_eur",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # The engine's own log lines (meter unavailable, battery excluded, ...) are collected as
+    # run notes; on the console they would interleave with the tables.
+    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR)
     try:
         if args.command is None:
             return _cmd_run(_default_run_args())
@@ -43,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Replay recorded days against MMBC's policies in virtual time and score them."
         " Without a command: run the default scenario and print its score.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the engine's log")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="replay one scenario")
     run.add_argument("scenario", type=Path)
@@ -87,7 +106,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         results.append(result)
     _clear_progress()
     print(f"{scenario.name}: {scenario.description}".strip())
-    print(format_table([(r.scenario, r.policy, r.metrics) for r in results]))
+    print(format_table([(r.scenario, r.policy, r.metrics) for r in results], list(RUN_KEYS)))
     print()
     print(_invariant_table(results))
     for r in results:
@@ -107,8 +126,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _bench_paths(paths: list[Path]) -> list[Path]:
     if paths:
         return paths
-    found = sorted(SCENARIO_ROOT.glob("*.toml")) + sorted((SCENARIO_ROOT / "variants").glob("*.toml"))
-    return found
+    main_set = sorted(SCENARIO_ROOT.glob("*.toml"))
+    return main_set + sorted((SCENARIO_ROOT / "variants").glob("*.toml"))
 
 
 def _bench_one(job: tuple[str, str, bool]) -> RunResult:
@@ -157,7 +176,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _attach_fault_costs(results: list[RunResult]) -> list[RunResult]:
     """Grid exchange a fault cost: the same scenario and policy, run without its faults."""
-    base = {(r.scenario[: -len("#nofault")], r.policy): r for r in results if r.scenario.endswith("#nofault")}
+    suffix = "#nofault"
+    base = {
+        (r.scenario.removesuffix(suffix), r.policy): r
+        for r in results
+        if r.scenario.endswith(suffix)
+    }
     for r in results:
         ref = base.get((r.scenario, r.policy))
         if ref is not None:
@@ -172,7 +196,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from sim.serve import serve
 
     scenario = load_scenario(args.scenario)
-    return serve(
+    status: int = serve(
         scenario,
         host=args.host,
         p1_port=args.p1_port,
@@ -181,6 +205,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         json_path=args.json,
         speed=args.speed,
     )
+    return status
 
 
 # ---------------------------------------------------------------------- output

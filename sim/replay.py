@@ -217,7 +217,7 @@ def _cycle(
     )
     try:
         plan = policy.decide(snap)
-    except Exception:  # noqa: BLE001 - the harness records a crash and fails safe, as the daemon
+    except Exception:  # the harness records a crash and fails safe, as the daemon does
         checker.crashed(now, traceback.format_exc(limit=3))
         for link in links:
             link.write(0, now)

@@ -53,9 +53,7 @@ class World:
             self.firmwares.append(VenusFirmware(model))
         self.meter = P1MeterModel(scenario.meter, scenario.seed)
         self.pv_meter: KwhMeterModel | None = (
-            KwhMeterModel(scenario.meter, scenario.seed + 1)
-            if scenario.pv_meter
-            else None
+            KwhMeterModel(scenario.meter, scenario.seed + 1) if scenario.pv_meter else None
         )
         self.record = RunRecord(n_batteries=len(self.firmwares))
         self.record.step_events = list(self.events.step_times())

@@ -11,21 +11,26 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine import __version__
 from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.marstek import MarstekBattery
-from engine.config import EngineConfig, load_config
+from engine.config import EngineConfig, config_error_exit_message, load_config
 from engine.core.policies import make_policy
 from engine.errors import ConfigError, DeviceError
 from engine.logs import setup_logging
 from engine.ports import Clock, LoopClock
-from engine.runtime.controller import Controller
+from engine.runtime.controller import SHUTDOWN_BUDGET_S, Controller
+
+if TYPE_CHECKING:
+    from engine.adapters.mqtt import MqttBridge
 
 _LOGGER = logging.getLogger(__name__)
 
-EXIT_CONFIG = 2
+EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
+EXIT_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,13 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"mmbc-engine {__version__}")
     args = parser.parse_args(argv)
     try:
-        config = load_config(
-            environ=os.environ, config_file=args.config, dotenv_file=args.env_file
-        )
+        config = load_config(environ=os.environ, config_file=args.config, dotenv_file=args.env_file)
     except ConfigError as err:
-        print(f"mmbc-engine: configuration error: {err}", file=sys.stderr)
+        print(f"mmbc-engine: {config_error_exit_message(err)}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log_level, config.log_format)
+    for warning in config.warnings:
+        _LOGGER.warning("configuration: %s", warning)
     if args.check:
         return asyncio.run(check(config))
     return asyncio.run(run(config, dry_run=args.dry_run or config.dry_run))
@@ -72,33 +77,67 @@ def build_batteries(config: EngineConfig, clock: Clock) -> list[MarstekBattery]:
     ]
 
 
-async def check(config: EngineConfig) -> int:
-    """Reach every device once and say what answered."""
-    clock = LoopClock()
-    ok = True
-    meter = HomeWizardClient(config.meter.url, timeout_s=config.meter.timeout_s)
+async def _check_meter(name: str, url: str, timeout_s: float) -> bool:
+    meter = HomeWizardClient(url, timeout_s=timeout_s, name=name)
     try:
         reading = await meter.read()
-        print(f"P1 meter {config.meter.url}: {reading.active_power_w:.0f} W")
     except DeviceError as err:
-        print(f"P1 meter {config.meter.url}: FAILED ({err})")
-        ok = False
+        print(f"{name} meter {url}: FAILED ({err})")
+        return False
     finally:
         await meter.close()
+    print(f"{name} meter {url}: OK, {reading.active_power_w:.0f} W")
+    return True
+
+
+async def check(config: EngineConfig) -> int:
+    """Print the configuration, reach every device once (reads only) and say what answered.
+
+    Exit status 0 when every device answered, 1 otherwise.
+    """
+    print(f"mmbc-engine {__version__}: configuration is valid")
+    print(config.describe())
+    clock = LoopClock()
+    results = [await _check_meter("P1", config.meter.url, config.meter.timeout_s)]
+    if config.pv_meter is not None:
+        results.append(await _check_meter("PV", config.pv_meter.url, config.pv_meter.timeout_s))
     for battery in build_batteries(config, clock):
-        tel = await battery.read()
-        if tel.online and tel.soc_pct is not None:
-            print(f"{battery.name} {battery.host}:{battery.port}: SoC {tel.soc_pct:.0f} %, "
-                  f"{tel.power_w:.0f} W")
+        try:
+            tel = await battery.read()
+        finally:
+            await battery.close()
+        where = f"{battery.name} {battery.host}:{battery.port} unit {battery.unit_id}"
+        if tel.online and tel.soc_pct is not None and tel.power_w is not None:
+            print(f"{where}: OK, SoC {tel.soc_pct:.0f} %, {tel.power_w:.0f} W")
+            results.append(True)
         else:
-            print(f"{battery.name} {battery.host}:{battery.port}: FAILED (no valid answer)")
-            ok = False
-        await battery.close()
-    return 0 if ok else EXIT_CHECK_FAILED
+            print(f"{where}: FAILED (no valid answer)")
+            results.append(False)
+    ok = all(results)
+    print("check: every device answered" if ok else "check: FAILED, see above")
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _make_bridge(config: EngineConfig, controller: Controller, clock: Clock) -> MqttBridge:
+    from engine.adapters.mqtt import MqttBridge  # aiomqtt is only imported when MQTT is on
+
+    return MqttBridge(
+        config.mqtt_settings(),
+        clock=clock,
+        on_block_discharge=controller.set_block_discharge,
+        on_mode=controller.set_mode,
+        has_pv=config.pv_meter is not None,
+        battery_names=[b.name for b in config.batteries],
+    )
 
 
 async def run(config: EngineConfig, *, dry_run: bool) -> int:
-    """Run until SIGTERM/SIGINT; then every battery to 0 W and released."""
+    """Run until SIGTERM/SIGINT; then every battery to 0 W and released, exit 0 within 5 s."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     clock = LoopClock()
     settings = config.control_settings()
     policy = make_policy(settings)
@@ -121,48 +160,44 @@ async def run(config: EngineConfig, *, dry_run: bool) -> int:
         capacities={b.name: b.capacity_wh for b in config.batteries},
         dry_run=dry_run,
     )
-    bridge = None
-    if config.mqtt is not None:
-        from engine.adapters.mqtt import MqttBridge
-
-        bridge = MqttBridge(
-            config.mqtt_settings(),
-            clock=clock,
-            on_block_discharge=controller.set_block_discharge,
-            on_mode=controller.set_mode,
-            has_pv=config.pv_meter is not None,
-            battery_names=[b.name for b in config.batteries],
-        )
+    bridge = _make_bridge(config, controller, clock) if config.mqtt is not None else None
+    if bridge is not None:
         controller.sink = bridge
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     _LOGGER.info(
-        "mmbc-engine %s: policy %s, %d batteries, meter %s%s",
+        "mmbc-engine %s: policy %s, %d batteries, meter %s, MQTT %s%s",
         __version__,
         policy.name,
         len(batteries),
         config.meter.url,
+        "on" if bridge is not None else "off",
         " (dry run: nothing is written)" if dry_run else "",
     )
-    bridge_task = asyncio.create_task(bridge.run()) if bridge else None
+    bridge_task = asyncio.create_task(bridge.run()) if bridge is not None else None
+
+    async def stop_bridge() -> None:
+        # Runs beside the batteries' shutdown, so the two share the 5 s budget.
+        await stop.wait()
+        if bridge is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_BUDGET_S):
+                    await bridge.stop()
+
+    bridge_stopper = asyncio.create_task(stop_bridge())
     try:
         await controller.run(stop)
     finally:
-        if bridge is not None:
-            await bridge.stop()
+        stop.set()
+        await bridge_stopper
         if bridge_task is not None:
             bridge_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await bridge_task
+            await asyncio.gather(bridge_task, return_exceptions=True)
         await meter.close()
         if pv is not None:
             await pv.close()
         for b in batteries:
             await b.close()
-    return 0
+    _LOGGER.info("mmbc-engine stopped")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -72,4 +72,7 @@ def setup_logging(
     root.setLevel(numeric_level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, numeric_level))
+    # transitions warns once per machine about every convenience method it does not bind
+    # (model_override=True is deliberate: the models declare exactly their triggers).
+    logging.getLogger("transitions.core").setLevel(max(logging.ERROR, numeric_level))
     return handler

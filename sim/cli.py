@@ -212,12 +212,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _invariant_table(results: list[RunResult]) -> str:
     short = {name: name.replace("_", " ") for name in INVARIANTS}
     header = f"{'scenario':<34} {'policy':<8} " + " ".join(f"{n[:12]:>12}" for n in INVARIANTS)
+    # The grid exchange (import + export) a fault cost against the same run without it.
+    costs = any("fault_cost_wh" in r.metrics for r in results)
+    if costs:
+        header += f" {'fault Wh':>9}"
     lines = ["invariants (pass, or FAIL@t_s of the first violation):", header]
     for r in results:
         cells = []
         for name in INVARIANTS:
             t = r.report.first_violation_s.get(name) if r.report else None
             cells.append(f"{'pass' if t is None else f'FAIL@{t:.0f}':>12}")
+        if costs:
+            cost = r.metrics.get("fault_cost_wh")
+            cells.append(f"{'-' if cost is None else f'{cost:+.0f}':>9}")
         lines.append(f"{r.scenario[:34]:<34} {r.policy:<8} " + " ".join(cells))
     del short
     return "\n".join(lines)

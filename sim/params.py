@@ -94,7 +94,7 @@ BATTERY_FAULTS = frozenset(
         "soc_garbage",
     }
 )
-OTHER_FAULTS = frozenset({"broker_restart"})
+OTHER_FAULTS = frozenset({"broker_restart", "engine_error"})
 FAULT_KINDS = METER_FAULTS | BATTERY_FAULTS | OTHER_FAULTS
 
 

@@ -9,8 +9,10 @@ real sockets.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -18,20 +20,22 @@ from dataclasses import dataclass, field
 
 from engine.adapters.homewizard import MeterTracker, parse_data
 from engine.adapters.marstek import VenusCommander
-from engine.core.model import BatteryTelemetry, Mode, Snapshot
+from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError
-from sim.invariants import InvariantChecker, InvariantReport
+from sim.invariants import SHUTDOWN_BUDGET_S, InvariantChecker, InvariantReport, observe_world
 from sim.oracle import simulate_oracle
 from sim.record import RunRecord
 from sim.scenario import Scenario
 from sim.scoring import score
 from sim.venus_firmware import VenusFirmware
-from sim.world import PLANT_STEP_S, World
+from sim.world import PLANT_STEP_S, ErrorInjectingPolicy, World
 
 HTTP_OK = 200
 ProgressFn = Callable[[float, float], None]
+# Sees every cycle after its writes: the world, the snapshot, the plan (None: the cycle failed).
+CycleHook = Callable[["World", Snapshot, "Plan | None"], None]
 
 
 @dataclass
@@ -45,8 +49,15 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
+OVERRIDES_ENV = "MMBC_SIM_OVERRIDES"  # JSON object of extra ControlSettings overrides
+
+
 def settings_for(scenario: Scenario, policy: str) -> ControlSettings:
-    """The engine settings a scenario runs with: its batteries, its ``[control]`` overrides."""
+    """The engine settings a scenario runs with: its batteries, its ``[control]`` overrides.
+
+    ``MMBC_SIM_OVERRIDES`` (a JSON object) applies further overrides on top, e.g. to bench a
+    control feature switched off (scripts/ablation.py).
+    """
     specs = tuple(
         BatterySpec(
             name=f"battery_{i}",
@@ -57,6 +68,9 @@ def settings_for(scenario: Scenario, policy: str) -> ControlSettings:
         for i, b in enumerate(scenario.batteries, start=1)
     )
     base = ControlSettings(batteries=specs).with_overrides(dict(scenario.control))
+    extra = os.environ.get(OVERRIDES_ENV)
+    if extra:
+        base = base.with_overrides(json.loads(extra))
     return base.with_overrides({"policy": policy})
 
 
@@ -136,17 +150,22 @@ def run_scenario(
     *,
     progress: ProgressFn | None = None,
     policy: Policy | None = None,
+    on_cycle: CycleHook | None = None,
 ) -> RunResult:
-    """Replay ``scenario`` with ``policy_name`` in virtual time; score it and its invariants."""
+    """Replay ``scenario`` with ``policy_name`` in virtual time; score it and its invariants.
+
+    ``on_cycle`` sees every cycle with the world's ground truth (tests of fault behaviour).
+    """
     wall_start = time.perf_counter()  # wall time of the run is a reported metric, not control
     settings = settings_for(scenario, policy_name)
-    policy = policy or make_policy(settings)
     world = World(scenario)
+    policy = ErrorInjectingPolicy(policy or make_policy(settings), world)
     links = [InProcessBattery(world, i, settings) for i in range(1, len(world.firmwares) + 1)]
     tracker = MeterTracker()
-    checker = InvariantChecker(settings, world.names)
-    notes: list[str] = []
     period = policy.period_s
+    checker = InvariantChecker.for_world(settings, world, period)
+    notes: list[str] = []
+    probes = shutdown_probe_times(scenario)
     # The first reading becomes visible after the meter's latency: start polling then.
     next_tick = math.ceil(scenario.meter.latency_s / PLANT_STEP_S) * PLANT_STEP_S
     dt = PLANT_STEP_S
@@ -157,32 +176,24 @@ def run_scenario(
         world.now_s = now
         if now + 1e-9 >= next_tick:
             next_tick += period
-            _cycle(world, links, tracker, policy, checker, now, period, notes)
+            _cycle(world, links, tracker, policy, checker, now, period, notes, on_cycle)
+            while probes and probes[0] <= now + 1e-9:
+                probes.pop(0)
+                probe_shutdown(world, links, checker, now)
         world.advance(dt)
         if progress is not None and step % report_every == 0:
             progress(now, scenario.duration_s)
     end = steps * dt
-    for link in links:
-        link.write(0, end)
+    world.now_s = end
+    for link in links:  # the daemon's shutdown: idle setpoints, then 42000 = 0x55BB
         link.release(end)
-    idle = all(fw.battery.target_w == 0 for fw in world.firmwares)
-    released = all(not fw.control_enabled for fw in world.firmwares)
-    checker.shutdown(end, all_idle=idle, released=released)
+    check_shutdown(world, checker, end)
+    checker.finish(end)
 
     record = world.finish()
     record.modbus_reads = sum(link.reads for link in links)
     record.modbus_writes = sum(link.writes for link in links)
-    record.wall_seconds = time.perf_counter() - wall_start
-    oracle = simulate_oracle(
-        record.t_s,
-        record.dt_s,
-        record.net_w,
-        record.discharge_blocked,
-        [(b.params, b.soc_pct) for b in scenario.batteries],
-    )
-    metrics = score(record, oracle, scenario.tariff)
-    record.wall_seconds = time.perf_counter() - wall_start
-    metrics["wall_seconds"] = record.wall_seconds
+    metrics = score_run(scenario, record, wall_start)
     return RunResult(
         scenario=scenario.name,
         policy=policy_name,
@@ -203,6 +214,7 @@ def _cycle(
     now: float,
     period: float,
     notes: list[str],
+    on_cycle: CycleHook | None = None,
 ) -> None:
     _read_meter(world, tracker, now)
     telemetry = tuple(link.read(now) for link in links)
@@ -217,10 +229,15 @@ def _cycle(
     )
     try:
         plan = policy.decide(snap)
-    except Exception:  # the harness records a crash and fails safe, as the daemon does
-        checker.crashed(now, traceback.format_exc(limit=3))
+    except Exception:  # the harness fails safe and runs on, as the daemon's Controller does
+        detail = traceback.format_exc(limit=5)
+        if not checker.failing:  # the traceback once per run of failing cycles
+            notes.append(f"{now:8.1f} s control cycle failed: every battery to 0 W\n{detail}")
         for link in links:
             link.write(0, now)
+        checker.crashed(now, detail, observe_world(world))
+        if on_cycle is not None:
+            on_cycle(world, snap, None)
         return
     for reason in plan.reasons:
         notes.append(f"{now:8.1f} s {reason}")
@@ -230,29 +247,90 @@ def _cycle(
             link.write(plan.setpoints[name], now)
         if name in plan.release:
             link.release(now)
-    unavailable = {
-        link.commander.name for link in links if not _healthy(telemetry[link.index - 1])
-    }
-    control_lost = {
-        link.commander.name
-        for link in links
-        if not link.firmware.control_enabled and link.firmware.offline_until_s <= now
-    }
-    not_following = {
-        f"battery_{i}"
-        for i in range(1, len(world.firmwares) + 1)
-        if world.fault_active("battery_not_following", i)
-    }
-    checker.cycle(
-        snap,
-        plan,
-        meter_fault=world.meter_fault(),
-        unavailable=unavailable,
-        control_lost=control_lost,
-        not_following=not_following,
-        period_s=period,
+    check_cycle(world, checker, snap, plan, period)
+    if on_cycle is not None:
+        on_cycle(world, snap, plan)
+
+
+def check_cycle(
+    world: World, checker: InvariantChecker, snap: Snapshot, plan: Plan, period_s: float
+) -> None:
+    """Check one cycle's plan, after its writes, against the world's ground truth (also
+    used by sim.wire)."""
+    checker.cycle(snap, plan, observe_world(world), period_s)
+
+
+def check_shutdown(world: World, checker: InvariantChecker, end_s: float) -> None:
+    """After the controller's shutdown: every reachable battery idle and out of RS485 control.
+
+    A battery still unreachable (its fault outlasts the run) cannot be told anything; the
+    shutdown must not wait for it, and the others must be idle and released.
+    """
+    reachable = [
+        (name, fw)
+        for i, (name, fw) in enumerate(zip(world.names, world.firmwares, strict=True), start=1)
+        if world.transport_fault(i) is None
+    ]
+    moving = [name for name, fw in reachable if fw.target_w != 0 or fw.battery.target_w != 0]
+    held = [name for name, fw in reachable if fw.control_enabled]
+    checker.shutdown(
+        end_s,
+        all_idle=not moving,
+        released=not held,
+        detail=f"still steering: {moving}, still in RS485 control: {held}",
     )
 
 
-def _healthy(t: BatteryTelemetry) -> bool:
-    return t.online and t.soc_pct is not None and t.power_w is not None
+def shutdown_probe_times(scenario: Scenario) -> list[float]:
+    """When to try the shutdown path in the middle of each fault: 2 s after it starts (the
+    batteries still carry load) and half-way through it."""
+    times = set()
+    for fault in scenario.faults:
+        times.add(fault.at_s + min(2.0, fault.duration_s / 2))
+        times.add(fault.at_s + fault.duration_s / 2)
+    return sorted(t for t in times if t < scenario.duration_s)
+
+
+def probe_shutdown(
+    world: World, links: list[InProcessBattery], checker: InvariantChecker, now: float
+) -> None:
+    """SIGTERM now, on copies: release every battery the daemon's way, let the plant run for
+    ``SHUTDOWN_BUDGET_S`` and check every reachable battery idles and is released. The run
+    itself goes on untouched."""
+    moving: list[str] = []
+    held: list[str] = []
+    for link in links:
+        if world.transport_fault(link.index) is not None:
+            continue  # unreachable: the shutdown must not wait for it (the wire run times it)
+        firmware = copy.deepcopy(link.firmware)
+        commander = copy.deepcopy(link.commander)
+        for address, value in commander.release_writes():
+            firmware.write(address, [value], now)
+        firmware.battery.advance(now, SHUTDOWN_BUDGET_S)
+        if firmware.target_w != 0 or abs(firmware.battery.ac_power_w) > 0.5:
+            moving.append(f"{link.commander.name} {firmware.battery.ac_power_w:.0f} W")
+        if firmware.control_enabled:
+            held.append(link.commander.name)
+    checker.shutdown(
+        now,
+        all_idle=not moving,
+        released=not held,
+        detail=f"{SHUTDOWN_BUDGET_S:.0f} s after SIGTERM: {moving} still moving, {held} held",
+    )
+
+
+def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> dict[str, float]:
+    """Every metric of one finished run against the reference; ``wall_start`` from
+    ``time.perf_counter()`` at the run's start (the reported wall time, not control)."""
+    record.wall_seconds = time.perf_counter() - wall_start
+    oracle = simulate_oracle(
+        record.t_s,
+        record.dt_s,
+        record.net_w,
+        record.discharge_blocked,
+        [(b.params, b.soc_pct) for b in scenario.batteries],
+    )
+    metrics = score(record, oracle, scenario.tariff)
+    record.wall_seconds = time.perf_counter() - wall_start
+    metrics["wall_seconds"] = record.wall_seconds
+    return metrics

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.core.model import Plan, Snapshot
+from engine.core.policies import Policy
 from sim.battery_model import VenusE
 from sim.meter import KwhMeterModel, P1MeterModel
 from sim.params import BATTERY_FAULTS, METER_FAULTS, Fault
@@ -17,7 +19,6 @@ from sim.traces import EventTimeline, Trace, load_trace
 from sim.venus_firmware import VenusFirmware
 
 PLANT_STEP_S = 0.5
-REBOOT_OFFLINE_S = 5.0
 
 
 def battery_name(index: int) -> str:
@@ -61,6 +62,7 @@ class World:
         self._next_fault = 0
         self.active_faults: list[ActiveFault] = []
         self.fault_log: list[tuple[float, str, str]] = []  # (t, "start"/"end", kind)
+        self._frozen_sample_s: float | None = None  # what a frozen dongle keeps serving
         self.now_s = 0.0
 
     # ------------------------------------------------------------------ queries
@@ -85,6 +87,20 @@ class World:
             if a.fault.kind in METER_FAULTS:
                 return a.fault.kind
         return None
+
+    def meter_sample_s(self, now_s: float) -> float | None:
+        """Ground truth of a P1 poll at ``now_s``: the instant its reading describes.
+
+        None when the meter serves no valid reading (outage, HTTP error, garbage, API
+        disabled, or no sample yet); a frozen dongle keeps describing the same instant.
+        """
+        fault = self.meter.fault
+        if fault == "frozen":
+            return self._frozen_sample_s
+        if fault is not None:
+            return None
+        sample = self.meter.latest(now_s)
+        return None if sample is None else sample.at_s
 
     # ------------------------------------------------------------------ time
     def advance(self, dt_s: float) -> None:
@@ -135,12 +151,14 @@ class World:
         fw = self._firmware(fault)
         if fault.kind in METER_FAULTS:
             self.meter.respond_data(t)  # a frozen dongle keeps serving its latest body
+            sample = self.meter.latest(t)
+            self._frozen_sample_s = None if sample is None else sample.at_s
             self.meter.set_fault(fault.kind)
         elif fault.kind in BATTERY_FAULTS and fw is not None:
             if fault.kind == "control_mode_lost":
                 fw.lose_control_mode()
             elif fault.kind == "battery_reboot":
-                fw.reboot(t, min(fault.duration_s, REBOOT_OFFLINE_S))
+                fw.reboot(t, fault.duration_s)  # silent while it boots, then registers reset
             elif fault.kind == "battery_not_following":
                 fw.set_not_following(True)
             elif fault.kind == "soc_garbage":
@@ -171,3 +189,27 @@ class World:
         if fw.offline_until_s > self.now_s:
             return "battery_offline"
         return None
+
+
+class InjectedEngineError(RuntimeError):
+    """What an ``engine_error`` fault raises in the control cycle (an unexpected bug)."""
+
+
+class ErrorInjectingPolicy:
+    """A policy that raises ``InjectedEngineError`` while an ``engine_error`` fault is active.
+
+    The error is raised before the wrapped policy sees the snapshot, as a cycle that fails
+    early would; the engine's runtime must then put every battery at 0 W and run on.
+    """
+
+    def __init__(self, policy: Policy, world: World) -> None:
+        self.policy = policy
+        self.world = world
+        self.name = policy.name
+        self.period_s = policy.period_s
+
+    def decide(self, snap: Snapshot) -> Plan:
+        if self.world.fault_active("engine_error"):
+            msg = f"injected engine error at {snap.now_s:.1f} s"
+            raise InjectedEngineError(msg)
+        return self.policy.decide(snap)

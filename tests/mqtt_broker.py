@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +71,47 @@ async def _wait_listening(port: int, alive: Any) -> None:
             return
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1; ``certfile`` doubles as the CA file."""
+
+    certfile: str
+    keyfile: str
+
+
+def make_tls_files(directory: Path) -> TlsFiles | None:
+    """Create a self-signed cert for 127.0.0.1 with the ``openssl`` CLI; None without it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={HOST}",
+            "-addext",
+            f"subjectAltName=IP:{HOST}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-keyout",
+            str(keyfile),
+            "-out",
+            str(certfile),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return TlsFiles(str(certfile), str(keyfile))
+
+
 class TestBroker:
     """A running broker; ``restart()`` brings it back on the same port."""
 
@@ -91,15 +135,20 @@ class TestBroker:
 class _Mosquitto(TestBroker):
     kind: BrokerKind = "mosquitto"
 
-    def __init__(self, *, persistence: bool) -> None:
+    def __init__(self, *, persistence: bool, tls: TlsFiles | None) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="mmbc-mosquitto-"))
         self.port = _free_port()
         self._proc: asyncio.subprocess.Process | None = None
         self._config = self._dir / "mosquitto.conf"
+        tls_lines = [f"certfile {tls.certfile}", f"keyfile {tls.keyfile}"] if tls else []
         self._config.write_text(
             "\n".join(
                 [
                     f"listener {self.port} {HOST}",
+                    *tls_lines,
+                    # Started as root, mosquitto drops to user "mosquitto", who cannot read
+                    # our private temp dir; naming the current user keeps it (no-op otherwise).
+                    f"user {getpass.getuser()}",
                     "allow_anonymous true",
                     f"persistence {'true' if persistence else 'false'}",
                     f"persistence_location {self._dir}/",
@@ -151,13 +200,21 @@ class _Mosquitto(TestBroker):
 class _Amqtt(TestBroker):
     kind: BrokerKind = "amqtt"
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: TlsFiles | None) -> None:
         self.port = 0
         self._broker: Any = None
+        self._tls = tls
 
     def _config(self) -> dict[str, Any]:
+        listener: dict[str, Any] = {"type": "tcp", "bind": f"{HOST}:{self.port}"}
+        if self._tls is not None:
+            listener |= {
+                "ssl": True,
+                "certfile": self._tls.certfile,
+                "keyfile": self._tls.keyfile,
+            }
         return {
-            "listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{self.port}"}},
+            "listeners": {"default": listener},
             # No $SYS or logging plugins; a username makes a session non-anonymous, so
             # its QoS 1 messages are queued while it is away (as mosquitto does).
             "plugins": {
@@ -182,11 +239,19 @@ class _Amqtt(TestBroker):
 
 @contextlib.asynccontextmanager
 async def start_broker(
-    *, persistence: bool = False, kind: BrokerKind | None = None
+    *,
+    persistence: bool = False,
+    kind: BrokerKind | None = None,
+    tls: TlsFiles | None = None,
 ) -> AsyncIterator[TestBroker]:
-    """Start a broker on a free loopback port; stop it (and clean up) on exit."""
+    """Start a broker on a free loopback port; stop it (and clean up) on exit.
+
+    With ``tls`` the listener speaks TLS only (see :func:`make_tls_files`).
+    """
     chosen = kind or broker_kind()
-    broker: TestBroker = _Mosquitto(persistence=persistence) if chosen == "mosquitto" else _Amqtt()
+    broker: TestBroker = (
+        _Mosquitto(persistence=persistence, tls=tls) if chosen == "mosquitto" else _Amqtt(tls=tls)
+    )
     try:
         await broker.start()
         yield broker

@@ -10,7 +10,7 @@ the order-invariance property compares them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -23,6 +23,7 @@ from engine.core.settings import BatterySpec, ControlSettings
 # are visible when the settings are permuted.
 NAME_POOL = ("venus-2", "Attic", "b", "venus-1", "garage", "z9")
 STRANGER = "not-configured"  # telemetry for a battery the settings do not know
+FEATURES = tuple(f.name for f in fields(ControlSettings) if f.name.startswith("feature_"))
 
 
 class Policy(Protocol):
@@ -59,7 +60,10 @@ def control_settings(
     )
     specs = tuple(draw(battery_specs(n)) for n in names)
     threshold_w = draw(st.sampled_from([2500, 1000, 3000]) | st.integers(300, 5000))
+    # Safety must not depend on which refinements are on: any mix of the feature switches.
+    features = {name: draw(st.sampled_from([True, True, False])) for name in FEATURES}
     return ControlSettings(
+        **features,
         batteries=specs,
         loop_period_s=draw(st.sampled_from([1.0, 0.5, 2.0])),
         split_threshold_w=threshold_w,
@@ -78,6 +82,7 @@ def control_settings(
         noise_alpha=draw(st.sampled_from([0.4, 1.0]) | st.floats(0.05, 1.0)),
         soc_hysteresis_pct=draw(st.sampled_from([3.0]) | st.floats(0.0, 10.0)),
         grid_target_w=draw(st.sampled_from([0]) | st.integers(-50, 50)),
+        small_correction_w=draw(st.sampled_from([60]) | st.integers(0, 200)),
     )
 
 

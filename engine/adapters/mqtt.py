@@ -128,11 +128,11 @@ class MqttSettings:
             _check_topic_root("MQTT_DISCOVERY_PREFIX", self.discovery_prefix),
         )
         if not (math.isfinite(self.min_interval_s) and self.min_interval_s >= 0):
-            raise ConfigError("min_interval_s", f"{self.min_interval_s} must be >= 0")
+            raise ConfigError("MQTT_MIN_INTERVAL_S", f"{self.min_interval_s} must be >= 0")
         if not (math.isfinite(self.max_interval_s) and self.max_interval_s >= self.min_interval_s):
-            raise ConfigError("max_interval_s", "must be finite and >= min_interval_s")
+            raise ConfigError("MQTT_MAX_INTERVAL_S", "must be finite and >= the min interval")
         if self.max_interval_s <= 0:
-            raise ConfigError("max_interval_s", "must be > 0")
+            raise ConfigError("MQTT_MAX_INTERVAL_S", "must be > 0")
         if self.keepalive_s <= 0:
             raise ConfigError("keepalive_s", f"{self.keepalive_s} must be > 0")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -411,6 +411,7 @@ class MqttBridge:
         self._finished.clear()
         try:
             while not self._stop_requested.is_set():
+                self._closing = asyncio.Event()  # fresh per session, before it can be closed
                 try:
                     await self._until_stopped(self._session(), grace_s=_STOP_GRACE_S)
                 except aiomqtt.MqttError as exc:
@@ -459,9 +460,6 @@ class MqttBridge:
         self._wake.set()
 
     async def _session(self) -> None:
-        self._closing = asyncio.Event()
-        if self._stop_requested.is_set():
-            self._closing.set()
         async with self._client() as client:
             self._connected = True
             self._connections += 1
@@ -629,7 +627,7 @@ def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     try:
         return ssl.create_default_context(cafile=settings.tls_ca_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("MQTT_TLS_CA_FILE", f"cannot load {settings.tls_ca_file}: {exc}") from exc
+        raise ConfigError("MQTT_CA_FILE", f"cannot load {settings.tls_ca_file}: {exc}") from exc
 
 
 __all__ = [

@@ -22,9 +22,15 @@ How it keeps the meter at zero (see docs/control.md for the measurements):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from engine.core.allocate import Candidate, fill_in_order, priority_order, split_proportional
+from engine.core.allocate import (
+    Candidate,
+    fill_in_order,
+    fleet_loss_w,
+    priority_order,
+    split_proportional,
+)
 from engine.core.battery_fsm import BatteryFsm, BatteryState
 from engine.core.estimator import MeterCadence, NetDemandFilter, PowerHistory
 from engine.core.fleet_fsm import FleetFsm, FleetState
@@ -36,6 +42,9 @@ KEEPALIVE_W = 1  # "1 W keeps the battery idle with its relay engaged" (HBC, pee
 FOLLOW_SETTLE_S = 8.0  # dead time + relay delay + ramp, with margin
 FOLLOW_MIN_W = 100  # below this a miss is noise, not a fault
 FOLLOW_FRACTION = 0.1  # delivering less than 10 % of the command counts as a miss
+CUTOFF_MARGIN_PCT = 10.0  # firmware cut-offs may sit this far inside the configured limits
+CUTOFF_CYCLES = 5  # cycles without delivery (relay, dead time and ramp have passed)
+COUNT_HYSTERESIS_W = 5.0  # change the number of active batteries only to save this much loss
 
 
 @dataclass(slots=True)
@@ -51,6 +60,9 @@ class _BatteryTrack:
     last_active_s: float = float("-inf")  # last time it carried real power
     last_direction: int = 0
     telemetry: BatteryTelemetry | None = None
+    stalled_cycles: int = 0  # cycles in a row it delivered nothing near a SoC limit
+    cutoff_direction: int = 0  # +1: stopped discharging at the bottom, -1: charging at the top
+    cutoff_soc_pct: float = 0.0
 
 
 @dataclass(slots=True)
@@ -63,10 +75,12 @@ class _Handover:
 @dataclass(slots=True)
 class _Memory:
     target_w: float = 0.0  # fleet setpoint, + discharge
-    direction: int = 0
+    last_direction: int = 0  # the direction the fleet last worked in (kept through idle)
     split: bool = False
+    active_n: int = 0  # batteries sharing the demand while split
+    split_w: dict[str, float] = field(default_factory=dict)  # last split (magnitudes)
+    split_direction: int = 0
     handover: _Handover | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def healthy(t: BatteryTelemetry) -> bool:
@@ -105,21 +119,33 @@ class MmbcPolicy:
         self._history = PowerHistory()
         self._cadence = MeterCadence()
         self._filter = NetDemandFilter(
-            step_threshold_w=settings.step_threshold_w, alpha=settings.noise_alpha
+            step_threshold_w=settings.step_threshold_w,
+            alpha=settings.noise_alpha if settings.feature_noise_filter else 1.0,
+            feedforward=settings.feature_step_feedforward,
+            damping=settings.feature_oscillation_damping,
         )
         self._quality = QualityMonitor()
         self._mem = _Memory()
+        self._last_cycle_s = float("-inf")
 
     # ------------------------------------------------------------------ the cycle
     def decide(self, snap: Snapshot) -> Plan:
         now = snap.now_s
         reasons: list[str] = []
+        if now - self._last_cycle_s > 1.5 * self.period_s:
+            # Cycles were skipped (the runtime failed safe and put every battery at 0 W):
+            # the batteries do not hold what we last commanded and the power history has a
+            # gap, so the follow check and the demand estimate start afresh.
+            for t in self._tracks.values():
+                t.command_w = 0
+                t.command_since_s = now
+            self._history = PowerHistory()
+            self._filter.reset()
+        self._last_cycle_s = now
         self._sync_batteries(snap, reasons)
         usable = [t for t in self._tracks.values() if t.fsm.available]
-        fleet_power_w = sum(
-            t.telemetry.power_w or 0.0 for t in usable if t.telemetry is not None
-        )
-        self._history.add(now, fleet_power_w)
+        parts = {t.spec.name: t.telemetry.power_w or 0.0 for t in usable if t.telemetry is not None}
+        self._history.add(now, parts)
         new_reading = self._cadence.observe(snap.meter_updated_s)
 
         if snap.mode is Mode.SELFCONTROL:
@@ -142,7 +168,7 @@ class MmbcPolicy:
             self._quality.add(now, snap.grid_w - self.settings.grid_target_w)
 
         if self.fleet.state is FleetState.CHARGE:
-            setpoints = self._force_charge(usable)
+            setpoints = self._force_charge(usable, now)
             return self._plan(setpoints, reasons)
 
         if new_reading:
@@ -173,6 +199,7 @@ class MmbcPolicy:
                 track.command_since_s = now
             fsm.soc_pct = tel.soc_pct
             self._check_following(track, tel, now, reasons)
+            self._check_cutoff(track, tel)
 
     def _check_following(
         self, track: _BatteryTrack, tel: BatteryTelemetry, now: float, reasons: list[str]
@@ -200,6 +227,33 @@ class MmbcPolicy:
         else:
             track.misses = 0
 
+    def _check_cutoff(self, track: _BatteryTrack, tel: BatteryTelemetry) -> None:
+        """Near a SoC limit, a battery that delivers nothing has reached its firmware cut-off.
+
+        The firmware's own cut-off (e.g. 12 % or an older unit's 20 %) need not match the
+        configured limits; the integer SoC cannot tell either. Such a battery is left out of
+        that direction until its SoC has moved, so the others carry its share at once.
+        """
+        soc = tel.soc_pct if tel.soc_pct is not None else 50.0
+        if track.cutoff_direction and (
+            abs(soc - track.cutoff_soc_pct) >= 1.0 or track.cutoff_direction != track.last_direction
+        ):
+            track.cutoff_direction = 0
+        cmd = track.command_w
+        direction = 1 if cmd > 0 else -1 if cmd < 0 else 0
+        near_limit = (direction > 0 and soc <= self.settings.min_soc_pct + CUTOFF_MARGIN_PCT) or (
+            direction < 0 and soc >= self.settings.max_soc_pct - CUTOFF_MARGIN_PCT
+        )
+        delivered = (tel.power_w or 0.0) * direction
+        if near_limit and abs(cmd) > KEEPALIVE_W and delivered < FOLLOW_FRACTION * abs(cmd):
+            track.stalled_cycles += 1
+            if track.stalled_cycles >= CUTOFF_CYCLES:
+                track.cutoff_direction = direction
+                track.cutoff_soc_pct = soc
+                track.stalled_cycles = 0
+        else:
+            track.stalled_cycles = 0
+
     # ------------------------------------------------------------------ safety
     def _safe_hold(
         self, snap: Snapshot, usable: list[_BatteryTrack], reasons: list[str], why: str
@@ -217,12 +271,14 @@ class MmbcPolicy:
             setpoints[t.spec.name] = 0
         return self._plan(setpoints, reasons, safe=True)
 
-    def _force_charge(self, usable: list[_BatteryTrack]) -> dict[str, int]:
+    def _force_charge(self, usable: list[_BatteryTrack], now: float) -> dict[str, int]:
         setpoints: dict[str, int] = {}
         for t in usable:
             soc = t.fsm.soc_pct if t.fsm.soc_pct is not None else 100.0
             want = -round(charge_limit_w(t.spec, soc, self.settings))
             setpoints[t.spec.name] = t.fsm.follow(want)
+            # The follow check compares delivery with this command, not an older one.
+            self._set_command(t, setpoints[t.spec.name], now)
         return setpoints
 
     # ------------------------------------------------------------------ control law
@@ -231,15 +287,41 @@ class MmbcPolicy:
         assert snap.grid_w is not None
         assert snap.meter_updated_s is not None
         s = self.settings
-        described_s = snap.meter_updated_s - s.meter_latency_s - 0.5 * self.period_s
-        battery_then = self._history.at(described_s) or 0.0
-        net_w = snap.grid_w + battery_then
-        est = self._filter.update(snap.now_s, net_w)
+        seen_s = snap.meter_updated_s
+        if not s.feature_latency_alignment:
+            lo = hi = self._history.latest_w()
+        elif s.feature_response_window:
+            # The reading describes an instant between (seen - latency - one poll period)
+            # and when it was seen: the batteries' power then lies within these bounds.
+            lo, hi = self._history.bounds(seen_s - s.meter_latency_s - self.period_s, seen_s)
+        else:
+            lo = hi = self._history.at(seen_s - s.meter_latency_s - 0.5 * self.period_s)
+        est = self._filter.update(snap.now_s, snap.grid_w + lo, snap.grid_w + hi)
         target = est - s.grid_target_w
-        if abs(target - self._mem.target_w) >= s.min_change_w or (
-            target != 0 and self._mem.target_w == 0
+        mem = self._mem
+        if (
+            not s.feature_min_change
+            or abs(target - mem.target_w) >= s.min_change_w
+            or (target != 0 and mem.target_w == 0)
         ):
-            self._mem.target_w = target
+            mem.target_w = target
+
+    def _direction(self, target: float) -> int:
+        """The fleet's direction: idle inside the idle band; a reversal needs a clear demand."""
+        s = self.settings
+        band = s.idle_band_w
+        want = 1 if target > band else -1 if target < -band else 0
+        last = self._mem.last_direction
+        if (
+            s.feature_direction_hysteresis
+            and want
+            and last
+            and want != last
+            and abs(target) <= band + s.deadband_w
+        ):
+            # Charging <-> discharging on a few watts is noise: rest instead of reversing.
+            return 0
+        return want
 
     def _allocate(
         self, now: float, usable: list[_BatteryTrack], blocked: bool, reasons: list[str]
@@ -247,7 +329,7 @@ class MmbcPolicy:
         s = self.settings
         mem = self._mem
         target = mem.target_w
-        direction = 1 if target > s.idle_band_w else -1 if target < -s.idle_band_w else 0
+        direction = self._direction(target)
         if direction > 0 and (blocked or self.fleet.state is FleetState.HOLD):
             direction = 0
         candidates = self._candidates(now, usable, direction) if direction else []
@@ -255,20 +337,33 @@ class MmbcPolicy:
             direction = 0
 
         setpoints: dict[str, float] = {}
+        wake: str | None = None
         if direction:
             magnitude = abs(target)
+            if direction < 0 and s.feature_charge_taper:
+                candidates = self._relax_taper(candidates, magnitude)
             order = self._select(now, candidates, direction, reasons)
             by_name = {c.name: c for c in candidates}
             ordered = [by_name[n] for n in order]
-            threshold = s.split_threshold_w - (s.split_hysteresis_w if mem.split else 0)
+            threshold = s.split_threshold_w
+            if mem.split and s.feature_split_hysteresis:
+                threshold -= s.split_hysteresis_w
             mem.split = magnitude > threshold and len(ordered) > 1
             if mem.split:
-                setpoints = split_proportional(magnitude, ordered)
+                mem.handover = None
+                members = self._active_members(magnitude, ordered, direction)
+                setpoints = self._split(magnitude, members, direction)
             else:
+                mem.active_n = 1
+                mem.split_w = {}
+                ordered, wake = self._handover(now, ordered)
                 setpoints = fill_in_order(magnitude, ordered)
-                setpoints = self._handover(now, ordered, setpoints, magnitude)
             setpoints = {n: direction * p for n, p in setpoints.items()}
-            mem.direction = direction
+            mem.last_direction = direction
+        else:
+            mem.split = False
+            mem.split_w = {}
+            mem.handover = None
 
         wants_blocked_discharge = target > s.idle_band_w and (
             blocked or self.fleet.state is FleetState.HOLD
@@ -286,6 +381,8 @@ class MmbcPolicy:
                 reason = "blocked"
             elif now < t.excluded_until_s or (direction and name not in eligible):
                 reason = "ineligible"
+            elif name == wake:
+                want = KEEPALIVE_W * direction  # engage its relay before it takes over
             else:
                 want = self._keepalive(t, now, direction, blocked)
             allowed = t.fsm.follow(want, reason=reason)
@@ -302,11 +399,38 @@ class MmbcPolicy:
             soc = t.fsm.soc_pct
             if soc is None or now < t.excluded_until_s:
                 continue
+            wh_per_pct = t.spec.capacity_wh / 100.0
+            if t.cutoff_direction == direction:
+                continue  # at its firmware cut-off in this direction
             if direction > 0 and soc > s.min_soc_pct:
-                out.append(Candidate(t.spec.name, soc, float(t.spec.max_discharge_w)))
+                limit = float(t.spec.max_discharge_w)
+                out.append(Candidate(t.spec.name, soc, limit, (soc - s.min_soc_pct) * wh_per_pct))
             elif direction < 0 and soc < s.max_soc_pct:
-                out.append(Candidate(t.spec.name, soc, charge_limit_w(t.spec, soc, s)))
+                limit = (
+                    charge_limit_w(t.spec, soc, s)
+                    if s.feature_charge_taper
+                    else float(t.spec.max_charge_w)
+                )
+                out.append(Candidate(t.spec.name, soc, limit, (s.max_soc_pct - soc) * wh_per_pct))
         return out
+
+    def _relax_taper(self, candidates: list[Candidate], magnitude: float) -> list[Candidate]:
+        """The taper is care, not a cap on the house: it never makes the fleet export.
+
+        When the surplus exceeds what the fleet takes at tapered power, the tapered batteries
+        take more (each in proportion to what the taper withheld), up to their full limit.
+        """
+        tapered = sum(c.limit_w for c in candidates)
+        if magnitude <= tapered:
+            return candidates
+        full = {c.name: float(self._tracks[c.name].spec.max_charge_w) for c in candidates}
+        withheld = sum(full[c.name] - c.limit_w for c in candidates)
+        if withheld <= 0:
+            return candidates
+        share = min(1.0, (magnitude - tapered) / withheld)
+        return [
+            replace(c, limit_w=c.limit_w + share * (full[c.name] - c.limit_w)) for c in candidates
+        ]
 
     def _select(
         self, now: float, candidates: list[Candidate], direction: int, reasons: list[str]
@@ -326,7 +450,12 @@ class MmbcPolicy:
             missing = tuple(n for n in priority_order(candidates, direction) if n not in kept)
             return kept + missing
         fresh = priority_order(candidates, direction)
-        if sel.direction == direction and sel.order and sel.order[0] in names:
+        if (
+            s.feature_soc_hysteresis
+            and sel.direction == direction
+            and sel.order
+            and sel.order[0] in names
+        ):
             # SoC hysteresis: keep the current leader unless another is clearly better.
             soc = {c.name: c.soc_pct for c in candidates}
             leader, best = sel.order[0], fresh[0]
@@ -334,7 +463,12 @@ class MmbcPolicy:
                 fresh = (leader, *tuple(n for n in fresh if n != leader))
         if sel.order and fresh[0] != sel.order[0] and sel.direction == direction:
             old = sel.order[0]
-            if old in names and self._tracks[old].command_w != 0:
+            if (
+                s.feature_handover
+                and old in names
+                and abs(self._tracks[old].command_w) > KEEPALIVE_W
+                and not self._engaged(fresh[0])
+            ):
                 self._mem.handover = _Handover(outgoing=old, incoming=fresh[0], since_s=now)
             reasons.append(f"leader {old} -> {fresh[0]}")
         sel.direction = direction
@@ -342,34 +476,93 @@ class MmbcPolicy:
         sel.chosen_s = now
         return fresh
 
-    def _handover(
-        self, now: float, ordered: list[Candidate], setpoints: dict[str, float], magnitude: float
-    ) -> dict[str, float]:
-        """Make-before-break: the outgoing leader covers what the incoming one can't yet."""
+    def _engaged(self, name: str) -> bool:
+        """The battery's relay is closed: it reports power (keep-alive or real)."""
+        tel = self._tracks[name].telemetry
+        return tel is not None and tel.power_w is not None and abs(tel.power_w) >= KEEPALIVE_W
+
+    def _handover(self, now: float, ordered: list[Candidate]) -> tuple[list[Candidate], str | None]:
+        """Make-before-break: the outgoing leader carries on until the incoming one is ready.
+
+        A battery in standby needs its relay to close before it delivers anything; the two
+        batteries respond alike once it has. So the incoming leader is woken with the 1 W
+        keep-alive while the outgoing one carries the demand, and the two swap in one cycle
+        once the incoming one reports power: no gap, and no overlap of both at full power.
+        """
         ho = self._mem.handover
         if ho is None:
-            return setpoints
-        names = {c.name for c in ordered}
-        incoming = self._tracks.get(ho.incoming)
+            return ordered, None
+        names = [c.name for c in ordered]
         if (
             ho.outgoing not in names
-            or incoming is None
-            or ordered[0].name != ho.incoming
+            or ho.incoming not in names
+            or names[0] != ho.incoming
+            or self._engaged(ho.incoming)
             or now - ho.since_s > self.settings.handover_timeout_s
         ):
             self._mem.handover = None
-            return setpoints
-        delivered = abs(incoming.telemetry.power_w or 0.0) if incoming.telemetry else 0.0
-        if delivered >= 0.9 * setpoints.get(ho.incoming, 0.0):
-            self._mem.handover = None
-            return setpoints
-        out = dict(setpoints)
-        limit = next(c.limit_w for c in ordered if c.name == ho.outgoing)
-        out[ho.outgoing] = min(limit, max(0.0, magnitude - delivered))
-        return out
+            return ordered, None
+        outgoing = next(c for c in ordered if c.name == ho.outgoing)
+        return [outgoing, *(c for c in ordered if c.name != ho.outgoing)], ho.incoming
+
+    def _active_members(
+        self, magnitude: float, ordered: list[Candidate], direction: int
+    ) -> list[Candidate]:
+        """How many batteries share a demand above the split threshold, and which.
+
+        All eligible ones, unless the measured efficiency curve says fewer lose less (small
+        shares run at poor efficiency); the count changes only for a clear gain (hysteresis).
+        """
+        mem = self._mem
+        if not self.settings.feature_efficient_count or len(ordered) <= 2:
+            mem.active_n = len(ordered)
+            return ordered
+        need = 2
+        while need < len(ordered) and sum(c.limit_w for c in ordered[:need]) < magnitude:
+            need += 1
+        total = len(ordered)
+        losses = {
+            n: fleet_loss_w(magnitude, n, total, charging=direction < 0)
+            for n in range(need, total + 1)
+        }
+        best = min(losses, key=lambda n: (losses[n], -n))
+        keep = mem.active_n
+        if keep in losses and losses[keep] - losses[best] < COUNT_HYSTERESIS_W:
+            best = keep
+        mem.active_n = best
+        return ordered[:best]
+
+    def _split(
+        self, magnitude: float, members: list[Candidate], direction: int
+    ) -> dict[str, float]:
+        """Split over ``members``; a small change goes to one battery (the most off-balance)."""
+        s = self.settings
+        mem = self._mem
+        ideal = split_proportional(
+            magnitude, members, by_energy=s.feature_energy_split and direction < 0
+        )
+        prev = mem.split_w
+        names = {c.name for c in members}
+        if s.feature_small_correction and set(prev) == names and mem.split_direction == direction:
+            delta = magnitude - sum(prev.values())
+            if abs(delta) <= s.small_correction_w:
+                sign = 1.0 if delta >= 0 else -1.0
+                pick = max(members, key=lambda c: (sign * (ideal[c.name] - prev[c.name]), c.name))
+                moved = prev[pick.name] + delta
+                out = dict(prev)
+                out[pick.name] = moved
+                drift = max(abs(out[n] - ideal[n]) for n in names)
+                if 0.0 <= moved <= pick.limit_w and drift <= 2 * s.small_correction_w:
+                    mem.split_w = out
+                    return out
+        mem.split_w = ideal
+        mem.split_direction = direction
+        return ideal
 
     def _keepalive(self, t: _BatteryTrack, now: float, direction: int, blocked: bool) -> int:
         """1 W in the last direction keeps the relay engaged through a short idle gap."""
+        if not self.settings.feature_relay_keepalive:
+            return 0
         if now - t.last_active_s > self.settings.relay_hold_s or t.last_direction == 0:
             return 0
         if direction and direction != t.last_direction:

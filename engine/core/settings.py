@@ -51,6 +51,24 @@ class ControlSettings:
     taper_power_w: int = 1500  # charge limit at and above taper_soc_pct
     taper_full_soc_pct: float = 99.0
     taper_full_power_w: int = 1000
+    small_correction_w: int = 60  # split: a change this small goes to one battery
+    # Control features of the mmbc policy, each switchable; docs/control.md shows what each
+    # one is worth on the bench (the suite with that feature off).
+    feature_latency_alignment: bool = True  # net demand = grid + battery power at its instant
+    feature_response_window: bool = True  # act only on what a reading proves (post-response)
+    feature_noise_filter: bool = True  # smooth small changes (meter noise)
+    feature_step_feedforward: bool = True  # take a large step at once
+    feature_oscillation_damping: bool = True  # damp a load that pulses faster than we follow
+    feature_direction_hysteresis: bool = True  # a reversal needs idle band + deadband
+    feature_min_change: bool = True  # ignore setpoint changes below min_change_w
+    feature_split_hysteresis: bool = True  # stay split down to threshold - hysteresis
+    feature_efficient_count: bool = True  # number of active batteries from the efficiency curve
+    feature_soc_hysteresis: bool = True  # keep the leader unless another beats it clearly
+    feature_handover: bool = True  # make-before-break when the leader changes
+    feature_small_correction: bool = True  # split: small corrections to one battery
+    feature_energy_split: bool = True  # split in proportion to the energy each can give
+    feature_charge_taper: bool = True  # charge a nearly full battery gently (battery care)
+    feature_relay_keepalive: bool = True  # 1 W keeps the relay engaged through short gaps
 
     @classmethod
     def field_names(cls) -> frozenset[str]:

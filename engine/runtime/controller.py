@@ -7,9 +7,11 @@ and in virtual time under ``mmbc-sim run --wire``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import traceback
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +26,8 @@ from engine.runtime.status import FleetStatus, build_status
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 4.5  # SIGTERM → every battery at 0 W and released within 5 s
+SAFE_HOLD_STATE = "safe_hold"
+INTERNAL_ERROR_REASON = "internal error: every battery to 0 W"
 
 
 class MeterSource(Protocol):
@@ -31,17 +35,31 @@ class MeterSource(Protocol):
 
 
 class BatteryLink(Protocol):
+    """One battery as the loop drives it (``engine.adapters.marstek.MarstekBattery``).
+
+    Device trouble never raises: ``read`` reports ``online=False``, ``apply``/``release``
+    return False.
+    """
+
     name: str
 
-    async def read(self) -> BatteryTelemetry: ...
+    async def read(self, now_s: float | None = None) -> BatteryTelemetry: ...
 
     async def apply(self, power_w: int) -> bool: ...
 
-    async def release(self) -> None: ...
+    async def release(self) -> bool: ...
 
 
 class StatusSink(Protocol):
     def publish(self, status: FleetStatus) -> None: ...
+
+
+class CycleObserver(Protocol):
+    """Sees every cycle (the simulator checks its invariants here); must not raise."""
+
+    def cycle_done(self, snap: Snapshot, plan: Plan) -> None: ...
+
+    def cycle_failed(self, now_s: float, detail: str) -> None: ...
 
 
 @dataclass
@@ -54,11 +72,25 @@ class UserInputs:
 
 @dataclass
 class CycleStats:
-    """Cycle latency from the P1 response to the last Modbus write (bounded history)."""
+    """Counters, and the cycle latency from the P1 response to the last Modbus write.
+
+    The latency is measured on ``Controller.latency_clock`` (the loop clock by default;
+    ``time.perf_counter`` in the simulator, where the loop clock is virtual). Bounded history.
+    """
 
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     cycles: int = 0
     errors: int = 0
+
+
+def _safe_plan(names: Sequence[str]) -> Plan:
+    return Plan(
+        setpoints=dict.fromkeys(names, 0),
+        fleet_state=SAFE_HOLD_STATE,
+        battery_states={},
+        reasons=(INTERNAL_ERROR_REASON,),
+        safe_hold=True,
+    )
 
 
 class Controller:
@@ -77,6 +109,8 @@ class Controller:
         capacities: dict[str, float] | None = None,
         dry_run: bool = False,
         inputs: UserInputs | None = None,
+        observer: CycleObserver | None = None,
+        latency_clock: Callable[[], float] | None = None,
     ) -> None:
         self.clock = clock
         self.policy = policy
@@ -88,12 +122,16 @@ class Controller:
         self.capacities = capacities or {}
         self.dry_run = dry_run
         self.inputs = inputs or UserInputs()
+        self.observer = observer
+        self.latency_clock = latency_clock or clock.now
         self.tracker = MeterTracker()
         self.stats = CycleStats()
         self.last_plan: Plan | None = None
         self.last_snapshot: Snapshot | None = None
         self._pv_w: float | None = None
+        self._pv_online: bool | None = None
         self._error_logged = False
+        self._released: set[str] = set()  # released by a plan; not commanded since
 
     # ------------------------------------------------------------------ inputs
     def set_block_discharge(self, blocked: bool) -> None:
@@ -104,35 +142,66 @@ class Controller:
 
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle every ``policy.period_s`` until ``stop`` is set, then shut down safely."""
+        """Cycle every ``policy.period_s`` until ``stop`` is set, then shut down safely.
+
+        A cycle in progress when ``stop`` is set is abandoned (it may be waiting on a
+        stalled battery), so the shutdown starts at once.
+        """
         period = self.policy.period_s
         next_tick = self.clock.now()
+        stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                await self.cycle()
+                cycle = asyncio.ensure_future(self.cycle())
+                await asyncio.wait((cycle, stop_wait), return_when=asyncio.FIRST_COMPLETED)
+                if not cycle.done():
+                    cycle.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await cycle
+                    break
+                cycle.result()  # cycle() never raises; a bug here should still surface
                 next_tick += period
                 delay = next_tick - self.clock.now()
                 if delay < 0:  # fell behind (a stalled device): don't burst to catch up
                     next_tick = self.clock.now()
                     delay = 0.0
-                try:
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+                await asyncio.wait((stop_wait,), timeout=delay)
         finally:
+            stop_wait.cancel()
             await self.shutdown()
 
     async def cycle(self) -> Plan:
         """One cycle. Never raises: an unexpected error puts every battery at 0 W."""
         now = self.clock.now()
-        meter_task = asyncio.create_task(self._read_meter(now))
-        battery_reads = [asyncio.create_task(b.read()) for b in self.batteries]
-        pv_task = asyncio.create_task(self._read_pv()) if self.pv_meter else None
-        meter_done_s = await meter_task
-        telemetry = tuple(await asyncio.gather(*battery_reads))
-        if pv_task is not None:
-            await pv_task
+        try:
+            snap, plan, meter_done = await self._read_and_decide(now)
+            await self._write(plan)
+        except Exception as exc:  # the one place that catches everything: fail safe, go on
+            return await self._fail_safe(now, exc)
+        self.stats.latencies_s.append(max(0.0, self.latency_clock() - meter_done))
+        self.stats.cycles += 1
+        self._error_logged = False
+        self.last_plan = plan
+        self.last_snapshot = snap
+        for reason in plan.reasons:
+            _LOGGER.info("%s", reason)
+        self._report(snap, plan)
+        return plan
+
+    async def _read_and_decide(self, now: float) -> tuple[Snapshot, Plan, float]:
+        meter_task = asyncio.ensure_future(self._read_meter())
+        battery_reads = [asyncio.ensure_future(b.read(now)) for b in self.batteries]
+        pv_task = asyncio.ensure_future(self._read_pv()) if self.pv_meter else None
+        try:
+            meter_done = await meter_task
+            telemetry = tuple(await asyncio.gather(*battery_reads))
+            if pv_task is not None:
+                await pv_task
+        except BaseException:
+            for task in (meter_task, *battery_reads, pv_task):
+                if task is not None:
+                    task.cancel()
+            raise
         snap = Snapshot(
             now_s=now,
             grid_w=self.tracker.grid_w if self.tracker.online else None,
@@ -142,79 +211,95 @@ class Controller:
             discharge_blocked=self.inputs.discharge_blocked,
             pv_w=self._pv_w,
         )
+        return snap, self.policy.decide(snap), meter_done
+
+    async def _fail_safe(self, now: float, exc: Exception) -> Plan:
+        """Log the traceback once per run of failures, command 0 W everywhere, report."""
+        self.stats.errors += 1
+        detail = "".join(traceback.format_exception(exc, limit=5))
+        if not self._error_logged:
+            _LOGGER.error("control cycle failed: every battery to 0 W", exc_info=exc)
+            self._error_logged = True
+        plan = _safe_plan([b.name for b in self.batteries])
         try:
-            plan = self.policy.decide(snap)
-        except Exception:  # the one place that catches everything: fail safe, go on
-            self.stats.errors += 1
-            if not self._error_logged:
-                _LOGGER.exception("control cycle failed: every battery to 0 W")
-                self._error_logged = True
-            plan = Plan(
-                setpoints={b.name: 0 for b in self.batteries},
-                fleet_state="safe_hold",
-                battery_states={},
-                reasons=("internal error",),
-                safe_hold=True,
-            )
-        else:
-            self._error_logged = False
-        for reason in plan.reasons:
-            _LOGGER.info("%s", reason)
-        await self._write(plan)
-        self.stats.cycles += 1
-        self.stats.latencies_s.append(max(0.0, self.clock.now() - meter_done_s))
+            await self._write(plan)
+        except Exception:  # already failing safe; the next cycle retries
+            _LOGGER.debug("safe hold write failed", exc_info=True)
         self.last_plan = plan
-        self.last_snapshot = snap
-        if self.sink is not None:
-            self.sink.publish(build_status(snap, plan, self.capacities))
+        if self.observer is not None:
+            self.observer.cycle_failed(now, detail)
         return plan
 
-    async def _read_meter(self, now: float) -> float:
+    def _report(self, snap: Snapshot, plan: Plan) -> None:
+        if self.observer is not None:
+            self.observer.cycle_done(snap, plan)
+        if self.sink is not None:
+            try:
+                self.sink.publish(build_status(snap, plan, self.capacities))
+            except Exception:  # reporting must never stop control
+                _LOGGER.exception("publishing the status failed")
+
+    async def _read_meter(self) -> float:
+        """Poll the P1 meter; returns ``latency_clock`` at the response (the latency start)."""
         try:
             reading = await self.meter.read()
-        except DeviceError:
-            self.tracker.failed(self.clock.now())
+        except DeviceError as err:
+            self.tracker.failed(self.clock.now(), err)
         else:
             self.tracker.update(reading, self.clock.now())
-        del now
-        return self.clock.now()
+        return self.latency_clock()
 
     async def _read_pv(self) -> None:
         assert self.pv_meter is not None
         try:
             reading = await self.pv_meter.read()
-        except DeviceError:
+        except DeviceError as err:
             self._pv_w = None
+            if self._pv_online is not False:
+                _LOGGER.warning("PV meter unavailable: %s", err)
+            self._pv_online = False
         else:
             self._pv_w = pv_power_from_meter(
                 reading.active_power_w, negative_when_producing=self.pv_negative
             )
+            if self._pv_online is False:
+                _LOGGER.info("PV meter available again")
+            self._pv_online = True
 
     async def _write(self, plan: Plan) -> None:
         if self.dry_run:
             return
         jobs = []
         for b in self.batteries:
-            if b.name in plan.setpoints:
-                jobs.append(b.apply(plan.setpoints[b.name]))
             if b.name in plan.release:
-                jobs.append(b.release())
+                # Released once is enough: the battery runs its own logic until commanded.
+                if b.name not in self._released:
+                    self._released.add(b.name)
+                    jobs.append(b.release())
+            elif b.name in plan.setpoints:
+                self._released.discard(b.name)
+                jobs.append(b.apply(plan.setpoints[b.name]))
         if jobs:
             await asyncio.gather(*jobs)
 
     async def shutdown(self) -> None:
-        """Every battery to 0 W, then release RS485 control; bounded so exit stays < 5 s."""
+        """Every battery to 0 W, then release RS485 control; bounded so exit stays < 5 s.
+
+        ``release`` writes the idle setpoints before 42000 = 0x55BB. A dry run never took
+        control, so it has nothing to hand back.
+        """
         if self.dry_run:
             return
-
-        async def stop_one(b: BatteryLink) -> None:
-            await b.apply(0)
-            await b.release()
-
         try:
             async with asyncio.timeout(SHUTDOWN_BUDGET_S):
-                await asyncio.gather(*(stop_one(b) for b in self.batteries))
+                results = await asyncio.gather(*(b.release() for b in self.batteries))
         except TimeoutError:
-            _LOGGER.error("shutdown: not every battery confirmed 0 W within %.1f s", SHUTDOWN_BUDGET_S)
+            _LOGGER.error(
+                "shutdown: not every battery confirmed 0 W within %.1f s", SHUTDOWN_BUDGET_S
+            )
+            return
+        failed = [b.name for b, ok in zip(self.batteries, results, strict=True) if not ok]
+        if failed:
+            _LOGGER.error("shutdown: not released: %s", ", ".join(failed))
         else:
             _LOGGER.info("shutdown: every battery at 0 W and released")

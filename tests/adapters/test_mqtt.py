@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,8 @@ from tests.mqtt_broker import (
     TEST_USERNAME,
     TestBroker,
     _free_port,
+    broker_kind,
+    make_tls_files,
     start_broker,
 )
 
@@ -163,7 +166,10 @@ _sync_ids = itertools.count()
 
 @contextlib.asynccontextmanager
 async def observe(
-    broker: TestBroker, topics: tuple[str, ...] = ("mmbc/#",)
+    broker: TestBroker,
+    topics: tuple[str, ...] = ("mmbc/#",),
+    *,
+    tls_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Observer]:
     client = aiomqtt.Client(
         HOST,
@@ -171,6 +177,7 @@ async def observe(
         username=TEST_USERNAME,
         password=TEST_PASSWORD,
         identifier=f"observer-{os.getpid()}-{next(_observer_ids)}",
+        tls_context=tls_context,
     )
     async with client:
         observer = Observer(client)
@@ -759,6 +766,38 @@ async def test_command_sent_while_engine_is_away_is_delivered(broker: TestBroker
         await until(lambda: commands.blocked == [True] and commands.modes == [Mode.CHARGE])
 
 
+class GatedClock:
+    """The loop's clock, but every sleep first waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.gate.wait()
+        await asyncio.sleep(seconds)
+
+
+async def test_command_sent_during_reconnect_after_broker_restart_is_delivered() -> None:
+    if broker_kind() != "mosquitto":
+        pytest.skip("needs a broker that keeps sessions across a restart (mosquitto)")
+    clock = GatedClock()
+    commands = Commands()
+    async with start_broker(persistence=True) as persistent:
+        bridge = make_bridge(make_settings(persistent), commands, clock=clock)
+        async with running(bridge):
+            await until(lambda: bridge.connected)
+            await persistent.restart()  # the session and its QoS 1 subscriptions survive
+            await until(lambda: not bridge.connected)  # now held in its reconnect backoff
+            async with observe(persistent) as sender:
+                await sender.send("mmbc/control/block_discharge", "true")
+            clock.gate.set()
+            await until(lambda: commands.blocked == [True])
+            assert bridge.connections == 2
+
+
 async def test_graceful_stop_publishes_offline(broker: TestBroker) -> None:
     async with running(make_bridge(make_settings(broker))), observe(broker) as observer:
         await observer.has({"mmbc/status/online": "online"})
@@ -971,3 +1010,35 @@ async def test_unreachable_broker_backs_off_to_30_s_and_logs_once(
     unavailable = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(unavailable) == 1
     assert unavailable[0].levelno == logging.WARNING
+
+
+async def test_tls_with_ca_file(tmp_path: Path) -> None:
+    files = make_tls_files(tmp_path)
+    if files is None:
+        pytest.skip("needs the openssl CLI to make a certificate")
+    commands = Commands()
+    async with start_broker(tls=files) as tls_broker:
+        bridge = make_bridge(make_settings(tls_broker, tls_ca_file=files.certfile), commands)
+        context = ssl.create_default_context(cafile=files.certfile)
+        async with running(bridge), observe(tls_broker, tls_context=context) as observer:
+            bridge.publish(sample_status())
+            await observer.has(EXPECTED_STATE)
+            await observer.send("mmbc/control/mode", "charge")
+            await until(lambda: commands.modes == [Mode.CHARGE])
+
+
+async def test_tls_refuses_an_untrusted_broker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = make_tls_files(tmp_path)
+    if files is None:
+        pytest.skip("needs the openssl CLI to make a certificate")
+    clock = InstantClock()
+    async with start_broker(tls=files) as tls_broker:
+        # TLS on, but the self-signed certificate is not in the system's CA store.
+        bridge = make_bridge(make_settings(tls_broker, tls=True), clock=clock)
+        with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+            async with running(bridge):
+                await until(lambda: len(clock.sleeps) >= 3)
+    assert bridge.connections == 0
+    assert any("unavailable" in r.getMessage() for r in caplog.records)

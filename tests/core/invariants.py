@@ -8,7 +8,6 @@ limit it learnt from the meter's cadence (bounded here by the configured limit a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policy import MmbcPolicy
@@ -38,26 +37,16 @@ def is_stale(snap: Snapshot, limit_s: float) -> bool:
     )
 
 
-@dataclass(slots=True)
-class _LeaderChange:
-    at_s: float
-    old: str
-    new: str
-
-
 class SafetyChecker:
     """Checks every safety property of issue 6 after each cycle of one policy."""
 
     def __init__(self, policy: MmbcPolicy) -> None:
         self.policy = policy
         self.settings = policy.settings
-        self.leader_change: _LeaderChange | None = None
-        self.handover_cycles = 0  # cycles a make-before-break overlap was seen (for reach)
+        self.leader_changes = 0  # seen so far (to report what a test reached)
 
     def check(self, snap: Snapshot, plan: Plan) -> None:
-        for reason in plan.reasons:
-            if m := _LEADER_CHANGE.match(reason):
-                self.leader_change = _LeaderChange(snap.now_s, m["old"], m["new"])
+        self.leader_changes += sum(1 for r in plan.reasons if _LEADER_CHANGE.match(r))
         s = self.settings
         specs = {b.name: b for b in s.batteries}
         tel = {t.name: t for t in snap.batteries if t.name in specs}
@@ -81,7 +70,6 @@ class SafetyChecker:
             soc = t.soc_pct
             if power < 0:
                 assert soc < s.max_soc_pct, f"{name} charged at {soc} % >= max {s.max_soc_pct}"
-                assert -power <= charge_limit_w(spec, soc, s), f"{name} {power} W above taper"
             else:
                 assert soc > s.min_soc_pct, f"{name} discharged at {soc} % <= {s.min_soc_pct}"
                 assert not snap.discharge_blocked, f"{name} discharged while blocked"
@@ -126,18 +114,22 @@ class SafetyChecker:
             return
         hold = snap.mode is Mode.HOLD or snap.discharge_blocked
         assert plan.fleet_state == ("hold" if hold else "normal")
-        self._check_concentration(snap, plan, tel)
+        self._check_concentration(plan, tel)
 
-    def _check_concentration(
-        self, snap: Snapshot, plan: Plan, tel: dict[str, BatteryTelemetry]
-    ) -> None:
+    def _charge_limit(self, spec: BatterySpec, soc_pct: float) -> int:
+        s = self.settings
+        if not s.feature_charge_taper:
+            return spec.max_charge_w
+        return charge_limit_w(spec, soc_pct, s)
+
+    def _check_concentration(self, plan: Plan, tel: dict[str, BatteryTelemetry]) -> None:
         """Normal/hold: the fleet carries the demand, on one battery below the split.
 
-        Below ``split_threshold_w - split_hysteresis_w`` the batteries are filled in priority
-        order, so at most one active battery is below its limit (exactly one battery when the
-        leader can carry the demand). The exception is make-before-break: for at most
-        ``handover_timeout_s`` after a leader change the outgoing leader also covers what the
-        incoming one does not deliver yet. 1 W keep-alives are not active.
+        The batteries never carry more than the demand (no overlap, also not while the
+        leader changes: make-before-break wakes the incoming leader with 1 W only). Below
+        ``split_threshold_w - split_hysteresis_w`` they are filled in priority order, so at
+        most one active battery is below its limit: exactly one battery when the leader can
+        carry the demand. 1 W keep-alives are not active.
         """
         s = self.settings
         target = plan.extra["target_w"]
@@ -146,37 +138,32 @@ class SafetyChecker:
         for name, power in active.items():
             assert abs(target) > s.idle_band_w, f"{name} active at {power} W in the idle band"
             assert (power > 0) == (target > 0), f"{name} at {power} W against {target:.0f} W"
+        carried = sum(abs(p) for p in sp.values())
+        assert carried <= abs(target) + len(sp), (
+            f"fleet commanded {carried} W for a demand of {target:.0f} W: {sp}"
+        )
 
         specs = {b.name: b for b in s.batteries}
-
-        def limit(name: str, power: int) -> int:
+        limits: dict[str, int] = {}
+        for name, power in active.items():
             if power > 0:
-                return specs[name].max_discharge_w
-            soc = tel[name].soc_pct
-            assert soc is not None
-            return charge_limit_w(specs[name], soc, s)
+                limits[name] = specs[name].max_discharge_w
+            else:
+                soc = tel[name].soc_pct
+                assert soc is not None
+                limits[name] = self._charge_limit(specs[name], soc)
+        # The taper is battery care, not a cap on the house: it yields only to a surplus
+        # larger than what the charging batteries take at tapered power.
+        over_taper = [n for n, p in active.items() if -p > limits[n]]
+        if over_taper:
+            assert -target > sum(limits[n] for n, p in active.items() if p < 0), (
+                f"{over_taper} charge above their taper for a surplus of {-target:.0f} W: {sp}"
+            )
 
-        below_split = abs(target) <= s.split_threshold_w - s.split_hysteresis_w
-        unsaturated = {n for n, p in active.items() if abs(p) < limit(n, p)}
-        carried = sum(abs(p) for p in sp.values())
-        overlap = carried > abs(target) + len(sp) or (below_split and len(unsaturated) > 1)
-        if not overlap:
+        if abs(target) > s.split_threshold_w - s.split_hysteresis_w:
             return
-        # Only a hand-over may do this: recent, between the announced pair, bounded.
-        lc = self.leader_change
-        assert lc is not None, f"no leader change, yet {sp} for a demand of {target:.0f} W"
-        assert snap.now_s - lc.at_s <= s.handover_timeout_s, (
-            f"overlap {sp} lasts beyond the hand-over timeout (leader change at {lc.at_s})"
+        unsaturated = [n for n, p in active.items() if abs(p) < limits[n]]
+        assert len(unsaturated) <= 1, (
+            f"demand {target:.0f} W below the split threshold drives {active} "
+            f"(below their limits: {unsaturated})"
         )
-        outgoing = abs(sp.get(lc.old, 0))
-        assert outgoing > 0, f"overlap {sp} without the outgoing leader {lc.old}"
-        incoming_tel = tel.get(lc.new)
-        delivered = abs(incoming_tel.power_w or 0.0) if incoming_tel else 0.0
-        assert outgoing <= max(0.0, abs(target) - delivered) + 1, (
-            f"outgoing {lc.old} at {outgoing} W covers more than the missing "
-            f"{abs(target) - delivered:.0f} W"
-        )
-        assert carried - outgoing <= abs(target) + len(sp), sp
-        if below_split:
-            assert unsaturated <= {lc.old, lc.new}, (sp, lc)
-        self.handover_cycles += 1

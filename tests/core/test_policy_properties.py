@@ -10,6 +10,7 @@ from engine.core.policy import MmbcPolicy
 from engine.core.settings import ControlSettings
 from tests.core.invariants import SafetyChecker
 from tests.strategies import (
+    BatteryStep,
     Meter,
     Step,
     World,
@@ -24,7 +25,7 @@ from tests.strategies import (
     steady_scripts,
 )
 
-FAST = settings(max_examples=120, deadline=None)
+FAST = settings(max_examples=80, deadline=None)
 
 
 @st.composite
@@ -45,7 +46,7 @@ def test_every_cycle_is_safe(case: tuple[ControlSettings, list[Step]]) -> None:
         checker.check(snap, plan)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_every_cycle_is_safe_open_loop(data: st.DataObject) -> None:
     """The same properties when telemetry does not follow the commands at all."""
@@ -83,21 +84,22 @@ def test_invariant_under_battery_order(
         assert plan_a.extra == plan_b.extra, where
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
-def test_handover_is_brief_and_bounded(data: st.DataObject) -> None:
-    """A steady demand below the split while the SoCs drift: one battery carries it, except
-    for make-before-break overlaps right after a leader change (bounded, announced pair)."""
+def test_leader_changes_keep_one_battery_active(data: st.DataObject) -> None:
+    """A steady demand below the split while the SoCs drift and batteries follow or not:
+    the leader changes, yet one battery carries the demand (make-before-break wakes the
+    incoming leader with 1 W; it never doubles the power)."""
     s = data.draw(control_settings(min_batteries=2))
     script = data.draw(steady_scripts(s))
     policy = MmbcPolicy(s)
     checker = SafetyChecker(policy)
     for snap, plan in run(policy, World(s), script):
         checker.check(snap, plan)
-    event(f"hand-over cycles: {min(checker.handover_cycles, 3)}")
+    event(f"leader changes: {min(checker.leader_changes, 3)}")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(case=settings_and_script(max_steps=10), freeze_cycles=st.integers(0, 40))
 def test_frozen_meter_means_safe_hold(
     case: tuple[ControlSettings, list[Step]], freeze_cycles: int
@@ -132,7 +134,7 @@ def test_frozen_meter_means_safe_hold(
     assert plan.fleet_state in ("normal", "hold", "charge")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(case=settings_and_script(max_steps=10), soc=st.floats(0.0, 100.0))
 def test_selfcontrol_releases_and_charge_mode_charges_below_max(
     case: tuple[ControlSettings, list[Step]], soc: float
@@ -162,3 +164,35 @@ def test_selfcontrol_releases_and_charge_mode_charges_below_max(
     assert all(p <= 0 for p in plan.setpoints.values())
     if soc >= s.max_soc_pct:
         assert all(p == 0 for p in plan.setpoints.values())
+
+
+@FAST
+@given(data=st.data())
+def test_idle_gaps_respect_limits_and_blocks(data: st.DataObject) -> None:
+    """After any history, with the SoCs at their limits, discharge blocked or hold, and a
+    demand near zero: the 1 W relay keep-alive never charges a full battery nor discharges
+    an empty or blocked one (the battery guards hold even when the allocation would not)."""
+    s = data.draw(control_settings())
+    script = data.draw(scripts(s, max_size=8))
+    policy = MmbcPolicy(s)
+    checker = SafetyChecker(policy)
+    world = World(s)
+    for snap, plan in run(policy, world, script):
+        checker.check(snap, plan)
+    limits = [s.min_soc_pct, s.max_soc_pct, min(100.0, s.max_soc_pct + 1), 50.0]
+    for name in world.names:
+        world.soc_pct[name] = data.draw(st.sampled_from(limits))
+    world.apply(
+        Step(
+            mode=data.draw(st.sampled_from([Mode.HOLD, Mode.NORMAL])),
+            discharge_blocked=data.draw(st.booleans()),
+            batteries=tuple(BatteryStep() for _ in world.names),
+        )
+    )
+    band = s.idle_band_w + s.deadband_w
+    for _ in range(data.draw(st.integers(1, 6))):
+        grid = float(data.draw(st.integers(-band, band)))
+        snap = world.advance(Meter.NEW, grid)
+        plan = policy.decide(snap)
+        world.record(plan)
+        checker.check(snap, plan)

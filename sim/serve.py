@@ -1,0 +1,247 @@
+"""``mmbc-sim serve``: the plant in real time behind real sockets, for an external ``mmbc-engine``.
+
+The P1 meter API (and the PV kWh meter's, if the scenario has one) and one Modbus TCP server
+per battery run on ``host``; the plant advances ``PLANT_STEP_S`` of simulated time every
+``PLANT_STEP_S / speed`` seconds of real time, with the scenario's scripted events and faults.
+The scenario's duration bounds nothing: serving goes on until SIGINT/SIGTERM, and past the
+trace's end the house holds the trace's last value (scripted events and faults happen at
+their times, whenever those are reached).
+
+On SIGINT/SIGTERM it stops and, with ``json_path``, writes the score in ``mmbc-sim run
+--json``'s shape with policy ``external``. Of the invariants only those visible from the
+outside are checked (``SERVED_INVARIANTS``): the engine's snapshots and plans are not seen
+here. ``limits_respected`` is judged from the firmware's registers against the scenario's
+control settings (so an engine configured with other limits may be judged wrongly):
+force-charging at or above ``max_soc_pct`` or force-discharging at or below ``min_soc_pct``
+for longer than ``LIMIT_GRACE_S``, or a setpoint above a battery's limit. ``shutdown_safe``:
+when serving stops, every battery idles and is out of RS485 control (stop the engine first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+from engine.core.settings import ControlSettings
+from sim.cli import result_json
+from sim.invariants import INVARIANTS, InvariantReport
+from sim.record import RunRecord
+from sim.replay import RunResult, score_run, settings_for
+from sim.scenario import Scenario
+from sim.servers import WorldServers, start_world_servers
+from sim.world import PLANT_STEP_S, World
+
+POLICY = "external"
+SERVED_INVARIANTS = ("limits_respected", "shutdown_safe")
+# An engine sees a limit crossed on its next cycle(s); a battery then needs its dead time.
+LIMIT_GRACE_S = 10.0
+EXIT_OK = 0
+EXIT_CANNOT_SERVE = 1
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # bind-all: advertise loopback
+
+
+class RegisterWatch:
+    """Checks the served invariants from the firmwares' registers at every plant step."""
+
+    def __init__(self, world: World, settings: ControlSettings) -> None:
+        self.world = world
+        self.settings = settings
+        self.report = InvariantReport(first_violation_s=dict.fromkeys(SERVED_INVARIANTS))
+        self._since: dict[tuple[int, str], float] = {}
+
+    def step(self) -> None:
+        now = self.world.now_s
+        s = self.settings
+        for i, (fw, spec) in enumerate(
+            zip(self.world.firmwares, s.batteries, strict=True), start=1
+        ):
+            name = f"battery_{i}"
+            if fw.control_enabled:
+                if fw.charge_setpoint_w > spec.max_charge_w:
+                    self.report.fail(
+                        "limits_respected", now, f"{name} charge setpoint {fw.charge_setpoint_w} W"
+                    )
+                if fw.discharge_setpoint_w > spec.max_discharge_w:
+                    self.report.fail(
+                        "limits_respected",
+                        now,
+                        f"{name} discharge setpoint {fw.discharge_setpoint_w} W",
+                    )
+            target_w = fw.target_w
+            soc_pct = fw.battery.soc_pct
+            self._hold(
+                i,
+                "full",
+                target_w < 0 and soc_pct >= s.max_soc_pct,
+                now,
+                f"{name} charging at {soc_pct:.1f} %",
+            )
+            self._hold(
+                i,
+                "empty",
+                target_w > 0 and soc_pct <= s.min_soc_pct,
+                now,
+                f"{name} discharging at {soc_pct:.1f} %",
+            )
+
+    def _hold(self, index: int, what: str, violated: bool, now: float, detail: str) -> None:
+        key = (index, what)
+        if not violated:
+            self._since.pop(key, None)
+            return
+        since = self._since.setdefault(key, now)
+        if now - since > LIMIT_GRACE_S:
+            self.report.fail("limits_respected", since, detail)
+
+    def shutdown(self) -> None:
+        idle = all(fw.battery.target_w == 0 for fw in self.world.firmwares)
+        released = all(not fw.control_enabled for fw in self.world.firmwares)
+        if not (idle and released):
+            self.report.fail(
+                "shutdown_safe",
+                self.world.now_s,
+                f"when serving stopped: idle={idle} released={released}",
+            )
+
+
+def serve(
+    scenario: Scenario,
+    *,
+    host: str,
+    p1_port: int,
+    pv_port: int | None,
+    modbus_port: int,
+    json_path: Path | None,
+    speed: float = 1.0,
+) -> int:
+    """Serve ``scenario`` until SIGINT/SIGTERM; 0 when stopped that way, 1 if it cannot serve.
+
+    ``pv_port=None`` serves a scenario's PV meter on a free port (printed).
+    """
+    if not speed > 0:
+        print(f"mmbc-sim serve: --speed must be > 0, got {speed}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
+    return asyncio.run(
+        _serve(
+            scenario,
+            host=host,
+            p1_port=p1_port,
+            pv_port=0 if pv_port is None else pv_port,
+            modbus_port=modbus_port,
+            json_path=json_path,
+            speed=speed,
+        )
+    )
+
+
+def env_snippet(servers: WorldServers) -> str:
+    """The ``.env`` lines that point an ``mmbc-engine`` at ``servers``."""
+    env = servers.env()
+    if servers.host in _WILDCARD_HOSTS:
+        env = {k: v.replace(f"//{servers.host}:", "//127.0.0.1:") for k, v in env.items()}
+        env = {k: "127.0.0.1" if k.endswith("_IP") else v for k, v in env.items()}
+    return "\n".join(f"{key}={value}" for key, value in env.items())
+
+
+def _print_endpoints(scenario: Scenario, servers: WorldServers, speed: float) -> None:
+    lines = [f"mmbc-sim serve: {scenario.name} at {speed:g}x real time"]
+    lines.append(f"P1 meter      {servers.p1_url}")
+    if servers.pv_url is not None:
+        lines.append(f"PV meter      {servers.pv_url}")
+    for i, server in enumerate(servers.batteries, start=1):
+        lines.append(f"battery_{i}     modbus://{server.host}:{server.port} unit {server.unit_id}")
+    lines.append("# .env for mmbc-engine:")
+    lines.append(env_snippet(servers))
+    lines.append("(SIGINT/SIGTERM stops; --json writes the score)")
+    print("\n".join(lines), flush=True)
+
+
+async def _serve(
+    scenario: Scenario,
+    *,
+    host: str,
+    p1_port: int,
+    pv_port: int,
+    modbus_port: int,
+    json_path: Path | None,
+    speed: float,
+) -> int:
+    wall_start = time.perf_counter()  # the reported wall time, not control
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    world = World(scenario)
+    watch = RegisterWatch(world, settings_for(scenario, "mmbc"))
+    # Warm up until the meter's first reading is visible, so no client ever sees a meter
+    # without one (the real dongle has had a reading for years when the engine starts).
+    for _ in range(math.ceil(scenario.meter.latency_s / PLANT_STEP_S) + 1):
+        world.advance(PLANT_STEP_S)
+    try:
+        servers = await start_world_servers(
+            world, host=host, p1_port=p1_port, pv_port=pv_port, modbus_port=modbus_port
+        )
+    except OSError as err:
+        print(f"mmbc-sim serve: cannot listen on {host}: {err}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
+    _print_endpoints(scenario, servers, speed)
+    try:
+        await _run_plant(world, servers, watch, stop, speed)
+    finally:
+        watch.shutdown()
+        await servers.stop()
+    if json_path is not None:
+        _write_json(json_path, _result(scenario, world, watch, wall_start))
+        print(f"results written to {json_path}", flush=True)
+    return EXIT_OK
+
+
+async def _run_plant(
+    world: World, servers: WorldServers, watch: RegisterWatch, stop: asyncio.Event, speed: float
+) -> None:
+    """Advance the plant in real time (x ``speed``) until ``stop``; late steps catch up."""
+    loop = asyncio.get_running_loop()
+    step_wall_s = PLANT_STEP_S / speed
+    start = loop.time()
+    step = 0
+    while not stop.is_set():
+        step += 1
+        delay = start + step * step_wall_s - loop.time()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            if stop.is_set():
+                break
+        world.advance(PLANT_STEP_S)
+        await servers.apply_faults()
+        watch.step()
+
+
+def _result(scenario: Scenario, world: World, watch: RegisterWatch, wall_start: float) -> RunResult:
+    record: RunRecord = world.finish()
+    record.modbus_reads = sum(fw.reads for fw in world.firmwares)
+    record.modbus_writes = sum(fw.writes for fw in world.firmwares)
+    metrics = score_run(scenario, record, wall_start)
+    return RunResult(
+        scenario=scenario.name,
+        policy=POLICY,
+        metrics=metrics,
+        invariants=watch.report.passed(),
+        report=watch.report,
+        record=record,
+        notes=[],
+    )
+
+
+def _write_json(path: Path, result: RunResult) -> None:
+    run = result_json(result)
+    run["unchecked_invariants"] = [n for n in INVARIANTS if n not in SERVED_INVARIANTS]
+    path.write_text(json.dumps({"runs": [run]}, indent=2) + "\n", encoding="utf-8")

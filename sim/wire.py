@@ -1,0 +1,235 @@
+"""``mmbc-sim run --wire``: the real engine over loopback sockets, in virtual time.
+
+The daemon's own ``Controller`` drives the real ``HomeWizardClient`` and ``MarstekBattery``
+adapters against the simulator's P1 (+ PV) HTTP server and one Modbus TCP server per
+battery on 127.0.0.1. Everything runs on one ``looptime`` event loop: the loop clock only
+moves when the loop has nothing else to do, so socket round trips take no simulated time
+and a day replays in minutes. The plant advances in an asyncio task, one ``PLANT_STEP_S``
+at a time; each control cycle runs just after the plant step of the same instant, so the
+order of events is the in-process replay's. Scoring and invariants are the replay's.
+
+Differences from the daemon's defaults, both for measuring, neither changes the control:
+the message gap between Modbus requests is 0 (the issue's latency target excludes it), and
+the cycle latency (P1 response to the last Modbus write) is measured in wall-clock time,
+since in virtual time it is always 0. The servers run in the same process and thread, so
+the figure includes the servers' own work: it is an upper bound of the engine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+
+import looptime
+
+from engine.adapters.homewizard import HomeWizardClient
+from engine.adapters.marstek import MarstekBattery
+from engine.core.model import Plan, Snapshot
+from engine.core.policies import make_policy
+from engine.ports import LoopClock
+from engine.runtime.controller import Controller
+from sim.invariants import SHUTDOWN_BUDGET_S, InvariantChecker, observe_world
+from sim.replay import (
+    ProgressFn,
+    RunResult,
+    check_cycle,
+    check_shutdown,
+    score_run,
+    settings_for,
+)
+from sim.scenario import Scenario
+from sim.servers import WorldServers, start_world_servers
+from sim.world import PLANT_STEP_S, ErrorInjectingPolicy, World
+
+_LOGGER = logging.getLogger(__name__)
+
+POLICY = "mmbc"
+WIRE_MESSAGE_GAP_S = 0.0
+# As the daemon's defaults: a stalled battery costs in virtual time what it costs for real.
+WIRE_BATTERY_TIMEOUT_S = 1.0
+WIRE_METER_TIMEOUT_S = 2.0
+# Cycles run this long after the plant step of the same instant (see the module docstring).
+CYCLE_OFFSET_S = 0.001
+# looptime lets the loop spin this many idle iterations before it moves the clock. Loopback
+# data is readable as soon as it is sent, so a few are enough; more only cost wall time.
+NOOP_CYCLES = 2
+
+
+class _Observer:
+    """The controller's cycle hook: the replay's invariant checks, plus the plan's reasons."""
+
+    def __init__(self, world: World, checker: InvariantChecker, period_s: float) -> None:
+        self.world = world
+        self.checker = checker
+        self.period_s = period_s
+        self.notes: list[str] = []
+
+    def cycle_done(self, snap: Snapshot, plan: Plan) -> None:
+        for reason in plan.reasons:
+            self.notes.append(f"{snap.now_s:8.1f} s {reason}")
+        check_cycle(self.world, self.checker, snap, plan, self.period_s)
+
+    def cycle_failed(self, now_s: float, detail: str) -> None:
+        # Called after the controller's safe-hold writes: the truth shows their effect.
+        self.checker.crashed(now_s, detail, observe_world(self.world))
+
+
+def run_wire(scenario: Scenario, *, progress: ProgressFn | None = None) -> RunResult:
+    """Replay ``scenario`` with policy ``mmbc`` through the real engine over loopback sockets.
+
+    Same ``RunResult`` as ``sim.replay.run_scenario``; ``metrics`` also holds
+    ``cycle_latency_median_ms`` and ``cycle_latency_p99_ms`` (wall clock, see the module
+    docstring) and ``cycles``.
+    """
+    wall_start = time.perf_counter()  # wall time of the run is a reported metric, not control
+    loop = looptime.new_event_loop(start=0.0, noop_cycles=NOOP_CYCLES)
+    try:
+        return loop.run_until_complete(_run(scenario, progress, wall_start))
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+async def _run(scenario: Scenario, progress: ProgressFn | None, wall_start: float) -> RunResult:
+    settings = settings_for(scenario, POLICY)
+    world = World(scenario)
+    policy = ErrorInjectingPolicy(make_policy(settings), world)
+    checker = InvariantChecker.for_world(settings, world, policy.period_s)
+    observer = _Observer(world, checker, policy.period_s)
+    servers = await start_world_servers(world)
+    clock = LoopClock()
+    meter = HomeWizardClient(servers.p1_url, timeout_s=WIRE_METER_TIMEOUT_S)
+    pv = (
+        HomeWizardClient(servers.pv_url, timeout_s=WIRE_METER_TIMEOUT_S, name="pv")
+        if servers.pv_url is not None
+        else None
+    )
+    batteries = [
+        MarstekBattery(
+            name,
+            server.host,
+            server.port,
+            server.unit_id,
+            clock=clock,
+            message_gap_s=WIRE_MESSAGE_GAP_S,
+            timeout_s=WIRE_BATTERY_TIMEOUT_S,
+            control_recheck_s=settings.control_recheck_s,
+        )
+        for name, server in zip(world.names, servers.batteries, strict=True)
+    ]
+    controller = Controller(
+        clock=clock,
+        policy=policy,
+        meter=meter,
+        batteries=batteries,
+        pv_meter=pv,
+        capacities={b.name: b.capacity_wh for b in settings.batteries},
+        observer=observer,
+        latency_clock=time.perf_counter,
+    )
+    try:
+        shutdown_s = await _drive(world, servers, controller, scenario, progress)
+        check_shutdown(world, checker, world.now_s)
+        if shutdown_s > SHUTDOWN_BUDGET_S:
+            checker.shutdown(
+                world.now_s,
+                all_idle=True,
+                released=False,
+                detail=f"the shutdown took {shutdown_s:.1f} s of loop time",
+            )
+        checker.finish(world.now_s)
+    finally:
+        await meter.close()
+        if pv is not None:
+            await pv.close()
+        for battery in batteries:
+            await battery.close()
+        await servers.stop()
+
+    record = world.finish()
+    record.modbus_reads = sum(b.reads for b in batteries)
+    record.modbus_writes = sum(b.writes for b in batteries)
+    metrics = score_run(scenario, record, wall_start)
+    latencies_ms = [s * 1000.0 for s in controller.stats.latencies_s]
+    metrics["cycles"] = float(controller.stats.cycles)
+    metrics["cycle_latency_median_ms"] = _median(latencies_ms)
+    metrics["cycle_latency_p99_ms"] = _percentile(latencies_ms, 99.0)
+    notes = [
+        f"wire: {controller.stats.cycles} cycles, cycle latency (P1 response to last Modbus"
+        f" write, wall clock) median {metrics['cycle_latency_median_ms']:.2f} ms,"
+        f" p99 {metrics['cycle_latency_p99_ms']:.2f} ms; {record.modbus_reads} Modbus reads,"
+        f" {record.modbus_writes} writes; {metrics['wall_seconds']:.1f} s wall",
+        *observer.notes,
+    ]
+    return RunResult(
+        scenario=scenario.name,
+        policy=POLICY,
+        metrics=metrics,
+        invariants=checker.report.passed(),
+        report=checker.report,
+        record=record,
+        notes=notes,
+    )
+
+
+async def _drive(
+    world: World,
+    servers: WorldServers,
+    controller: Controller,
+    scenario: Scenario,
+    progress: ProgressFn | None,
+) -> float:
+    """Run the plant to the scenario's end with the controller beside it, then stop it.
+
+    Returns how long the controller's shutdown took, in loop (virtual) time.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    dt = PLANT_STEP_S
+    steps = round(scenario.duration_s / dt)
+    # The first reading becomes visible after the meter's latency: start polling then.
+    first_tick_s = math.ceil(scenario.meter.latency_s / dt) * dt + CYCLE_OFFSET_S
+
+    async def control() -> None:
+        await asyncio.sleep(first_tick_s - loop.time())
+        await controller.run(stop)
+
+    controller.set_block_discharge(world.discharge_blocked_at(world.now_s))
+    control_task = asyncio.create_task(control())
+    try:
+        report_every = max(1, steps // 100)
+        for step in range(steps):
+            # World time t is integrated at loop time t + dt: the cycle at t (+ offset) saw
+            # the plant at t and its commands act from t on, as in the in-process replay.
+            await asyncio.sleep((step + 1) * dt - loop.time())
+            world.advance(dt)
+            controller.set_block_discharge(world.discharge_blocked_at(world.now_s))
+            await servers.apply_faults()
+            if control_task.done():  # the controller never stops by itself: surface why
+                control_task.result()
+                raise RuntimeError("the controller stopped before the end of the scenario")
+            if progress is not None and step % report_every == 0:
+                progress(world.now_s, scenario.duration_s)
+    finally:
+        stop.set()
+        stop_s = loop.time()
+        await control_task  # the controller's shutdown: every battery 0 W, then released
+    return loop.time() - stop_s
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _percentile(values: Sequence[float], pct: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, math.ceil(pct / 100.0 * len(ordered)) - 1))
+    return ordered[k]

@@ -150,13 +150,14 @@ class InvariantChecker:
         self._rejoin_due: dict[str, float] = {}
         self._lost_since: dict[str, float] = {}
         self._idle_since: dict[str, float] = {}  # does not deliver, not commanded since
+        self._tracking_since_s: float | None = None  # in a mode that follows the meter since
         self._nf_commanded_since: dict[str, float] = {}
         self._nf_seen_s: dict[str, float] = {}
         self._excluded_logged_s: dict[str, float] = {}
         self._crash_pending_s: float | None = None
         self._under_cycles = 0
         self._over_cycles = 0
-        self._recent_demand: deque[float] = deque(maxlen=TAKEOVER_CYCLES + 1)
+        self._recent_demand: deque[tuple[float, float]] = deque()  # (t, what others must carry)
 
     @classmethod
     def for_world(
@@ -218,6 +219,8 @@ class InvariantChecker:
             last = detail.strip().splitlines()[-1] if detail.strip() else "exception"
             self.report.fail("no_crash", t_s, f"unexpected exception: {last}")
         if truth is not None:
+            self._note_meter(t_s, truth)
+            self._note_demand(t_s, truth, truth.failed | truth.not_delivering)
             moving = {n: w for n, w in truth.firmware_w.items() if n not in truth.failed and w != 0}
             if moving:
                 self.report.fail(
@@ -253,12 +256,16 @@ class InvariantChecker:
             self._first_s = now
 
     # ------------------------------------------------------------------ 1. stale meter
-    def _check_stale(self, snap: Snapshot, plan: Plan, truth: Truth) -> bool:
-        now = snap.now_s
+    def _note_meter(self, now: float, truth: Truth) -> None:
+        """A reading describing a new instant is a fresh one."""
         sample = truth.meter_sample_s
         if sample is not None and sample != self._meter_sample_s:
             self._meter_sample_s = sample
             self._fresh_s = now
+
+    def _check_stale(self, snap: Snapshot, plan: Plan, truth: Truth) -> bool:
+        now = snap.now_s
+        self._note_meter(now, truth)
         since = self._fresh_s if self._fresh_s is not None else self._first_s
         assert since is not None
         age = now - since
@@ -387,7 +394,8 @@ class InvariantChecker:
         limits). The check starts ``TAKEOVER_CYCLES`` after a battery became unreachable,
         or after one that does not deliver was last commanded (the engine needs up to
         ``not_following_bound_s`` to tell; while it is still commanded the check waits,
-        and the bound is checked on its own). Too little for longer than
+        and the bound is checked on its own). A battery that did not deliver recently
+        and is not commanded may still be excluded (``not_following_exclude_s``): out. Too little for longer than
         ``TAKEOVER_CYCLES`` fails; too much is allowed for ``handover_timeout_s``
         (make-before-break between leaders).
         """
@@ -405,14 +413,28 @@ class InvariantChecker:
                 else:
                     out[name] = now - self._idle_since.setdefault(name, now) >= settle_s
                 continue
+            seen = self._nf_seen_s.get(name)
+            excluded_s = s.not_following_exclude_s + self.not_following_bound_s
+            if (
+                seen is not None
+                and now - seen <= excluded_s
+                and abs(plan.setpoints.get(name, 0)) <= KEEPALIVE_W
+            ):
+                out[name] = True  # follows again, but may rightly stay excluded for a while
+                continue
             self._idle_since.pop(name, None)
-        demand_w = truth.net_w - sum(truth.battery_w.get(n, 0.0) for n in out) - s.grid_target_w
-        self._recent_demand.append(demand_w)
+        recent = self._note_demand(now, truth, set(out))
+        fresh_s = self._fresh_s if self._fresh_s is not None else now
+        if snap.mode in (Mode.CHARGE, Mode.SELFCONTROL):
+            self._tracking_since_s = None  # the meter is not followed in these modes
+        elif self._tracking_since_s is None:
+            self._tracking_since_s = now
         if (
             not out
             or not all(out.values())
             or stale
-            or snap.mode in (Mode.CHARGE, Mode.SELFCONTROL)
+            or self._tracking_since_s is None
+            or fresh_s < self._tracking_since_s  # no reading since the engine tracks again
             or plan.safe_hold
             or len(out) == len(self.names)
         ):
@@ -434,7 +456,7 @@ class InvariantChecker:
             if soc < s.max_soc_pct:
                 charge_cap_w += charge_limit_w(spec, soc, s)
         best: tuple[float, float] | None = None  # (excess over the tolerance, target)
-        for want_w in self._recent_demand:  # the reading lags: any recent demand will do
+        for _, want_w in recent:
             target_w = min(max(want_w, -charge_cap_w), discharge_cap_w)
             tolerance_w = TAKEOVER_TOLERANCE_W + TAKEOVER_TOLERANCE_FRACTION * abs(target_w)
             excess_w = abs(carried_w - target_w) - tolerance_w
@@ -466,6 +488,26 @@ class InvariantChecker:
                 f"{sorted(out)} out: the others are commanded {carried_w:.0f} W for a need of"
                 f" {target_w:.0f} W, {cycles} cycles in a row",
             )
+
+    def _note_demand(
+        self, now: float, truth: Truth, out: set[str] | frozenset[str]
+    ) -> deque[tuple[float, float]]:
+        """Record what the batteries not ``out`` must carry now; return the recent ones.
+
+        The engine knows the demand only as of the instant its newest reading describes:
+        any demand from two cycles before that instant on will do.
+        """
+        demand_w = (
+            truth.net_w
+            - sum(truth.battery_w.get(n, 0.0) for n in out)
+            - self.settings.grid_target_w
+        )
+        recent = self._recent_demand
+        recent.append((now, demand_w))
+        described_s = self._meter_sample_s if self._meter_sample_s is not None else now
+        while len(recent) > 1 and recent[0][0] < described_s - TAKEOVER_CYCLES * self.period_s:
+            recent.popleft()
+        return recent
 
     # ------------------------------------------------------------------ 5. limits
     def _check_limits(self, snap: Snapshot, plan: Plan) -> None:

@@ -62,8 +62,7 @@ def control_settings(
     threshold_w = draw(st.sampled_from([2500, 1000, 3000]) | st.integers(300, 5000))
     # Safety must not depend on which refinements are on: any mix of the feature switches.
     features = {name: draw(st.sampled_from([True, True, False])) for name in FEATURES}
-    return ControlSettings(
-        **features,
+    settings = ControlSettings(
         batteries=specs,
         loop_period_s=draw(st.sampled_from([1.0, 0.5, 2.0])),
         split_threshold_w=threshold_w,
@@ -84,6 +83,7 @@ def control_settings(
         grid_target_w=draw(st.sampled_from([0]) | st.integers(-50, 50)),
         small_correction_w=draw(st.sampled_from([60]) | st.integers(0, 200)),
     )
+    return settings.with_overrides(features)
 
 
 # ---------------------------------------------------------------------------- telemetry
@@ -93,8 +93,8 @@ def soc_values(settings: ControlSettings | None = None) -> st.SearchStrategy[flo
     if settings is not None:
         for edge in (settings.min_soc_pct, settings.max_soc_pct):
             edges += [edge, max(0.0, edge - 1), min(100.0, edge + 1)]
-    return st.sampled_from(sorted(set(edges))) | st.floats(0.0, 100.0) | st.integers(0, 100).map(
-        float
+    return (
+        st.sampled_from(sorted(set(edges))) | st.floats(0.0, 100.0) | st.integers(0, 100).map(float)
     )
 
 

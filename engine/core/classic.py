@@ -2,8 +2,9 @@
 
 3 s loop; setpoint = P1 + measured battery power; ±30 W deadband (all idle inside it);
 one battery below 2500 W chosen by SoC (charge: lowest, discharge: highest), the priority
-list cached for 5 minutes unless a cached battery becomes ineligible; above 2500 W
-``power // 2500 + 1`` batteries with an equal split, capped at 2500 W each.
+list (one for both directions, as upstream) cached for 5 minutes unless a cached battery
+becomes ineligible; above 2500 W ``power // 2500 + 1`` batteries with an equal split
+(``power // count``), capped at 2500 W each.
 
 Faithful on purpose, gaps included: it reuses the last meter value however old it is, and
 has no rate limit, filter or hysteresis. Only the hold mode (discharge blocked) and the
@@ -37,7 +38,7 @@ class ClassicPolicy:
             for b in settings.batteries
         }
         self._last_grid_w = 0.0  # upstream: the last known value, reused when the meter fails
-        self._cache: dict[str, tuple[tuple[str, ...], float]] = {}
+        self._cache: tuple[tuple[str, ...], float] = ((), float("-inf"))
 
     def decide(self, snap: Snapshot) -> Plan:
         if snap.grid_w is not None:
@@ -67,39 +68,39 @@ class ClassicPolicy:
             for name in soc:
                 self._fsms[name].follow(0)
             return self._plan({}, release=tuple(soc))
-        if self.fleet.state is FleetState.CHARGE:
-            return self._plan({n: self._fsms[n].follow(-CLASSIC_LIMIT_W) for n in soc})
-
         adjusted = self._last_grid_w + measured
         setpoints = dict.fromkeys(soc, 0)
-        if abs(adjusted) > CLASSIC_DEADBAND_W:
-            discharging = adjusted > 0
+        discharging = adjusted > 0
+        if abs(adjusted) <= CLASSIC_DEADBAND_W:
+            pass  # upstream checks the deadband first: all idle, in every mode (charge too)
+        elif self.fleet.state is FleetState.CHARGE:
+            setpoints = dict.fromkeys(soc, -CLASSIC_LIMIT_W)
+        elif not (discharging and self.fleet.state is FleetState.HOLD):  # hold: all idle
             power = abs(adjusted)
-            if discharging and self.fleet.state is FleetState.HOLD:
-                eligible: list[str] = []
-            elif discharging:
+            if discharging:
                 eligible = [n for n, s in soc.items() if s > self.settings.min_soc_pct]
             else:
                 eligible = [n for n, s in soc.items() if s < 100.0]
             order = self._priority(snap.now_s, eligible, soc, discharging)
             count = min(int(power // CLASSIC_LIMIT_W) + 1, len(order))
             if count:
-                share = min(power / count, CLASSIC_LIMIT_W)
+                share = min(power // count, CLASSIC_LIMIT_W)  # upstream: floor division
                 sign = 1 if discharging else -1
                 for name in order[:count]:
-                    setpoints[name] = round(sign * share)
+                    setpoints[name] = int(sign * share)
         out = {n: self._fsms[n].follow(p) for n, p in setpoints.items()}
         return self._plan(out)
 
     def _priority(
         self, now: float, eligible: list[str], soc: dict[str, float], discharging: bool
     ) -> tuple[str, ...]:
-        key = "discharge" if discharging else "charge"
-        cached = self._cache.get(key)
-        if cached and now - cached[1] < CLASSIC_CACHE_S and all(n in eligible for n in cached[0]):
-            return cached[0]
+        # Upstream keeps one list for both directions and reuses it while it is not empty,
+        # younger than 5 minutes and every battery on it is eligible now.
+        cached, chosen_s = self._cache
+        if cached and now - chosen_s < CLASSIC_CACHE_S and all(n in eligible for n in cached):
+            return cached
         order = tuple(sorted(eligible, key=lambda n: soc[n], reverse=discharging))
-        self._cache[key] = (order, now)
+        self._cache = (order, now)
         return order
 
     def _plan(self, setpoints: dict[str, int], release: tuple[str, ...] = ()) -> Plan:

@@ -32,7 +32,13 @@ from engine.core.allocate import (
     split_proportional,
 )
 from engine.core.battery_fsm import BatteryFsm, BatteryState
-from engine.core.estimator import MeterCadence, NetDemandFilter, PowerHistory
+from engine.core.estimator import (
+    MeterCadence,
+    NetDemandFilter,
+    PowerHistory,
+    PulsePredictor,
+    ResponseTimer,
+)
 from engine.core.fleet_fsm import FleetFsm, FleetState
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.quality import Quality, QualityMonitor
@@ -75,6 +81,8 @@ class _Handover:
 @dataclass(slots=True)
 class _Memory:
     target_w: float = 0.0  # fleet setpoint, + discharge
+    demand_w: float = 0.0  # the house's estimated demand less the grid target
+    anticipating: bool = False  # the target includes a predicted edge
     last_direction: int = 0  # the direction the fleet last worked in (kept through idle)
     split: bool = False
     active_n: int = 0  # batteries sharing the demand while split
@@ -125,6 +133,8 @@ class MmbcPolicy:
             damping=settings.feature_oscillation_damping,
         )
         self._quality = QualityMonitor()
+        self._predictor = PulsePredictor(threshold_w=settings.step_threshold_w)
+        self._response = ResponseTimer()
         self._mem = _Memory()
         self._last_cycle_s = float("-inf")
 
@@ -146,6 +156,7 @@ class MmbcPolicy:
         usable = [t for t in self._tracks.values() if t.fsm.available]
         parts = {t.spec.name: t.telemetry.power_w or 0.0 for t in usable if t.telemetry is not None}
         self._history.add(now, parts)
+        self._response.observe(now, sum(parts.values()))
         new_reading = self._cadence.observe(snap.meter_updated_s)
 
         if snap.mode is Mode.SELFCONTROL:
@@ -173,6 +184,7 @@ class MmbcPolicy:
 
         if new_reading:
             self._update_target(snap)
+        self._anticipate(now, usable)
         setpoints = self._allocate(now, usable, snap.discharge_blocked, reasons)
         return self._plan(setpoints, reasons)
 
@@ -206,6 +218,8 @@ class MmbcPolicy:
     ) -> None:
         """Battery acknowledges but does not deliver: exclude it for a while (logged once)."""
         cmd = track.command_w
+        if now < track.excluded_until_s:
+            return  # already excluded: counted (and logged) once
         if abs(cmd) < FOLLOW_MIN_W or now - track.command_since_s < FOLLOW_SETTLE_S:
             return
         soc = tel.soc_pct if tel.soc_pct is not None else 50.0
@@ -262,7 +276,9 @@ class MmbcPolicy:
             reasons.append(why)
         self.fleet.enter_safe_hold()
         self._filter.reset()
+        self._predictor.forget()
         self._mem.target_w = 0.0
+        self._mem.demand_w = 0.0
         self._mem.handover = None
         setpoints: dict[str, int] = {}
         for t in usable:
@@ -274,6 +290,10 @@ class MmbcPolicy:
     def _force_charge(self, usable: list[_BatteryTrack], now: float) -> dict[str, int]:
         setpoints: dict[str, int] = {}
         for t in usable:
+            if now < t.excluded_until_s:  # does not follow: not counted on in charge mode either
+                setpoints[t.spec.name] = t.fsm.follow(0, reason="ineligible")
+                self._set_command(t, 0, now)
+                continue
             soc = t.fsm.soc_pct if t.fsm.soc_pct is not None else 100.0
             want = -round(charge_limit_w(t.spec, soc, self.settings))
             setpoints[t.spec.name] = t.fsm.follow(want)
@@ -297,14 +317,52 @@ class MmbcPolicy:
         else:
             lo = hi = self._history.at(seen_s - s.meter_latency_s - 0.5 * self.period_s)
         est = self._filter.update(snap.now_s, snap.grid_w + lo, snap.grid_w + hi)
-        target = est - s.grid_target_w
+        demand = est - s.grid_target_w
         mem = self._mem
         if (
             not s.feature_min_change
-            or abs(target - mem.target_w) >= s.min_change_w
-            or (target != 0 and mem.target_w == 0)
+            or abs(demand - mem.demand_w) >= s.min_change_w
+            or (demand != 0 and mem.demand_w == 0)
         ):
-            mem.target_w = target
+            if abs(demand - mem.demand_w) >= s.step_threshold_w and not mem.anticipating:
+                fleet_w = self._history.latest_w()
+                self._response.start(snap.now_s, fleet_w, fleet_w + demand - mem.demand_w)
+            mem.demand_w = demand
+        if s.feature_pulse_prediction:
+            self._predictor.observe(
+                seen_s - s.meter_latency_s,
+                est,
+                narrow=hi - lo <= 0.5 * s.step_threshold_w,
+                grid_w=snap.grid_w,
+                interval_s=self._cadence.typical_interval_s(),
+                lead_s=self._response.lead_s,
+            )
+
+    def _anticipate(self, now: float, usable: list[_BatteryTrack]) -> None:
+        """The fleet's target: the demand, or a rhythmic load's next level ahead of time.
+
+        Only while the fleet can carry both levels of the rhythm: anticipating an edge it
+        cannot follow would only turn import into export.
+        """
+        mem = self._mem
+        s = self.settings
+        predicted = None
+        if s.feature_pulse_prediction and self._predictor.active:
+            predicted = self._predictor.target_w(now, self._response.lead_s)
+            for level in self._predictor.levels_w():
+                need = level - s.grid_target_w
+                direction = 1 if need > 0 else -1
+                room = sum(c.limit_w for c in self._candidates(now, usable, direction))
+                if abs(need) > room:
+                    predicted = None
+        mem.anticipating = predicted is not None
+        self._filter.damping_enabled = (
+            self.settings.feature_oscillation_damping and not mem.anticipating
+        )
+        if predicted is None:
+            mem.target_w = mem.demand_w
+        else:
+            mem.target_w = predicted - self.settings.grid_target_w
 
     def _direction(self, target: float) -> int:
         """The fleet's direction: idle inside the idle band; a reversal needs a clear demand."""

@@ -59,6 +59,7 @@ class ControlSettings:
     feature_noise_filter: bool = True  # smooth small changes (meter noise)
     feature_step_feedforward: bool = True  # take a large step at once
     feature_oscillation_damping: bool = True  # damp a load that pulses faster than we follow
+    feature_pulse_prediction: bool = True  # anticipate the edges of a rhythmic load
     feature_direction_hysteresis: bool = True  # a reversal needs idle band + deadband
     feature_min_change: bool = True  # ignore setpoint changes below min_change_w
     feature_split_hysteresis: bool = True  # stay split down to threshold - hysteresis

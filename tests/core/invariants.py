@@ -44,11 +44,15 @@ class SafetyChecker:
         self.policy = policy
         self.settings = policy.settings
         self.leader_changes = 0  # seen so far (to report what a test reached)
+        self.excluded_at_s: dict[str, float] = {}  # last "<name> excluded for ..." reason
 
     def check(self, snap: Snapshot, plan: Plan) -> None:
         self.leader_changes += sum(1 for r in plan.reasons if _LEADER_CHANGE.match(r))
         s = self.settings
         specs = {b.name: b for b in s.batteries}
+        for name in specs:
+            if any(r.startswith(f"{name} excluded for ") for r in plan.reasons):
+                self.excluded_at_s[name] = snap.now_s
         tel = {t.name: t for t in snap.batteries if t.name in specs}
         ok = {n for n in specs if healthy(tel.get(n))}
         sp = plan.setpoints
@@ -107,14 +111,23 @@ class SafetyChecker:
         if snap.mode is Mode.CHARGE:
             assert plan.fleet_state == "charge"
             for name in ok:
-                soc = tel[name].soc_pct
-                assert soc is not None
-                want = -charge_limit_w(specs[name], soc, s) if soc < s.max_soc_pct else 0
-                assert sp.get(name) == want, f"charge mode: {name} at {soc} % got {sp.get(name)}"
+                now_soc = tel[name].soc_pct
+                assert now_soc is not None
+                want = -charge_limit_w(specs[name], now_soc, s) if now_soc < s.max_soc_pct else 0
+                if sp.get(name) == 0 and want and self._excluded(name, snap.now_s):
+                    # Not following: not counted on in charge mode either.
+                    assert plan.battery_states[name] == "ineligible"
+                    continue
+                assert sp.get(name) == want, f"charge mode: {name} at {now_soc} %: {sp.get(name)}"
             return
         hold = snap.mode is Mode.HOLD or snap.discharge_blocked
         assert plan.fleet_state == ("hold" if hold else "normal")
         self._check_concentration(plan, tel)
+
+    def _excluded(self, name: str, now_s: float) -> bool:
+        """Excluded for not following: announced less than the exclusion time ago."""
+        at_s = self.excluded_at_s.get(name)
+        return at_s is not None and now_s - at_s < self.settings.not_following_exclude_s
 
     def _charge_limit(self, spec: BatterySpec, soc_pct: float) -> int:
         s = self.settings

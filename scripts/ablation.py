@@ -14,24 +14,28 @@ change when it is off. Positive deltas mean the feature helps (the suite is wors
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from engine.core.settings import ControlSettings
+from sim.cli import main as mmbc_sim
+from sim.replay import OVERRIDES_ENV
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = [sys.executable, "-m", "sim", "bench", "--policy", "mmbc"]
 COLUMNS = (
     ("excess_wh", "excess Wh"),
     ("band_crossings_per_h", "crossings/h"),
     ("direction_changes", "dir changes"),
     ("conversion_loss_wh", "loss Wh"),
+    ("modbus_writes", "writes"),
 )
+Runs = list[dict[str, Any]]
 
 
 def features() -> list[str]:
@@ -39,29 +43,33 @@ def features() -> list[str]:
     return [f.name for f in fields(ControlSettings) if f.name.startswith("feature_")]
 
 
-def bench(scenarios: list[str], overrides: dict[str, object], jobs: int | None) -> list[dict]:
-    """One bench run of the mmbc policy with ``overrides``; its per-scenario metrics."""
+def bench(scenarios: list[str], overrides: dict[str, object], jobs: int | None) -> Runs:
+    """One ``mmbc-sim bench`` of the mmbc policy with ``overrides``; per-scenario metrics."""
+    os.environ[OVERRIDES_ENV] = json.dumps(overrides)  # the bench's workers inherit it
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        cmd = [*BENCH, "--json", str(out), *scenarios]
+        args = ["bench", "--policy", "mmbc", "--json", str(out), *scenarios]
         if jobs:
-            cmd += ["--jobs", str(jobs)]
-        env = dict(os.environ, MMBC_SIM_OVERRIDES=json.dumps(overrides))
-        subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-        runs: list[dict] = json.loads(out.read_text(encoding="utf-8"))["runs"]
+            args += ["--jobs", str(jobs)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            status = mmbc_sim(args)
+        if status != 0:
+            raise SystemExit(f"mmbc-sim bench failed with status {status}")
+        runs: Runs = json.loads(out.read_text(encoding="utf-8"))["runs"]
     return runs
 
 
-def totals(runs: list[dict]) -> dict[str, float]:
+def totals(runs: Runs) -> dict[str, float]:
     """Suite totals as the bench's TOTAL line: sums, crossings per total simulated hour."""
-    hours = sum(r["metrics"]["sim_seconds"] for r in runs) / 3600.0
-    out = {k: sum(r["metrics"][k] for r in runs) for k, _ in COLUMNS}
-    crossings = sum(r["metrics"]["band_crossings_per_h"] * r["metrics"]["sim_seconds"] for r in runs)
-    out["band_crossings_per_h"] = crossings / 3600.0 / hours if hours else 0.0
+    metrics = [r["metrics"] for r in runs]
+    hours = sum(m["sim_seconds"] for m in metrics) / 3600.0
+    out = {k: sum(m[k] for m in metrics) for k, _ in COLUMNS}
+    crossings = sum(m["band_crossings_per_h"] * m["sim_seconds"] / 3600.0 for m in metrics)
+    out["band_crossings_per_h"] = crossings / hours if hours else 0.0
     return out
 
 
-def worst(base: list[dict], off: list[dict], key: str = "excess_wh") -> str:
+def worst(base: Runs, off: Runs, key: str = "excess_wh") -> str:
     """The scenario whose ``key`` grows most with the feature off."""
     by_name = {r["scenario"]: r["metrics"][key] for r in base}
     deltas = [(r["metrics"][key] - by_name.get(r["scenario"], 0.0), r["scenario"]) for r in off]

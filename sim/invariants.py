@@ -16,9 +16,10 @@ its first time and one detail line.
    second cycle on; it is commanded again within ``REJOIN_BOUND_S`` once healthy.
 3. ``control_reapplied``: a reachable battery out of RS485 control gets it back within
    ``control_recheck_s`` + one cycle; a battery in control holds the engine's command.
-4. ``not_following_excluded``: a battery that does not deliver is not commanded for longer
-   than ``not_following_bound_s``; the others cover the demand once it is excluded; the
-   exclusion is logged once (one reason line), and only for a battery that does not deliver.
+4. ``not_following_excluded``: a battery that does not deliver is not commanded (at least
+   ``FOLLOW_MIN_W``, in one direction) for longer than ``not_following_bound_s``; the others
+   cover the demand once it is excluded; the exclusion is logged once (one reason line),
+   and only for a battery that does not deliver.
 5. ``limits_respected``: never a discharge while blocked, a charge at or above the max SoC,
    a discharge at or below the min SoC, a setpoint above the battery's limit.
 6. ``no_crash``: no exception but an injected one; after an injected error every battery is
@@ -52,7 +53,8 @@ INVARIANTS: tuple[str, ...] = (
 )
 
 EPS_S = 1e-6  # float slack on time comparisons
-KEEPALIVE_W = 1  # a 1 W command keeps the relay engaged; it asks for no power
+# A battery delivering nothing for a smaller command cannot be told from meter noise.
+FOLLOW_MIN_W = 100
 # A slow meter (DSMR 4, 10 s) would always look stale at 5 s: the engine stretches its limit
 # to 2.5 meter intervals, never beyond 30 s (engine.core.estimator.MeterCadence).
 STALE_STRETCH_INTERVALS = 2.5
@@ -63,6 +65,8 @@ REJOIN_BOUND_S = 35.0
 # a mismatch lasting longer than this many cycles is a violation (load steps and meter
 # latency legitimately cost one or two).
 TAKEOVER_CYCLES = 2
+# The engine smooths deviations smaller than its step threshold (meter noise) on purpose, so
+# a shortfall that small may last; the tolerance is that threshold (at least this) + 5 %.
 TAKEOVER_TOLERANCE_W = 75.0
 TAKEOVER_TOLERANCE_FRACTION = 0.05
 # How long a Venus E may take to deliver a new command: dead time, relay, ramp, margin.
@@ -133,8 +137,10 @@ class InvariantChecker:
         *,
         meter_interval_s: float = 1.0,
         period_s: float | None = None,
+        takeover_cycles: int = TAKEOVER_CYCLES,
     ) -> None:
         self.settings = settings
+        self.takeover_cycles = takeover_cycles
         self.names = list(names)
         self.specs = {b.name: b for b in settings.batteries}
         self.report = InvariantReport()
@@ -151,7 +157,8 @@ class InvariantChecker:
         self._lost_since: dict[str, float] = {}
         self._idle_since: dict[str, float] = {}  # does not deliver, not commanded since
         self._tracking_since_s: float | None = None  # in a mode that follows the meter since
-        self._nf_commanded_since: dict[str, float] = {}
+        # does not deliver, commanded in one direction since: (direction, since)
+        self._nf_commanded_since: dict[str, tuple[int, float]] = {}
         self._nf_seen_s: dict[str, float] = {}
         self._excluded_logged_s: dict[str, float] = {}
         self._crash_pending_s: float | None = None
@@ -227,6 +234,7 @@ class InvariantChecker:
                     "no_crash", t_s, f"after an error not every battery at 0 W: {moving}"
                 )
         self._crash_pending_s = t_s
+        self._nf_commanded_since.clear()  # every battery was just commanded 0 W
 
     def finish(self, end_s: float) -> None:
         """The run ended at ``end_s``: an error must have been followed by another cycle."""
@@ -353,8 +361,13 @@ class InvariantChecker:
             command = plan.setpoints.get(name, 0)
             if name in truth.not_delivering:
                 self._nf_seen_s[name] = now
-            if name in truth.not_delivering and abs(command) > KEEPALIVE_W:
-                since = self._nf_commanded_since.setdefault(name, now)
+            if name in truth.not_delivering and abs(command) >= FOLLOW_MIN_W:
+                # A new direction restarts the battery (relay, ramp): it gets the bound anew.
+                direction = 1 if command > 0 else -1
+                run = self._nf_commanded_since.get(name)
+                if run is None or run[0] != direction:
+                    run = self._nf_commanded_since[name] = (direction, now)
+                since = run[1]
                 if now - since > bound + EPS_S:
                     self.report.fail(
                         "not_following_excluded",
@@ -395,19 +408,19 @@ class InvariantChecker:
         or after one that does not deliver was last commanded (the engine needs up to
         ``not_following_bound_s`` to tell; while it is still commanded the check waits,
         and the bound is checked on its own). A battery that did not deliver recently
-        and is not commanded may still be excluded (``not_following_exclude_s``): out. Too little for longer than
-        ``TAKEOVER_CYCLES`` fails; too much is allowed for ``handover_timeout_s``
-        (make-before-break between leaders).
+        and is not commanded may still be excluded (``not_following_exclude_s``): out.
+        Too little for longer than ``TAKEOVER_CYCLES`` fails; too much is allowed for
+        ``handover_timeout_s`` (make-before-break between leaders).
         """
         now = snap.now_s
         s = self.settings
-        settle_s = TAKEOVER_CYCLES * self.period_s - EPS_S
+        settle_s = TAKEOVER_CYCLES * self.period_s - EPS_S  # redistributed in the 2nd cycle
         out: dict[str, bool] = {}  # dropped out -> settled
         for name in self.names:
             if name in truth.failed:
                 out[name] = now - self._failed_since.get(name, now) >= settle_s
             elif name in truth.not_delivering:
-                if abs(plan.setpoints.get(name, 0)) > KEEPALIVE_W:
+                if abs(plan.setpoints.get(name, 0)) >= FOLLOW_MIN_W:
                     out[name] = False  # still commanded: the engine may not know yet
                     self._idle_since.pop(name, None)
                 else:
@@ -418,7 +431,7 @@ class InvariantChecker:
             if (
                 seen is not None
                 and now - seen <= excluded_s
-                and abs(plan.setpoints.get(name, 0)) <= KEEPALIVE_W
+                and abs(plan.setpoints.get(name, 0)) < FOLLOW_MIN_W
             ):
                 out[name] = True  # follows again, but may rightly stay excluded for a while
                 continue
@@ -458,7 +471,9 @@ class InvariantChecker:
         best: tuple[float, float] | None = None  # (excess over the tolerance, target)
         for _, want_w in recent:
             target_w = min(max(want_w, -charge_cap_w), discharge_cap_w)
-            tolerance_w = TAKEOVER_TOLERANCE_W + TAKEOVER_TOLERANCE_FRACTION * abs(target_w)
+            tolerance_w = max(TAKEOVER_TOLERANCE_W, s.step_threshold_w) + (
+                TAKEOVER_TOLERANCE_FRACTION * abs(target_w)
+            )
             excess_w = abs(carried_w - target_w) - tolerance_w
             if best is None or excess_w < best[0]:
                 best = (excess_w, target_w)
@@ -471,12 +486,12 @@ class InvariantChecker:
         if too_much:
             self._over_cycles += 1
             self._under_cycles = 0
-            limit = TAKEOVER_CYCLES + s.handover_timeout_s / self.period_s
+            limit = self.takeover_cycles + s.handover_timeout_s / self.period_s
             cycles = self._over_cycles
         else:
             self._under_cycles += 1
             self._over_cycles = 0
-            limit = TAKEOVER_CYCLES
+            limit = self.takeover_cycles
             cycles = self._under_cycles
         if cycles > limit:
             which = "unavailable_gets_no_command"
@@ -505,7 +520,8 @@ class InvariantChecker:
         recent = self._recent_demand
         recent.append((now, demand_w))
         described_s = self._meter_sample_s if self._meter_sample_s is not None else now
-        while len(recent) > 1 and recent[0][0] < described_s - TAKEOVER_CYCLES * self.period_s:
+        lag_s = self.takeover_cycles * self.period_s
+        while len(recent) > 1 and recent[0][0] < described_s - lag_s:
             recent.popleft()
         return recent
 

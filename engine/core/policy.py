@@ -7,15 +7,20 @@ Product rules (README "Control logic"): below the split threshold a single batte
 eligible batteries; eligibility by SoC limits; the selection is re-evaluated every
 ``reselect_interval_s`` or at once when the leading battery becomes ineligible.
 
-How it keeps the meter at zero (see docs/control.md for the measurements):
-- it estimates the house's net demand at the instant the meter reading describes
-  (grid + the batteries' power at that instant) and commands that, so a correction already
-  on its way is never issued twice;
-- it acts only on new meter readings; small changes are smoothed (meter noise), large ones
-  are taken at once (load steps), oscillating loads are damped;
-- direction hysteresis, a minimum change, relay keep-alive through short idle gaps;
-- hysteresis on the split threshold and on the SoC ranking, make-before-break hand-over,
-  proportional split, charge taper near full;
+How it keeps the meter at zero (docs/control.md explains each feature and what it is worth;
+each has a ``feature_*`` switch in ``ControlSettings``):
+- it estimates the house's net demand at the instant the meter reading describes (grid + the
+  batteries' power then), and moves the estimate only as far as the reading proves while the
+  batteries ramp, so a correction already on its way is never issued twice;
+- small changes are smoothed (meter noise), large ones taken at once (load steps); a load
+  with a steady on/off rhythm is anticipated, other fast pulsing is damped;
+- direction hysteresis and a minimum change;
+- hysteresis on the split threshold and on the SoC ranking, the number of active batteries
+  from the efficiency curve, make-before-break hand-over, small corrections to one battery,
+  a charging split in proportion to the energy each battery can take, batteries stuck at
+  their firmware cut-off left out;
+- battery care: a charge taper near full that never causes export, relay keep-alive (1 W)
+  through short idle gaps;
 - fail-safe: a stale meter puts every battery at 0 W; an unhealthy battery gets no command;
   a battery that does not follow is excluded for a while.
 """
@@ -458,7 +463,7 @@ class MmbcPolicy:
             if soc is None or now < t.excluded_until_s:
                 continue
             wh_per_pct = t.spec.capacity_wh / 100.0
-            if t.cutoff_direction == direction:
+            if t.cutoff_direction == direction and s.feature_cutoff_detection:
                 continue  # at its firmware cut-off in this direction
             if direction > 0 and soc > s.min_soc_pct:
                 limit = float(t.spec.max_discharge_w)
@@ -631,7 +636,12 @@ class MmbcPolicy:
 
     def _set_command(self, t: _BatteryTrack, power_w: int, now: float) -> None:
         if power_w != t.command_w:
-            if (power_w > 0) != (t.command_w > 0) or abs(power_w - t.command_w) > 200:
+            # The follow check waits FOLLOW_SETTLE_S after a fresh start: a new direction, or
+            # a command the old level would not count as following. A mere change of level
+            # must not restart it, or a dead battery under a changing load is never excluded.
+            if (power_w > 0) != (t.command_w > 0) or abs(t.command_w) < max(
+                FOLLOW_MIN_W, FOLLOW_FRACTION * abs(power_w)
+            ):
                 t.command_since_s = now
             t.command_w = power_w
 

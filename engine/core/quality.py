@@ -11,6 +11,7 @@ BAND_W = 20.0
 OSCILLATING_CROSSINGS = 6  # ±20 W band crossings per minute
 SLUGGISH_RMS_W = 100.0
 LIMITED_RMS_W = 50.0
+ONE_SIDED = 0.5  # |mean error| at least this share of the RMS: a lasting offset, not a swing
 
 
 class Quality(StrEnum):
@@ -31,12 +32,14 @@ class QualityMonitor:
     def __init__(self) -> None:
         self._samples: deque[tuple[float, float]] = deque()
         self._sum_sq = 0.0
+        self._sum = 0.0
         self._crossings: deque[float] = deque()
         self._side = 0
 
     def add(self, t_s: float, error_w: float) -> None:
         self._samples.append((t_s, error_w))
         self._sum_sq += error_w * error_w
+        self._sum += error_w
         side = 1 if error_w > BAND_W else -1 if error_w < -BAND_W else 0
         if side:
             if self._side and side != self._side:
@@ -46,6 +49,7 @@ class QualityMonitor:
         while self._samples and self._samples[0][0] < horizon:
             _, old = self._samples.popleft()
             self._sum_sq -= old * old
+            self._sum -= old
         while self._crossings and self._crossings[0] < horizon:
             self._crossings.popleft()
 
@@ -53,6 +57,12 @@ class QualityMonitor:
         if not self._samples:
             return None
         return math.sqrt(max(0.0, self._sum_sq) / len(self._samples))
+
+    def mean_w(self) -> float | None:
+        """Mean grid error over the window (+ import): a lasting offset shows here."""
+        if not self._samples:
+            return None
+        return self._sum / len(self._samples)
 
     def crossings(self) -> int:
         return len(self._crossings)
@@ -66,5 +76,8 @@ class QualityMonitor:
         if self.crossings() >= OSCILLATING_CROSSINGS:
             return Quality.OSCILLATING
         if rms > SLUGGISH_RMS_W:
-            return Quality.SLUGGISH
+            # A large error that stays on one side is a slow response; one that swings
+            # both ways without crossing often is a load that changes faster than we follow.
+            mean = self.mean_w() or 0.0
+            return Quality.SLUGGISH if abs(mean) >= ONE_SIDED * rms else Quality.OSCILLATING
         return Quality.STABLE

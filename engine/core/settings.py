@@ -70,6 +70,7 @@ class ControlSettings:
     feature_energy_split: bool = True  # split in proportion to the energy each can give
     feature_charge_taper: bool = True  # charge a nearly full battery gently (battery care)
     feature_relay_keepalive: bool = True  # 1 W keeps the relay engaged through short gaps
+    feature_cutoff_detection: bool = True  # a battery stuck at its firmware cut-off sits out
 
     @classmethod
     def field_names(cls) -> frozenset[str]:

@@ -27,6 +27,7 @@ from engine.core.settings import BatterySpec, ControlSettings
 from sim.invariants import INVARIANTS, InvariantChecker, Truth
 
 NAMES = ("venus-a", "venus-b", "venus-c")
+TOY_TAKEOVER_CYCLES = 5
 
 
 class Health(StrEnum):
@@ -134,8 +135,15 @@ class FaultLoop(RuleBasedStateMachine):
             b.name: Battery(b, soc_pct=round(soc, 1))
             for b, soc in zip(s.batteries, socs[: len(s.batteries)], strict=True)
         }
+        # This loop's meter has no latency and its batteries jump at cycle instants, which
+        # the policy's latency alignment reads conservatively: allow a few more cycles for a
+        # take-over than in the simulator (where mmbc needs at most two).
         self.checker = InvariantChecker(
-            s, list(self.batteries), meter_interval_s=1.0, period_s=self.period_s
+            s,
+            list(self.batteries),
+            meter_interval_s=1.0,
+            period_s=self.period_s,
+            takeover_cycles=TOY_TAKEOVER_CYCLES,
         )
 
     # ------------------------------------------------------------------ the world changes
@@ -240,8 +248,8 @@ class FaultLoop(RuleBasedStateMachine):
 
 
 FaultLoop.TestCase.settings = settings(
-    max_examples=80,
-    stateful_step_count=40,
+    max_examples=200,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -335,6 +335,20 @@ def test_a_battery_that_delivers_nothing_must_be_excluded_in_time() -> None:
     assert sensible.only_failures() == set()
 
 
+def test_a_new_direction_gives_a_battery_the_bound_anew() -> None:
+    run = Run()
+    nd = frozenset({"battery_1"})
+    for _ in range(8):
+        run.cycle({"battery_1": 300, "battery_2": 0}, not_delivering=nd, net_w=300.0)
+    for _ in range(8):
+        run.cycle({"battery_1": -300, "battery_2": 0}, not_delivering=nd, net_w=-300.0)
+    assert run.only_failures() == set()
+    small = Run()  # commands too small to tell from meter noise do not count
+    for _ in range(40):
+        small.cycle({"battery_1": 60, "battery_2": 0}, not_delivering=nd, net_w=60.0)
+    assert small.only_failures() == set()
+
+
 def test_excluding_without_redistributing_fails() -> None:
     run = Run()
     for _ in range(40):

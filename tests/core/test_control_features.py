@@ -1,0 +1,500 @@
+"""The `mmbc` policy's control features, one by one, and what switching each off changes.
+
+Most tests drive ``MmbcPolicy`` in a tiny closed loop (``Loop``): every battery delivers its
+last command one cycle later, the meter shows the grid of that instant. A few run the real
+plant (``sim.replay``) on a recorded scenario with a feature switched off through
+``MMBC_SIM_OVERRIDES``, the hook ``scripts/ablation.py`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from engine.core.allocate import Candidate, fill_in_order, fleet_loss_w, split_proportional
+from engine.core.estimator import NetDemandFilter, PowerHistory, PulsePredictor, ResponseTimer
+from engine.core.model import BatteryTelemetry, Plan, Snapshot
+from engine.core.policy import CUTOFF_CYCLES, MmbcPolicy
+from engine.core.quality import Quality, QualityMonitor
+from engine.core.settings import BatterySpec, ControlSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Loop:
+    """The policy against ideal batteries: each delivers a command ``dead_cycles`` later.
+
+    The meter's reading is ``meter_lag`` cycles old when the policy sees it.
+    """
+
+    def __init__(
+        self,
+        settings: ControlSettings,
+        socs: dict[str, float],
+        net_w: float = 0.0,
+        *,
+        dead_cycles: int = 1,
+        meter_lag: int = 0,
+    ) -> None:
+        self.policy = MmbcPolicy(settings)
+        self.now_s = 0.0
+        self.net_w = net_w
+        self.soc = dict(socs)
+        self.power = dict.fromkeys(socs, 0.0)
+        self.command = dict.fromkeys(socs, 0)
+        self.delivers = dict.fromkeys(socs, True)
+        self.plans: list[Plan] = []
+        self._sent: list[dict[str, int]] = [dict(self.command)] * dead_cycles
+        self._grids: list[float] = [net_w] * (meter_lag + 1)
+
+    def step(self, cycles: int = 1) -> Plan:
+        for _ in range(cycles):
+            self.now_s += self.policy.period_s
+            due = self._sent.pop(0)
+            for name in self.power:
+                self.power[name] = float(due[name]) if self.delivers[name] else 0.0
+            self._grids.append(self.grid_w())
+            self._grids.pop(0)
+            snap = Snapshot(
+                now_s=self.now_s,
+                grid_w=self._grids[0],
+                meter_updated_s=self.now_s,
+                batteries=tuple(
+                    BatteryTelemetry(n, online=True, soc_pct=self.soc[n], power_w=self.power[n])
+                    for n in self.power
+                ),
+            )
+            plan = self.policy.decide(snap)
+            self.command.update(plan.setpoints)
+            self._sent.append(dict(self.command))
+            self.plans.append(plan)
+        return self.plans[-1]
+
+    def grid_w(self) -> float:
+        return self.net_w - sum(self.power.values())
+
+
+def settings(*names: str, **overrides: object) -> ControlSettings:
+    specs = tuple(BatterySpec(n) for n in names)
+    return ControlSettings(batteries=specs).with_overrides(dict(overrides))
+
+
+def active(plan: Plan) -> dict[str, int]:
+    """Setpoints that carry power (1 W keep-alives left out)."""
+    return {n: p for n, p in plan.setpoints.items() if abs(p) > 1}
+
+
+# ---------------------------------------------------------------------- estimator pieces
+def test_history_bounds_cover_every_sample_around_the_window() -> None:
+    history = PowerHistory()
+    for t, a, b in ((0.0, 0.0, 0.0), (1.0, 500.0, 0.0), (2.0, 900.0, -100.0), (3.0, 900.0, 0.0)):
+        history.add(t, {"a": a, "b": b})
+
+    assert history.bounds(1.5, 2.5) == (500.0 - 100.0, 900.0 + 0.0)
+    assert history.bounds(3.0, 3.0) == (900.0, 900.0)
+    assert history.at(1.5) == pytest.approx(0.5 * (500.0 + 800.0))
+
+
+def test_filter_moves_no_further_than_the_reading_proves() -> None:
+    f = NetDemandFilter(step_threshold_w=150, alpha=0.4)
+    f.update(0.0, 1000.0)
+
+    assert f.update(1.0, 600.0, 1400.0) == 1000.0  # consistent with the estimate: hold
+    assert f.update(2.0, 1500.0, 2500.0) == 1500.0  # a step: to the nearest proven value
+
+
+def test_filter_smooths_noise_but_takes_a_step_at_once() -> None:
+    f = NetDemandFilter(step_threshold_w=150, alpha=0.4)
+    f.update(0.0, 1000.0)
+
+    assert f.update(1.0, 1050.0) == pytest.approx(1020.0)
+    assert f.update(2.0, 2020.0) == 2020.0
+    slow = NetDemandFilter(step_threshold_w=150, alpha=0.4, feedforward=False)
+    slow.update(0.0, 1000.0)
+    assert slow.update(1.0, 2000.0) == pytest.approx(1400.0)
+
+
+def test_response_timer_learns_the_half_way_time() -> None:
+    timer = ResponseTimer(initial_s=5.0)
+    timer.start(10.0, 0.0, 2000.0)
+    for t, p in ((11.0, 0.0), (12.0, 0.0), (13.0, 1500.0), (14.0, 2000.0)):
+        timer.observe(t, p)
+
+    assert timer.lead_s == pytest.approx(2.0 + 1000.0 / 1500.0)
+
+
+def rhythm_readings(
+    p: PulsePredictor, start_s: float, end_s: float, *, on_s: float = 6.0, period_s: float = 12.0
+) -> None:
+    """A load of 300 W with 2800 W on top for ``on_s`` of every ``period_s``, read each second."""
+    t = start_s
+    while t < end_s:
+        on = (t % period_s) < on_s
+        p.observe(t, 3100.0 if on else 300.0, narrow=True, grid_w=0.0, interval_s=1.0, lead_s=2.0)
+        t += 1.0
+
+
+def test_predictor_learns_a_rhythm_and_anticipates_its_edges() -> None:
+    p = PulsePredictor(threshold_w=150)
+    rhythm_readings(p, 0.5, 20.5)
+    assert p.target_w(21.0, 2.0) is None  # fewer than three periods seen
+
+    rhythm_readings(p, 20.5, 50.5)
+
+    assert p.active
+    assert sorted(p.levels_w()) == pytest.approx([300.0, 3100.0], abs=1.0)
+    # The "on" edge is at 60 s: 2 s ahead the target is already the high level.
+    assert p.target_w(57.0, 2.0) == pytest.approx(300.0, abs=1.0)
+    assert p.target_w(58.5, 2.0) == pytest.approx(3100.0, abs=1.0)
+
+
+def test_predictor_forgets_a_rhythm_that_stops() -> None:
+    p = PulsePredictor(threshold_w=150)
+    rhythm_readings(p, 0.5, 50.5)
+    assert p.target_w(51.0, 2.0) is not None
+
+    for t in range(51, 90):  # the hob is switched off: only the base load remains
+        p.observe(
+            t + 0.5,
+            300.0,
+            narrow=True,
+            grid_w=-2800.0 if p.active else 0.0,
+            interval_s=1.0,
+            lead_s=2.0,
+        )
+
+    assert not p.active
+    assert p.target_w(91.0, 2.0) is None
+
+
+def test_predictor_ignores_steps_without_rhythm() -> None:
+    p = PulsePredictor(threshold_w=150)
+    level = 300.0
+    for t in range(200):
+        if t % 7 == 0:
+            level = 300.0 + (t * 37 % 5) * 500.0
+        p.observe(t + 0.5, level, narrow=True, grid_w=0.0, interval_s=1.0, lead_s=2.0)
+
+    assert not p.active
+
+
+# ---------------------------------------------------------------------- allocation pieces
+def test_energy_split_gives_more_to_the_battery_with_more_room() -> None:
+    a = Candidate("a", 30.0, 2500.0, headroom_wh=3500.0)
+    b = Candidate("b", 80.0, 2500.0, headroom_wh=1000.0)
+
+    by_energy = split_proportional(3000.0, [a, b], by_energy=True)
+    by_power = split_proportional(3000.0, [a, b])
+
+    assert by_energy["a"] > by_energy["b"]
+    assert by_energy["a"] <= 2500.0
+    assert sum(by_energy.values()) == pytest.approx(3000.0)
+    assert by_power == {"a": 1500.0, "b": 1500.0}
+
+
+def test_energy_split_caps_a_battery_and_shares_the_rest() -> None:
+    a = Candidate("a", 10.0, 1000.0, headroom_wh=5000.0)
+    b = Candidate("b", 90.0, 2500.0, headroom_wh=500.0)
+
+    out = split_proportional(3000.0, [a, b], by_energy=True)
+
+    assert out == {"a": 1000.0, "b": 2000.0}
+
+
+def test_fill_in_order_fills_the_leader_first() -> None:
+    a, b = Candidate("a", 50.0, 1500.0), Candidate("b", 40.0, 2500.0)
+
+    assert fill_in_order(2000.0, [a, b]) == {"a": 1500.0, "b": 500.0}
+
+
+def test_loss_model_prefers_fewer_batteries_for_small_charge_shares() -> None:
+    two = fleet_loss_w(1000.0, 2, 4, charging=True)  # 500 W each: 93.8 %
+    four = fleet_loss_w(1000.0, 4, 4, charging=True)  # 250 W each: 88.5 %
+
+    assert two < four
+    assert fleet_loss_w(5000.0, 4, 4, charging=False) < fleet_loss_w(5000.0, 2, 4, charging=False)
+
+
+# ---------------------------------------------------------------------- the policy, closed loop
+def test_constant_demand_settles_without_overshoot_or_reversal() -> None:
+    loop = Loop(settings("a"), {"a": 60.0}, net_w=1200.0)
+    grids = []
+    for _ in range(15):
+        loop.step()
+        grids.append(loop.grid_w())
+
+    assert abs(grids[-1]) < 20.0
+    assert min(grids) > -20.0  # never pushed into export
+    assert all(p >= 0 for plan in loop.plans for p in plan.setpoints.values())
+
+
+def test_without_latency_alignment_the_loop_overshoots() -> None:
+    """The naive law (grid + battery now) adds a correction already on its way."""
+    s = settings("a", feature_latency_alignment=False)
+    off = Loop(s, {"a": 60.0}, net_w=1200.0, meter_lag=1)
+    on = Loop(settings("a"), {"a": 60.0}, net_w=1200.0, meter_lag=1)
+    worst_off = worst_on = 0.0
+    for _ in range(10):
+        off.step()
+        on.step()
+        worst_off = min(worst_off, off.grid_w())
+        worst_on = min(worst_on, on.grid_w())
+
+    assert worst_off < -500.0
+    assert worst_on > -20.0
+
+
+def test_direction_hysteresis_rests_instead_of_reversing_on_a_few_watts() -> None:
+    loop = Loop(settings("a"), {"a": 60.0}, net_w=400.0)
+    loop.step(8)
+    assert loop.command["a"] > 0
+    loop.net_w = -30.0  # the house now exports 30 W: charging would reverse the battery
+    loop.step(6)
+
+    assert loop.command["a"] in (0, 1)
+    plain = Loop(settings("a", feature_direction_hysteresis=False), {"a": 60.0}, net_w=400.0)
+    plain.step(8)
+    plain.net_w = -30.0
+    plain.step(6)
+    assert plain.command["a"] < 0
+
+
+def test_split_has_hysteresis_around_the_threshold() -> None:
+    loop = Loop(settings("a", "b"), {"a": 70.0, "b": 60.0}, net_w=2700.0)
+    loop.step(10)
+    assert len(active(loop.plans[-1])) == 2
+
+    loop.net_w = 2400.0  # below the threshold, above threshold - hysteresis
+    loop.step(10)
+    assert len(active(loop.plans[-1])) == 2
+
+    loop.net_w = 2100.0
+    loop.step(10)
+    assert len(active(loop.plans[-1])) == 1
+
+
+def test_without_split_hysteresis_the_second_battery_drops_out_below_the_threshold() -> None:
+    loop = Loop(settings("a", "b", feature_split_hysteresis=False), {"a": 70.0, "b": 60.0})
+    loop.net_w = 2700.0
+    loop.step(10)
+    loop.net_w = 2400.0
+    loop.step(10)
+
+    assert len(active(loop.plans[-1])) == 1
+
+
+def test_charging_split_favours_the_emptier_battery() -> None:
+    loop = Loop(settings("a", "b"), {"a": 30.0, "b": 80.0}, net_w=-4000.0)
+    loop.step(10)
+
+    assert loop.command["a"] < loop.command["b"] < 0  # a (emptier) charges harder
+    assert loop.grid_w() == pytest.approx(0.0, abs=20.0)
+
+
+def test_taper_limits_a_nearly_full_battery_only_while_it_costs_nothing() -> None:
+    calm = Loop(settings("a", "b"), {"a": 98.0, "b": 98.0}, net_w=-2800.0)
+    calm.step(10)
+    assert all(-1500 <= p < 0 for p in calm.command.values())  # 2 x 1500 W covers it
+    assert calm.grid_w() == pytest.approx(0.0, abs=20.0)
+
+    surplus = Loop(settings("a", "b"), {"a": 98.0, "b": 98.0}, net_w=-4500.0)
+    surplus.step(10)
+    assert surplus.grid_w() == pytest.approx(0.0, abs=20.0)  # no export for the taper
+
+    hard = Loop(settings("a", "b", feature_charge_taper=False), {"a": 98.0, "b": 98.0})
+    hard.net_w = -2800.0
+    hard.step(10)
+    assert min(hard.command.values()) == -1400
+
+
+def test_keepalive_holds_the_relay_then_lets_go() -> None:
+    loop = Loop(settings("a", relay_hold_s=10.0), {"a": 60.0}, net_w=800.0)
+    loop.step(6)
+    loop.net_w = 0.0
+    loop.step(4)
+    assert loop.command["a"] == 1
+
+    loop.step(12)
+    assert loop.command["a"] == 0
+    off = Loop(settings("a", feature_relay_keepalive=False), {"a": 60.0}, net_w=800.0)
+    off.step(6)
+    off.net_w = 0.0
+    off.step(4)
+    assert off.command["a"] == 0
+
+
+def test_handover_wakes_the_new_leader_before_the_old_one_stops() -> None:
+    s = settings("a", "b", reselect_interval_s=5.0, relay_hold_s=0.0)
+    loop = Loop(s, {"a": 80.0, "b": 60.0}, net_w=1000.0)
+    loop.step(4)
+    assert active(loop.plans[-1]) == {"a": 1000}
+    loop.soc["b"] = 90.0  # b is now clearly fuller: it takes over at the next reselection
+    loop.delivers["b"] = False  # its relay takes a while to close
+    loop.step(4)
+    waking = loop.plans[-1]
+    assert waking.setpoints == {"a": 1000, "b": 1}  # a carries on, b is woken
+    assert any(r == "leader a -> b" for p in loop.plans for r in p.reasons)
+
+    loop.delivers["b"] = True
+    loop.step(3)
+    assert active(loop.plans[-1]) == {"b": 1000}
+    assert loop.grid_w() == pytest.approx(0.0, abs=20.0)
+
+
+def test_without_handover_the_new_leader_takes_over_at_once() -> None:
+    s = settings("a", "b", reselect_interval_s=5.0, relay_hold_s=0.0, feature_handover=False)
+    loop = Loop(s, {"a": 80.0, "b": 60.0}, net_w=1000.0)
+    loop.step(4)
+    loop.soc["b"] = 90.0
+    loop.delivers["b"] = False
+    loop.step(4)
+
+    assert active(loop.plans[-1]) == {"b": 1000}
+
+
+def test_a_battery_at_its_firmware_cutoff_is_left_out_and_the_other_takes_over() -> None:
+    loop = Loop(settings("a", "b"), {"a": 13.0, "b": 60.0}, net_w=3000.0)
+    loop.step(5)
+    assert len(active(loop.plans[-1])) == 2
+    loop.delivers["a"] = False  # its firmware stops at 13 %, above our 11 %
+    loop.step(CUTOFF_CYCLES + 6)
+
+    assert "a" not in active(loop.plans[-1])
+    assert loop.command["b"] == 2500
+    assert loop.plans[-1].battery_states["a"] == "ineligible"
+
+
+def test_small_split_corrections_go_to_one_battery() -> None:
+    loop = Loop(settings("a", "b"), {"a": 60.0, "b": 60.0}, net_w=3000.0)
+    loop.step(10)
+    loop.net_w += 40.0
+    loop.step(8)
+    steps = [
+        (a.setpoints, b.setpoints) for a, b in zip(loop.plans[-9:-1], loop.plans[-8:], strict=True)
+    ]
+
+    assert any(a != b for a, b in steps)
+    assert all(sum(a[n] != b[n] for n in a) <= 1 for a, b in steps)
+    assert loop.grid_w() == pytest.approx(0.0, abs=20.0)
+    both = Loop(settings("a", "b", feature_small_correction=False), {"a": 60.0, "b": 60.0})
+    both.net_w = 3000.0
+    both.step(10)
+    both.net_w += 40.0
+    both.step(8)
+    assert both.command["a"] == both.command["b"]
+
+
+def test_soc_hysteresis_keeps_the_leader_for_a_small_difference() -> None:
+    s = settings("a", "b", reselect_interval_s=5.0)
+    loop = Loop(s, {"a": 60.0, "b": 58.0}, net_w=1000.0)
+    loop.step(4)
+    loop.soc["b"] = 61.0  # 1 point ahead: not enough to swap
+    loop.step(10)
+    assert active(loop.plans[-1]) == {"a": 1000}
+
+    plain = Loop(s.with_overrides({"feature_soc_hysteresis": False}), {"a": 60.0, "b": 58.0})
+    plain.net_w = 1000.0
+    plain.step(4)
+    plain.soc["b"] = 61.0
+    plain.step(10)
+    assert active(plain.plans[-1]) == {"b": 1000}
+
+
+def test_a_rhythmic_load_is_anticipated() -> None:
+    """After three periods of a 6 s on / 6 s off hob the batteries move before the edge.
+
+    Batteries that take three cycles to respond: following costs three cycles per edge.
+    """
+    loop = Loop(settings("a", "b"), {"a": 80.0, "b": 70.0}, net_w=300.0, dead_cycles=3)
+
+    def demand(cycle: int) -> float:
+        return 300.0 + (2000.0 if cycle % 12 < 6 else 0.0)
+
+    for cycle in range(120):
+        loop.net_w = demand(cycle)
+        loop.step()
+    assert demand(119) == 300.0  # off now; an "on" edge comes next
+    assert demand(120) == 2300.0
+    raised_before_edge = sum(loop.command.values())
+
+    assert raised_before_edge > 1300.0  # commanded before the meter could show the edge
+    plain = Loop(settings("a", "b", feature_pulse_prediction=False), {"a": 80.0, "b": 70.0})
+    for cycle in range(120):
+        plain.net_w = demand(cycle)
+        plain.step()
+    assert sum(plain.command.values()) < 400.0
+
+
+# ---------------------------------------------------------------------- quality readout
+def test_quality_readout_tells_swings_from_offsets() -> None:
+    swings = QualityMonitor()
+    for t in range(60):
+        swings.add(float(t), 60.0 if t % 2 else -60.0)
+    offset = QualityMonitor()
+    for t in range(60):
+        offset.add(float(t), 150.0)
+    calm = QualityMonitor()
+    for t in range(60):
+        calm.add(float(t), 5.0 if t % 2 else -5.0)
+
+    assert swings.verdict(limited=False) is Quality.OSCILLATING
+    assert offset.verdict(limited=False) is Quality.SLUGGISH
+    assert offset.verdict(limited=True) is Quality.BATTERY_LIMITED
+    assert calm.verdict(limited=False) is Quality.STABLE
+    assert offset.rms_w() == pytest.approx(150.0)
+
+
+# ---------------------------------------------------------------------- switches and docs
+FEATURES = [f.name for f in fields(ControlSettings) if f.name.startswith("feature_")]
+
+
+def test_every_feature_is_a_switch_that_defaults_on_and_is_documented() -> None:
+    doc = (REPO / "docs" / "control.md").read_text(encoding="utf-8")
+    assert len(FEATURES) >= 15
+    for name in FEATURES:
+        assert getattr(ControlSettings(), name) is True
+        assert f"`{name}`" in doc, name
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+def test_every_feature_can_be_switched_off_safely(feature: str) -> None:
+    loop = Loop(settings("a", "b", **{feature: False}), {"a": 70.0, "b": 40.0}, net_w=3500.0)
+    loop.step(30)
+    loop.net_w = -1200.0
+    loop.step(30)
+
+    assert all(-2500 <= p <= 2500 for plan in loop.plans for p in plan.setpoints.values())
+    assert abs(loop.grid_w()) < 500.0
+
+
+# ---------------------------------------------------------------------- the real plant
+def run(scenario: str, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> dict[str, float]:
+    from sim.replay import run_scenario
+    from sim.scenario import load_scenario
+
+    monkeypatch.setenv("MMBC_SIM_OVERRIDES", json.dumps(overrides))
+    return run_scenario(load_scenario(REPO / "scenarios" / scenario), "mmbc").metrics
+
+
+def test_on_the_plant_latency_alignment_removes_the_hunting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    on = run("kettle.toml", monkeypatch)
+    off = run("kettle.toml", monkeypatch, feature_latency_alignment=False)
+
+    assert on["band_crossings_per_h"] < off["band_crossings_per_h"]
+    assert on["excess_wh"] < off["excess_wh"]
+    assert on["direction_changes"] == 0
+
+
+def test_on_the_plant_anticipation_pays_off_on_an_induction_hob(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    on = run("induction_hob.toml", monkeypatch)
+    off = run("induction_hob.toml", monkeypatch, feature_pulse_prediction=False)
+
+    assert on["excess_wh"] < 0.9 * off["excess_wh"]
+    assert on["tracking_score"] > off["tracking_score"]

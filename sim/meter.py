@@ -9,6 +9,7 @@ including scripted faults; ``sim.meter_server`` only puts that on the wire.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -63,8 +64,12 @@ class MeterSample:
         return self.power_w
 
 
+@functools.lru_cache(maxsize=64)
 def _stamp(start: datetime, at_s: float) -> int:
-    """DSMR timestamp YYMMDDhhmmss as the API serves it (an integer)."""
+    """DSMR timestamp YYMMDDhhmmss as the API serves it (an integer).
+
+    Cached: the gas and peak timestamps change every few minutes, not every reading.
+    """
     return int((start + timedelta(seconds=at_s)).strftime("%y%m%d%H%M%S"))
 
 
@@ -300,13 +305,22 @@ class P1MeterModel(_SampledMeter):
             wifi_ssid=wifi_ssid,
         )
         self.phases = phases
+        self._tariff_hour: int | None = None
+        self._tariff_value = 1
+        self._into_hour_s = self._start.minute * 60.0 + self._start.second
         self.gas = gas
         self._voltage_v = [NOMINAL_V + 0.5 * i for i in range(phases)]
 
     def _tariff(self, at_s: float) -> int:
-        # Dutch double tariff: 2 (normal) on weekdays 07-23 h, else 1 (low).
-        t = self._start + timedelta(seconds=at_s)
-        return 2 if t.weekday() < 5 and 7 <= t.hour < 23 else 1
+        # Dutch double tariff: 2 (normal) on weekdays 07-23 h, else 1 (low). Constant within
+        # an hour, so computed once per hour (this runs at every plant step).
+        start_hour = self._start.replace(minute=0, second=0, microsecond=0)
+        hour = int((self._into_hour_s + at_s) // 3600.0)
+        if hour != self._tariff_hour:
+            t = start_hour + timedelta(hours=hour)
+            self._tariff_hour = hour
+            self._tariff_value = 2 if t.weekday() < 5 and 7 <= t.hour < 23 else 1
+        return self._tariff_value
 
     def _make_sample(self, at_s: float) -> MeterSample:
         noise_w = self._rng.gauss(0.0, self.params.noise_w)

@@ -158,7 +158,9 @@ def run_scenario(
     """
     wall_start = time.perf_counter()  # wall time of the run is a reported metric, not control
     settings = settings_for(scenario, policy_name)
-    world = World(scenario)
+    # In-process nothing reads the PV meter (the control law never uses it; only MQTT reports
+    # it), so it is not simulated here; the wire replay and `serve` do serve it.
+    world = World(scenario, with_pv_meter=False)
     policy = ErrorInjectingPolicy(policy or make_policy(settings), world)
     links = [InProcessBattery(world, i, settings) for i in range(1, len(world.firmwares) + 1)]
     tracker = MeterTracker()

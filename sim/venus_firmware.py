@@ -9,6 +9,7 @@ ends RS485 control; reads of more than 32 registers get no answer at all.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -68,8 +69,15 @@ _WRITABLE: dict[int, tuple[int, int]] = {
 MAPPED_REGISTERS: frozenset[int] = _READ_ONLY | frozenset(_WRITABLE)
 
 
+@functools.lru_cache(maxsize=1024)
+def _range_mapped(address: int, count: int) -> bool:
+    """Every register of [address, address + count) exists (cached: drivers repeat reads)."""
+    return all(addr in MAPPED_REGISTERS for addr in range(address, address + count))
+
+
 def _u16(value: float) -> int:
-    return min(max(round(value), 0), 0xFFFF)
+    raw = round(value)
+    return raw if 0 <= raw <= 0xFFFF else min(max(raw, 0), 0xFFFF)
 
 
 def _i16(value: float) -> int:
@@ -156,9 +164,8 @@ class VenusFirmware:
             return FirmwareFault.ILLEGAL_VALUE
         if address < 0 or address + count > 0x10000:
             return FirmwareFault.ILLEGAL_ADDRESS
-        for addr in range(address, address + count):
-            if addr not in MAPPED_REGISTERS:
-                return FirmwareFault.ILLEGAL_ADDRESS
+        if not _range_mapped(address, count):
+            return FirmwareFault.ILLEGAL_ADDRESS
         image = self._image(address, count, now_s)
         return [image[addr] for addr in range(address, address + count)]
 

@@ -35,7 +35,7 @@ class ActiveFault:
 class World:
     """Everything outside the controller, advanced in fixed plant steps."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, *, with_pv_meter: bool = True) -> None:
         self.scenario = scenario
         spec = scenario.trace
         self.trace: Trace = load_trace(
@@ -54,7 +54,9 @@ class World:
             self.firmwares.append(VenusFirmware(model))
         self.meter = P1MeterModel(scenario.meter, scenario.seed)
         self.pv_meter: KwhMeterModel | None = (
-            KwhMeterModel(scenario.meter, scenario.seed + 1) if scenario.pv_meter else None
+            KwhMeterModel(scenario.meter, scenario.seed + 1)
+            if scenario.pv_meter and with_pv_meter
+            else None
         )
         self.record = RunRecord(n_batteries=len(self.firmwares))
         self.record.step_events = list(self.events.step_times())

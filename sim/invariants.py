@@ -17,9 +17,9 @@ its first time and one detail line.
 3. ``control_reapplied``: a reachable battery out of RS485 control gets it back within
    ``control_recheck_s`` + one cycle; a battery in control holds the engine's command.
 4. ``not_following_excluded``: a battery that does not deliver is not commanded (at least
-   ``FOLLOW_MIN_W``, in one direction) for longer than ``not_following_bound_s``; the others
-   cover the demand once it is excluded; the exclusion is logged once (one reason line),
-   and only for a battery that does not deliver.
+   ``FOLLOW_MIN_W``, in one direction, away from its SoC limits) for longer than
+   ``not_following_bound_s``; the others cover the demand once it is excluded; the
+   exclusion is logged once (one reason line), and only for a battery that does not deliver.
 5. ``limits_respected``: never a discharge while blocked, a charge at or above the max SoC,
    a discharge at or below the min SoC, a setpoint above the battery's limit.
 6. ``no_crash``: no exception but an injected one; after an injected error every battery is
@@ -55,6 +55,8 @@ INVARIANTS: tuple[str, ...] = (
 EPS_S = 1e-6  # float slack on time comparisons
 # A battery delivering nothing for a smaller command cannot be told from meter noise.
 FOLLOW_MIN_W = 100
+# This close to its min (max) SoC a battery's own cut-off may stop its discharge (charge).
+NEAR_LIMIT_PCT = 2.0
 # A slow meter (DSMR 4, 10 s) would always look stale at 5 s: the engine stretches its limit
 # to 2.5 meter intervals, never beyond 30 s (engine.core.estimator.MeterCadence).
 STALE_STRETCH_INTERVALS = 2.5
@@ -209,7 +211,7 @@ class InvariantChecker:
         stale = self._check_stale(snap, plan, truth)
         self._check_unavailable(now, plan, truth)
         self._check_control(now, plan, truth)
-        self._check_not_following(now, plan, truth)
+        self._check_not_following(snap, plan, truth)
         self._check_takeover(snap, plan, truth, stale=stale)
         self._check_limits(snap, plan)
 
@@ -355,13 +357,22 @@ class InvariantChecker:
                 )
 
     # ------------------------------------------------------------------ 4. not following
-    def _check_not_following(self, now: float, plan: Plan, truth: Truth) -> None:
+    def _check_not_following(self, snap: Snapshot, plan: Plan, truth: Truth) -> None:
+        now = snap.now_s
+        s = self.settings
         bound = self.not_following_bound_s
+        soc = {t.name: t.soc_pct for t in snap.batteries}
         for name in self.names:
             command = plan.setpoints.get(name, 0)
             if name in truth.not_delivering:
                 self._nf_seen_s[name] = now
-            if name in truth.not_delivering and abs(command) >= FOLLOW_MIN_W:
+            level = soc.get(name)
+            # Near its SoC limits a battery's own cut-offs may stop it: not a fault.
+            near_limit = level is not None and (
+                (command > 0 and level <= s.min_soc_pct + NEAR_LIMIT_PCT)
+                or (command < 0 and level >= s.max_soc_pct - NEAR_LIMIT_PCT)
+            )
+            if name in truth.not_delivering and abs(command) >= FOLLOW_MIN_W and not near_limit:
                 # A new direction restarts the battery (relay, ramp): it gets the bound anew.
                 direction = 1 if command > 0 else -1
                 run = self._nf_commanded_since.get(name)

@@ -125,7 +125,7 @@ class BatteryServer:
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
-    async def _action(  # noqa: PLR0917 (the signature pymodbus calls)
+    async def _action(
         self,
         function_code: int,
         start_address: int,

@@ -58,6 +58,7 @@ class World:
             if scenario.pv_meter and with_pv_meter
             else None
         )
+        self._names = [battery_name(i) for i in range(1, len(self.firmwares) + 1)]
         self.record = RunRecord(n_batteries=len(self.firmwares))
         self.record.step_events = list(self.events.step_times())
         self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
@@ -70,7 +71,7 @@ class World:
     # ------------------------------------------------------------------ queries
     @property
     def names(self) -> list[str]:
-        return [battery_name(i) for i in range(1, len(self.firmwares) + 1)]
+        return self._names
 
     def discharge_blocked_at(self, t_s: float) -> bool:
         return any(start <= t_s < start + length for start, length in self.scenario.blocks)

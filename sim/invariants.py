@@ -564,13 +564,22 @@ def observe_world(world: World) -> Truth:
     failed: set[str] = set()
     out_of_control: set[str] = set()
     not_delivering: set[str] = set()
+    battery_w: dict[str, float] = {}
+    firmware_w: dict[str, float] = {}
+    any_fault = bool(world.active_faults)
     for i, (name, fw) in enumerate(zip(names, world.firmwares, strict=True), start=1):
-        if world.transport_fault(i) is not None or world.fault_active("soc_garbage", i):
+        battery_w[name] = fw.battery.ac_power_w
+        firmware_w[name] = fw.target_w
+        if (any_fault or fw.offline_until_s > world.now_s) and (
+            world.transport_fault(i) is not None or world.fault_active("soc_garbage", i)
+        ):
             failed.add(name)
         elif not fw.control_enabled:
             out_of_control.add(name)
         # Out of RS485 control, a battery ignores its setpoints: it does not deliver either.
-        if world.fault_active("battery_not_following", i) or name in out_of_control:
+        if name in out_of_control or (
+            any_fault and world.fault_active("battery_not_following", i)
+        ):
             not_delivering.add(name)
     return Truth(
         meter_sample_s=world.meter_sample_s(world.now_s),
@@ -578,7 +587,7 @@ def observe_world(world: World) -> Truth:
         out_of_control=frozenset(out_of_control),
         not_delivering=frozenset(not_delivering),
         net_w=world.net_at(world.now_s),
-        battery_w={n: fw.battery.ac_power_w for n, fw in zip(names, world.firmwares, strict=True)},
-        firmware_w={n: fw.target_w for n, fw in zip(names, world.firmwares, strict=True)},
-        engine_error=world.fault_active("engine_error"),
+        battery_w=battery_w,
+        firmware_w=firmware_w,
+        engine_error=any_fault and world.fault_active("engine_error"),
     )

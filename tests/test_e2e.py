@@ -301,6 +301,15 @@ async def test_mqtt_commands_reach_the_batteries(served: Served, tmp_path: Path)
                 await asyncio.sleep(3.0)
                 for port in (served.modbus_port, served.modbus_port + 1):
                     assert read_register(port, reg.REG_FORCE_MODE) != reg.FORCE_DISCHARGE
+                # Unblocked: the evening load is covered from the batteries again.
+                await client.publish("mmbc/control/block_discharge", "FALSE", qos=1)
+                await wait_for_topic(client, "mmbc/status/discharge_blocked", "false")
+                await asyncio.sleep(3.0)
+                modes = [
+                    read_register(port, reg.REG_FORCE_MODE)
+                    for port in (served.modbus_port, served.modbus_port + 1)
+                ]
+                assert reg.FORCE_DISCHARGE in modes
             finally:
                 await asyncio.to_thread(stop_engine, engine, out)
     assert "Traceback" not in out.rest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from engine.core.allocate import efficiency
 from sim.params import BatteryParams
 
 # Once the firmware has stopped charging at the cut-off it resumes only this far below it, so
@@ -34,15 +35,7 @@ def _check_curve(name: str, curve: tuple[tuple[float, float], ...]) -> None:
 
 def interpolate_efficiency(curve: tuple[tuple[float, float], ...], power_w: float) -> float:
     """Efficiency at AC power ``power_w`` (>= 0): linear between points, held at the ends."""
-    first_w, first_eta = curve[0]
-    if power_w <= first_w:
-        return first_eta
-    prev_w, prev_eta = first_w, first_eta
-    for point_w, point_eta in curve[1:]:
-        if power_w <= point_w:
-            return prev_eta + (point_eta - prev_eta) * (power_w - prev_w) / (point_w - prev_w)
-        prev_w, prev_eta = point_w, point_eta
-    return prev_eta
+    return efficiency(curve, power_w)
 
 
 class VenusE:

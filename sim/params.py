@@ -7,22 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-# AC-side power (W) -> efficiency, measured on a Venus E (peer survey section 5.1).
-CHARGE_EFFICIENCY: tuple[tuple[float, float], ...] = (
-    (63.0, 0.603),
-    (125.0, 0.772),
-    (250.0, 0.885),
-    (500.0, 0.938),
-    (750.0, 0.95),
-)
-DISCHARGE_EFFICIENCY: tuple[tuple[float, float], ...] = (
-    (63.0, 0.750),
-    (250.0, 0.856),
-    (500.0, 0.898),
-    (750.0, 0.91),
-    (1250.0, 0.91),
-    (2500.0, 0.893),
-)
+from engine.core.allocate import CHARGE_EFFICIENCY as _ENGINE_CHARGE_EFFICIENCY
+from engine.core.allocate import DISCHARGE_EFFICIENCY as _ENGINE_DISCHARGE_EFFICIENCY
+
+# AC-side power (W) -> efficiency, measured on a Venus E (peer survey section 5.1). One copy,
+# shared with the engine's own battery model (the simulator may import the engine, never the
+# reverse).
+CHARGE_EFFICIENCY = _ENGINE_CHARGE_EFFICIENCY
+DISCHARGE_EFFICIENCY = _ENGINE_DISCHARGE_EFFICIENCY
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,25 +16,13 @@ from typing import Any
 from sim.invariants import INVARIANTS
 from sim.replay import RunResult, run_scenario
 from sim.scenario import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, load_scenarios
-from sim.scoring import format_side_by_side, format_table
+from sim.scoring import DEFAULT_TABLE_KEYS, format_side_by_side, format_table
 
 POLICIES = ("mmbc", "classic")
 SCENARIO_ROOT = Path(DEFAULT_SCENARIO).parent
 EXIT_USAGE = 2
-RUN_KEYS = (
-    "import_wh",
-    "export_wh",
-    "excess_wh",
-    "tracking_score",
-    "mean_abs_grid_w",
-    "steady_rms_w",
-    "band_crossings_per_h",
-    "settle_mean_s",
-    "overshoot_mean_w",
-    "direction_changes",
-    "conversion_loss_wh",
-    "cost_regret_eur",
-)
+# The run table: the scoring's default columns less the absolute cost (the regret says more).
+RUN_KEYS = tuple(key for key in DEFAULT_TABLE_KEYS if key != "cost_eur")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -416,6 +416,8 @@ class MqttBridge:
                     await self._until_stopped(self._session(), grace_s=_STOP_GRACE_S)
                 except aiomqtt.MqttError as exc:
                     self._note_unreachable(exc)
+                except Exception:  # a bug must not silence MQTT for good: log, back off, retry
+                    _LOGGER.exception("MQTT session failed unexpectedly; reconnecting")
                 if self._stop_requested.is_set():
                     break
                 delay_s = self._backoff_s

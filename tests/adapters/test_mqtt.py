@@ -1042,3 +1042,28 @@ async def test_tls_refuses_an_untrusted_broker(
                 await until(lambda: len(clock.sleeps) >= 3)
     assert bridge.connections == 0
     assert any("unavailable" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_unexpected_session_error_is_logged_and_the_bridge_reconnects(
+    broker: TestBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = make_bridge(make_settings(broker))
+    real_session = bridge._session
+    failures = []
+
+    def session_failing_once() -> Any:
+        if not failures:
+            failures.append(1)
+
+            async def broken() -> None:
+                raise RuntimeError("bug in a publisher")
+
+            return broken()
+        return real_session()
+
+    monkeypatch.setattr(bridge, "_session", session_failing_once)
+    async with running(bridge), observe(broker) as observer:
+        bridge.publish(sample_status())
+        await observer.has({"mmbc/status/online": "online"})
+    assert failures == [1]
+    assert any("failed unexpectedly" in r.getMessage() for r in caplog.records)

@@ -577,9 +577,7 @@ def observe_world(world: World) -> Truth:
         elif not fw.control_enabled:
             out_of_control.add(name)
         # Out of RS485 control, a battery ignores its setpoints: it does not deliver either.
-        if name in out_of_control or (
-            any_fault and world.fault_active("battery_not_following", i)
-        ):
+        if name in out_of_control or (any_fault and world.fault_active("battery_not_following", i)):
             not_delivering.add(name)
     return Truth(
         meter_sample_s=world.meter_sample_s(world.now_s),

@@ -26,7 +26,7 @@ from typing import Any
 
 from engine.core.settings import ControlSettings
 from sim.cli import main as mmbc_sim
-from sim.replay import OVERRIDES_ENV
+from sim.replay.inprocess import OVERRIDES_ENV
 
 COLUMNS = (
     ("excess_wh", "excess Wh"),

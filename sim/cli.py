@@ -13,10 +13,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sim.invariants import INVARIANTS
-from sim.replay import RunResult, run_scenario
+from sim.replay.inprocess import run_scenario
+from sim.replay.invariants import INVARIANTS
+from sim.replay.result import RunResult, result_json
 from sim.scenario import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, load_scenarios
-from sim.scoring import DEFAULT_TABLE_KEYS, format_side_by_side, format_table
+from sim.scoring.metrics import DEFAULT_TABLE_KEYS, format_side_by_side, format_table
 
 POLICIES = ("mmbc", "classic")
 SCENARIO_ROOT = Path(DEFAULT_SCENARIO).parent
@@ -86,7 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = []
     for policy in policies:
         if args.wire and policy == "mmbc":
-            from sim.wire import run_wire
+            from sim.replay.wire import run_wire
 
             result = run_wire(scenario, progress=_progress(f"{scenario.name} {policy} (wire)"))
         else:
@@ -103,7 +104,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args.json, results)
     if args.plot:
-        from sim.plot import plot_runs
+        from sim.scoring.plot import plot_runs
 
         plot_runs(results, args.plot)
         print(f"plot written to {args.plot}")
@@ -181,7 +182,7 @@ def _attach_fault_costs(results: list[RunResult]) -> list[RunResult]:
 
 # ---------------------------------------------------------------------- serve
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from sim.serve import serve
+    from sim.replay.serve import serve
 
     scenario = load_scenario(args.scenario)
     status: int = serve(
@@ -216,17 +217,6 @@ def _invariant_table(results: list[RunResult]) -> str:
         lines.append(f"{r.scenario[:34]:<34} {r.policy:<8} " + " ".join(cells))
     del short
     return "\n".join(lines)
-
-
-def result_json(r: RunResult) -> dict[str, Any]:
-    return {
-        "scenario": r.scenario,
-        "policy": r.policy,
-        "metrics": r.metrics,
-        "invariants": r.invariants,
-        "first_violation_s": r.report.first_violation_s if r.report else {},
-        "violations": r.report.details if r.report else {},
-    }
 
 
 def _write_json(path: Path, results: list[RunResult]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.settings import ControlSettings
-from sim.params import (
+from sim.plant.params import (
     BATTERY_FAULTS,
     EVENT_KINDS,
     FAULT_KINDS,
@@ -27,7 +27,7 @@ from sim.params import (
     ScenarioBattery,
     Tariff,
 )
-from sim.traces import EventTimeline, Trace, TraceError, load_trace
+from sim.plant.traces import EventTimeline, Trace, TraceError, load_trace
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 DEFAULT_SCENARIO = SCENARIO_DIR / "default.toml"

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from engine.core.meter import P1Reading
 from engine.errors import ConfigError, DeviceResponseError, DeviceUnavailable
-
-_LOGGER = logging.getLogger(__name__)
 
 DATA_PATH = "/api/v1/data"
 DEVICE_PATH = "/api"
@@ -33,21 +30,6 @@ class MeterApiDisabledError(DeviceResponseError):
 # Canonical JSON text of a decoded body. A decoded body cannot be circular, so the circular-
 # reference check (a third of the cost, paid on every poll) is skipped.
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
-
-
-@dataclass(frozen=True, slots=True)
-class P1Reading:
-    """One validated ``/api/v1/data`` answer. Power + = import (the meter's own sign)."""
-
-    active_power_w: float
-    total_power_import_kwh: float | None = None
-    total_power_export_kwh: float | None = None
-    active_power_l1_w: float | None = None
-    active_power_l2_w: float | None = None
-    active_power_l3_w: float | None = None
-    # Canonical text of the whole body: equal bodies give equal fingerprints, so a dongle that
-    # stops updating (same body, counters included) is told apart from a steady load.
-    fingerprint: str = ""
 
 
 def _number(value: object) -> float | None:
@@ -203,62 +185,3 @@ class HomeWizardClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-class MeterTracker:
-    """Availability and freshness of one meter, fed by the poller (sync, no I/O).
-
-    ``updated_s`` moves only when the body changes: a frozen dongle keeps answering 200 with
-    the same body, and only its age gives it away.
-    """
-
-    def __init__(self, name: str = "p1") -> None:
-        self.name = name
-        self._reading: P1Reading | None = None
-        self._updated_s: float | None = None
-        self._polled_s: float | None = None
-        self._online: bool | None = None  # None until the first poll
-
-    def update(self, reading: P1Reading, now_s: float) -> None:
-        """A successful poll at ``now_s``."""
-        if self._reading is None or reading.fingerprint != self._reading.fingerprint:
-            self._updated_s = now_s
-        self._reading = reading
-        self._polled_s = now_s
-        if self._online is False:
-            _LOGGER.info("meter %s is available again", self.name)
-        self._online = True
-
-    def failed(self, now_s: float, error: BaseException | None = None) -> None:
-        """A failed poll at ``now_s``; logs once when the meter goes unavailable."""
-        if self._online is not False:
-            _LOGGER.warning("meter %s is unavailable: %s", self.name, error or "poll failed")
-        self._online = False
-        self._polled_s = now_s
-
-    @property
-    def online(self) -> bool:
-        return self._online is True
-
-    @property
-    def reading(self) -> P1Reading | None:
-        return self._reading
-
-    @property
-    def grid_w(self) -> float | None:
-        """Latest valid ``active_power_w`` (kept while offline; check ``online``/age)."""
-        return None if self._reading is None else self._reading.active_power_w
-
-    @property
-    def updated_s(self) -> float | None:
-        """Clock time at which the body last changed."""
-        return self._updated_s
-
-    @property
-    def polled_s(self) -> float | None:
-        """Clock time of the last poll, successful or not."""
-        return self._polled_s
-
-    def age_s(self, now_s: float) -> float | None:
-        """Seconds since the body last changed; None before the first reading."""
-        return None if self._updated_s is None else now_s - self._updated_s

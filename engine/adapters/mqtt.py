@@ -53,10 +53,10 @@ import aiomqtt
 
 from engine.adapters.ha_discovery import discovery_messages, node_id
 from engine.core.model import MODE_BY_NUMBER, Mode
+from engine.core.status import FleetStatus
 from engine.core.units import battery_power_for_mqtt
 from engine.errors import ConfigError
 from engine.ports import Clock
-from engine.runtime.status import FleetStatus
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.adapters.homewizard import MeterTracker, P1Reading
+from engine.core.meter import Availability, MeterTracker, P1Reading
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policies import Policy
+from engine.core.status import FleetStatus, build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
 from engine.ports import Clock
-from engine.runtime.status import FleetStatus, build_status
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -244,9 +244,11 @@ class Controller:
         try:
             reading = await self.meter.read()
         except DeviceError as err:
-            self.tracker.failed(self.clock.now(), err)
+            if self.tracker.failed(self.clock.now()) is Availability.LOST:
+                _LOGGER.warning("meter %s is unavailable: %s", self.tracker.name, err)
         else:
-            self.tracker.update(reading, self.clock.now())
+            if self.tracker.update(reading, self.clock.now()) is Availability.RETURNED:
+                _LOGGER.info("meter %s is available again", self.tracker.name)
         return self.latency_clock()
 
     async def _read_pv(self) -> None:

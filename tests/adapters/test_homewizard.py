@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,15 +16,14 @@ from hypothesis import strategies as st
 from engine.adapters.homewizard import (
     HomeWizardClient,
     MeterApiDisabledError,
-    MeterTracker,
-    P1Reading,
     normalise_p1_url,
     parse_data,
 )
+from engine.core.meter import MeterTracker, P1Reading
 from engine.errors import ConfigError, DeviceResponseError, DeviceUnavailable
-from sim.meter import KwhMeterModel, P1MeterModel
-from sim.meter_server import MeterServer, start_meter_server
-from sim.params import MeterParams
+from sim.plant.meter import KwhMeterModel, P1MeterModel
+from sim.plant.params import MeterParams
+from sim.servers.homewizard import MeterServer, start_meter_server
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "homewizard"
 DATA_FIXTURES = sorted(
@@ -420,57 +418,3 @@ async def test_pv_kwh_meter_on_its_own_port(clock: _Clock) -> None:
         await srv.stop()
     assert reading.active_power_w == -1800.0
     assert info["product_type"] == "HWE-KWH1"
-
-
-# -- MeterTracker ----------------------------------------------------------------------------
-
-
-def _reading(power_w: float, counter: float = 1.0) -> P1Reading:
-    return parse_data({"active_power_w": power_w, "total_power_import_kwh": counter})
-
-
-def test_tracker_starts_empty() -> None:
-    tracker = MeterTracker()
-    assert not tracker.online
-    assert tracker.grid_w is None
-    assert tracker.updated_s is None
-    assert tracker.age_s(10.0) is None
-
-
-def test_tracker_keeps_updated_s_for_an_identical_body() -> None:
-    tracker = MeterTracker()
-    tracker.update(_reading(100.0), 1.0)
-    tracker.update(_reading(100.0), 2.0)
-    assert tracker.updated_s == 1.0
-    assert tracker.polled_s == 2.0
-    tracker.update(_reading(100.0, counter=1.001), 3.0)  # same power, new body: alive
-    assert tracker.updated_s == 3.0
-
-
-def test_tracker_logs_once_per_availability_change(caplog: pytest.LogCaptureFixture) -> None:
-    tracker = MeterTracker("grid")
-    caplog.set_level(logging.DEBUG, logger="engine.adapters.homewizard")
-    tracker.update(_reading(100.0), 1.0)
-    assert caplog.records == []  # first contact is not a state change worth a line
-    for t in range(2, 7):
-        tracker.failed(float(t), DeviceUnavailable("timeout", device="grid"))
-    assert not tracker.online
-    assert tracker.grid_w == 100.0  # last valid value kept; staleness via updated_s/online
-    down = [r for r in caplog.records if "unavailable" in r.getMessage()]
-    assert len(down) == 1
-    assert "grid" in down[0].getMessage()
-    for t in range(7, 10):
-        tracker.update(_reading(float(t)), float(t))
-    up = [r for r in caplog.records if "available again" in r.getMessage()]
-    assert len(up) == 1
-    assert len(caplog.records) == 2
-    assert tracker.online
-
-
-def test_tracker_logs_unavailable_when_never_reached(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="engine.adapters.homewizard")
-    tracker = MeterTracker()
-    tracker.failed(0.0)
-    tracker.failed(1.0)
-    assert len(caplog.records) == 1
-    assert not tracker.online

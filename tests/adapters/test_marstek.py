@@ -41,10 +41,10 @@ from engine.adapters.marstek_registers import (
 from engine.core.model import BatteryTelemetry
 from engine.errors import ConfigError
 from engine.ports import Clock, LoopClock
-from sim.battery_model import VenusE
-from sim.modbus_server import BatteryServer, start_battery_server
-from sim.params import BatteryParams
-from sim.venus_firmware import VenusFirmware
+from sim.plant.battery import VenusE
+from sim.plant.firmware import VenusFirmware
+from sim.plant.params import BatteryParams
+from sim.servers.modbus import BatteryServer, start_battery_server
 
 # ---------------------------------------------------------------------------------------
 # Pure tests of VenusCommander

@@ -34,9 +34,9 @@ from engine.adapters.mqtt import (
     status_payloads,
 )
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
+from engine.core.status import BatteryStatus, FleetStatus, build_status
 from engine.errors import ConfigError
 from engine.ports import LoopClock
-from engine.runtime.status import BatteryStatus, FleetStatus, build_status
 from tests.mqtt_broker import (
     HOST,
     TEST_PASSWORD,

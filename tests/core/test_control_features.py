@@ -2,7 +2,7 @@
 
 Most tests drive ``MmbcPolicy`` in a tiny closed loop (``Loop``): every battery delivers its
 last command one cycle later, the meter shows the grid of that instant. A few run the real
-plant (``sim.replay``) on a recorded scenario with a feature switched off through
+plant (``sim.replay.inprocess``) on a recorded scenario with a feature switched off through
 ``MMBC_SIM_OVERRIDES``, the hook ``scripts/ablation.py`` uses.
 """
 
@@ -472,7 +472,7 @@ def test_every_feature_can_be_switched_off_safely(feature: str) -> None:
 
 # ---------------------------------------------------------------------- the real plant
 def run(scenario: str, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> dict[str, float]:
-    from sim.replay import run_scenario
+    from sim.replay.inprocess import run_scenario
     from sim.scenario import load_scenario
 
     monkeypatch.setenv("MMBC_SIM_OVERRIDES", json.dumps(overrides))

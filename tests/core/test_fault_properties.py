@@ -4,7 +4,7 @@ A ``RuleBasedStateMachine`` drives ``MmbcPolicy`` in a small closed loop: the ho
 changes, the meter freezes, is lost and returns, batteries go offline, vanish from the
 snapshot, report garbage or stop delivering, SoCs jump to their limits, discharge is blocked,
 the mode changes, and whole cycles fail (the runtime then puts every battery at 0 W without
-the policy). After every cycle ``sim.invariants.InvariantChecker`` judges the plan against
+the policy). After every cycle ``sim.replay.invariants.InvariantChecker`` judges the plan against
 the loop's ground truth, exactly as it does for the simulator's fault scenarios.
 
 Also: the MQTT command parsers take arbitrary bytes and answer a valid value or
@@ -24,7 +24,7 @@ from engine.adapters.mqtt import parse_block_discharge, parse_mode
 from engine.core.model import MODE_BY_NUMBER, BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policy import MmbcPolicy
 from engine.core.settings import BatterySpec, ControlSettings
-from sim.invariants import INVARIANTS, InvariantChecker, Truth
+from sim.replay.invariants import INVARIANTS, InvariantChecker, Truth
 
 NAMES = ("venus-a", "venus-b", "venus-c")
 TOY_TAKEOVER_CYCLES = 5

@@ -16,14 +16,14 @@ from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.marstek import MarstekBattery
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
+from engine.core.status import FleetStatus
 from engine.ports import LoopClock
 from engine.runtime.controller import SAFE_HOLD_STATE, Controller
-from engine.runtime.status import FleetStatus
-from sim.replay import settings_for
+from sim.plant.firmware import VenusFirmware
+from sim.plant.world import PLANT_STEP_S, World
+from sim.replay.inprocess import settings_for
 from sim.scenario import load_scenario
-from sim.servers import WorldServers, start_world_servers
-from sim.venus_firmware import VenusFirmware
-from sim.world import PLANT_STEP_S, World
+from sim.servers.plant import WorldServers, start_world_servers
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 # One battery at 60 % under a 300-500 W night load: the policy discharges it at once.

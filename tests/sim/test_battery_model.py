@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.battery_model import CHARGE_RESUME_HYSTERESIS_PCT, VenusE, interpolate_efficiency
-from sim.params import CHARGE_EFFICIENCY, DISCHARGE_EFFICIENCY, BatteryParams
+from sim.plant.battery import CHARGE_RESUME_HYSTERESIS_PCT, VenusE, interpolate_efficiency
+from sim.plant.params import CHARGE_EFFICIENCY, DISCHARGE_EFFICIENCY, BatteryParams
 
 DEFAULT = BatteryParams()
 # No standby draw and an instant response isolate the efficiency curve in steady-state tests.

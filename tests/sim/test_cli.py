@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from sim.cli import main
-from sim.invariants import INVARIANTS
+from sim.replay.invariants import INVARIANTS
 from sim.scenario import SCENARIO_DIR
-from sim.scoring import METRIC_KEYS
+from sim.scoring.metrics import METRIC_KEYS
 
 KETTLE = SCENARIO_DIR / "kettle.toml"
 FAULT = SCENARIO_DIR / "faults" / "battery_offline.toml"

@@ -12,11 +12,12 @@ import pytest
 from engine.adapters import marstek_registers as reg
 from engine.adapters.marstek import VenusCommander
 from engine.core.model import Plan, Snapshot
-from sim.invariants import INVARIANTS
-from sim.params import FAULT_KINDS, METER_FAULTS
-from sim.replay import RunResult, run_scenario
+from sim.plant.params import FAULT_KINDS, METER_FAULTS
+from sim.plant.world import World
+from sim.replay.inprocess import run_scenario
+from sim.replay.invariants import INVARIANTS
+from sim.replay.result import RunResult
 from sim.scenario import FAULT_SCENARIO_DIR, load_scenario
-from sim.world import World
 
 FAULT_FILES = sorted(FAULT_SCENARIO_DIR.glob("*.toml"))
 

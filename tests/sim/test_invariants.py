@@ -8,7 +8,7 @@ import pytest
 
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import BatterySpec, ControlSettings
-from sim.invariants import (
+from sim.replay.invariants import (
     INVARIANTS,
     REJOIN_BOUND_S,
     InvariantChecker,

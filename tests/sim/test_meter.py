@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.meter import API_DISABLED_BODY, KwhMeterModel, P1MeterModel
-from sim.params import MeterParams
+from sim.plant.meter import API_DISABLED_BODY, KwhMeterModel, P1MeterModel
+from sim.plant.params import MeterParams
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "homewizard"
 QUIET = MeterParams(noise_w=0.0)

@@ -12,10 +12,10 @@ from pymodbus.exceptions import ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
 from engine.adapters import marstek_registers as reg
-from sim.battery_model import VenusE
-from sim.modbus_server import DEFAULT_STALL_S, BatteryServer, start_battery_server
-from sim.params import BatteryParams
-from sim.venus_firmware import VenusFirmware
+from sim.plant.battery import VenusE
+from sim.plant.firmware import VenusFirmware
+from sim.plant.params import BatteryParams
+from sim.servers.modbus import DEFAULT_STALL_S, BatteryServer, start_battery_server
 
 FAST = BatteryParams(dead_time_s=0.0, relay_delay_s=0.0, ramp_w_per_s=math.inf, standby_w=0.0)
 NO_ANSWER_TIMEOUT_S = 0.3

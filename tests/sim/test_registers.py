@@ -7,9 +7,9 @@ import math
 import pytest
 
 from engine.adapters import marstek_registers as reg
-from sim.battery_model import VenusE
-from sim.params import BatteryParams
-from sim.venus_firmware import FirmwareFault, ReadFault, VenusFirmware, WriteFault
+from sim.plant.battery import VenusE
+from sim.plant.firmware import FirmwareFault, ReadFault, VenusFirmware, WriteFault
+from sim.plant.params import BatteryParams
 
 # Hard-coded from the protocol reference, Part 1, section 1.2 (register map) and 1.4 (control).
 EXPECTED_ADDRESSES = {

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.core.settings import ControlSettings
-from sim.params import FAULT_KINDS, Event
+from sim.plant.params import FAULT_KINDS, Event
+from sim.plant.traces import EventTimeline, TraceError, event_power_w, load_trace
 from sim.scenario import (
     DEFAULT_SCENARIO,
     FAULT_SCENARIO_DIR,
@@ -30,7 +31,6 @@ from sim.scenario import (
     parse_scenario,
     resolve_scenario,
 )
-from sim.traces import EventTimeline, TraceError, event_power_w, load_trace
 
 ALL_SCENARIO_FILES = sorted(SCENARIO_DIR.rglob("*.toml"))
 MAIN_FILES = sorted(SCENARIO_DIR.glob("*.toml"))

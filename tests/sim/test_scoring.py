@@ -9,23 +9,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.oracle import (
-    OracleResult,
-    ScoringInputError,
-    interpolate_efficiency,
-    oracle_for_record,
-    simulate_oracle,
-    validate_efficiency_curve,
-)
-from sim.params import CHARGE_EFFICIENCY, DISCHARGE_EFFICIENCY, BatteryParams, Tariff
-from sim.record import RunRecord
-from sim.scoring import (
+from sim.plant.params import CHARGE_EFFICIENCY, DISCHARGE_EFFICIENCY, BatteryParams, Tariff
+from sim.replay.record import RunRecord
+from sim.scoring.metrics import (
     DEFAULT_TABLE_KEYS,
     METRIC_KEYS,
     format_side_by_side,
     format_table,
     score,
     step_responses,
+)
+from sim.scoring.oracle import (
+    OracleResult,
+    ScoringInputError,
+    interpolate_efficiency,
+    oracle_for_record,
+    simulate_oracle,
+    validate_efficiency_curve,
 )
 
 VENUS = BatteryParams()

@@ -10,11 +10,11 @@ import dataclasses
 from pathlib import Path
 
 from engine.adapters import marstek_registers as reg
-from sim.params import BatteryParams, ScenarioBattery
-from sim.replay import settings_for
+from sim.plant.params import BatteryParams, ScenarioBattery
+from sim.plant.world import PLANT_STEP_S, World
+from sim.replay.inprocess import settings_for
+from sim.replay.serve import LIMIT_GRACE_S, RegisterWatch
 from sim.scenario import Scenario, load_scenario
-from sim.serve import LIMIT_GRACE_S, RegisterWatch
-from sim.world import PLANT_STEP_S, World
 
 KETTLE = Path(__file__).resolve().parents[2] / "scenarios" / "kettle.toml"
 

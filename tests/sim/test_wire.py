@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sim.invariants import INVARIANTS
-from sim.replay import run_scenario
+from sim.replay.inprocess import run_scenario
+from sim.replay.invariants import INVARIANTS
+from sim.replay.wire import run_wire
 from sim.scenario import Scenario, load_scenario
-from sim.wire import run_wire
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 

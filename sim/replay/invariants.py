@@ -40,7 +40,7 @@ from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import BatterySpec, ControlSettings
 
 if TYPE_CHECKING:
-    from sim.world import World
+    from sim.plant.world import World
 
 INVARIANTS: tuple[str, ...] = (
     "meter_stale_idles_all",

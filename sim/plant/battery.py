@@ -6,7 +6,7 @@ import math
 from collections import deque
 
 from engine.core.allocate import efficiency
-from sim.params import BatteryParams
+from sim.plant.params import BatteryParams
 
 # Once the firmware has stopped charging at the cut-off it resumes only this far below it, so
 # the standby draw cannot make the battery click between "full" and "charging" every few seconds.

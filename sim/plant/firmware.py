@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 
 from engine.adapters import marstek_registers as reg
-from sim.battery_model import VenusE
+from sim.plant.battery import VenusE
 
 _LOGGER = logging.getLogger(__name__)
 

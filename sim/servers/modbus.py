@@ -24,7 +24,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from sim.venus_firmware import FirmwareFault, VenusFirmware
+from sim.plant.firmware import FirmwareFault, VenusFirmware
 
 _LOGGER = logging.getLogger(__name__)
 

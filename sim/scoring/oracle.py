@@ -29,8 +29,8 @@ from itertools import pairwise
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sim.params import BatteryParams
-    from sim.record import RunRecord
+    from sim.plant.params import BatteryParams
+    from sim.replay.record import RunRecord
 
 EfficiencyCurve = Sequence[tuple[float, float]]
 

@@ -3,7 +3,7 @@
 The policy (engine.core) decides from what the meter and the batteries report; the battery
 driver's logic (engine.adapters.marstek.VenusCommander) and the P1 parser and tracker
 (engine.adapters.homewizard) run exactly as in the daemon, only the transport is a direct
-call into the simulated firmware instead of a socket. ``--wire`` (sim.wire) swaps in the
+call into the simulated firmware instead of a socket. ``--wire`` (sim.replay.wire) swaps in the
 real sockets.
 """
 
@@ -16,37 +16,31 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from engine.adapters.homewizard import MeterTracker, parse_data
+from engine.adapters.homewizard import parse_data
 from engine.adapters.marstek import VenusCommander
+from engine.core.meter import MeterTracker
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError
-from sim.invariants import SHUTDOWN_BUDGET_S, InvariantChecker, InvariantReport, observe_world
-from sim.oracle import simulate_oracle
-from sim.record import RunRecord
+from sim.plant.firmware import VenusFirmware
+from sim.plant.world import PLANT_STEP_S, ErrorInjectingPolicy, World
+from sim.replay.invariants import (
+    SHUTDOWN_BUDGET_S,
+    InvariantChecker,
+    observe_world,
+)
+from sim.replay.record import RunRecord
+from sim.replay.result import RunResult
 from sim.scenario import Scenario
-from sim.scoring import score
-from sim.venus_firmware import VenusFirmware
-from sim.world import PLANT_STEP_S, ErrorInjectingPolicy, World
+from sim.scoring.metrics import score
+from sim.scoring.oracle import simulate_oracle
 
 HTTP_OK = 200
 ProgressFn = Callable[[float, float], None]
 # Sees every cycle after its writes: the world, the snapshot, the plan (None: the cycle failed).
 CycleHook = Callable[["World", Snapshot, "Plan | None"], None]
-
-
-@dataclass
-class RunResult:
-    scenario: str
-    policy: str
-    metrics: dict[str, float]
-    invariants: dict[str, bool]
-    report: InvariantReport
-    record: RunRecord
-    notes: list[str] = field(default_factory=list)
 
 
 OVERRIDES_ENV = "MMBC_SIM_OVERRIDES"  # JSON object of extra ControlSettings overrides
@@ -258,7 +252,7 @@ def check_cycle(
     world: World, checker: InvariantChecker, snap: Snapshot, plan: Plan, period_s: float
 ) -> None:
     """Check one cycle's plan, after its writes, against the world's ground truth (also
-    used by sim.wire)."""
+    used by sim.replay.wire)."""
     checker.cycle(snap, plan, observe_world(world), period_s)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sim.replay import RunResult
+    from sim.replay.result import RunResult
 
 MAX_POINTS = 4000  # decimate long runs: a day at 0.5 s has 172 800 samples
 

@@ -4,7 +4,7 @@ Pure models (no I/O, no clock): the replay harness feeds the true power at every
 ``observe(now_s, power_w)``; the model samples it every ``interval_s`` (the instantaneous value at
 the sample instant, plus Gaussian noise), and a sample becomes visible ``latency_s`` after the
 instant it describes. ``respond_data``/``respond_device`` decide what the HTTP API answers,
-including scripted faults; ``sim.meter_server`` only puts that on the wire.
+including scripted faults; ``sim.servers.homewizard`` only puts that on the wire.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sim.params import MeterParams
+from sim.plant.params import MeterParams
 
 # What the fault-injection layer may switch on (``Fault.kind`` with or without "meter_").
 FAULT_MODES = frozenset({"outage", "http_error", "garbage", "frozen", "api_disabled"})

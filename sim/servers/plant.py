@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from sim.meter_server import MeterServer, start_meter_server
-from sim.modbus_server import DEFAULT_STALL_S, BatteryServer, start_battery_server
-from sim.world import World
+from sim.plant.world import World
+from sim.servers.homewizard import MeterServer, start_meter_server
+from sim.servers.modbus import DEFAULT_STALL_S, BatteryServer, start_battery_server
 
 DEFAULT_UNIT_ID = 1
 

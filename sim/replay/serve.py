@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 
 from engine.core.settings import ControlSettings
-from sim.cli import result_json
-from sim.invariants import INVARIANTS, InvariantReport
-from sim.record import RunRecord
-from sim.replay import RunResult, score_run, settings_for
+from sim.plant.world import PLANT_STEP_S, World
+from sim.replay.inprocess import score_run, settings_for
+from sim.replay.invariants import INVARIANTS, InvariantReport
+from sim.replay.record import RunRecord
+from sim.replay.result import RunResult, result_json
 from sim.scenario import Scenario
-from sim.servers import WorldServers, start_world_servers
-from sim.world import PLANT_STEP_S, World
+from sim.servers.plant import WorldServers, start_world_servers
 
 POLICY = "external"
 SERVED_INVARIANTS = ("limits_respected", "shutdown_safe")

@@ -32,18 +32,18 @@ from engine.core.model import Plan, Snapshot
 from engine.core.policies import make_policy
 from engine.ports import LoopClock
 from engine.runtime.controller import Controller
-from sim.invariants import SHUTDOWN_BUDGET_S, InvariantChecker, observe_world
-from sim.replay import (
+from sim.plant.world import PLANT_STEP_S, ErrorInjectingPolicy, World
+from sim.replay.inprocess import (
     ProgressFn,
-    RunResult,
     check_cycle,
     check_shutdown,
     score_run,
     settings_for,
 )
+from sim.replay.invariants import SHUTDOWN_BUDGET_S, InvariantChecker, observe_world
+from sim.replay.result import RunResult
 from sim.scenario import Scenario
-from sim.servers import WorldServers, start_world_servers
-from sim.world import PLANT_STEP_S, ErrorInjectingPolicy, World
+from sim.servers.plant import WorldServers, start_world_servers
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class _Observer:
 def run_wire(scenario: Scenario, *, progress: ProgressFn | None = None) -> RunResult:
     """Replay ``scenario`` with policy ``mmbc`` through the real engine over loopback sockets.
 
-    Same ``RunResult`` as ``sim.replay.run_scenario``; ``metrics`` also holds
+    Same ``RunResult`` as ``sim.replay.inprocess.run_scenario``; ``metrics`` also holds
     ``cycle_latency_median_ms`` and ``cycle_latency_p99_ms`` (wall clock, see the module
     docstring) and ``cycles``.
     """

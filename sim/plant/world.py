@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 from engine.core.model import Plan, Snapshot
 from engine.core.policies import Policy
-from sim.battery_model import VenusE
-from sim.meter import KwhMeterModel, P1MeterModel
-from sim.params import BATTERY_FAULTS, METER_FAULTS, Fault
-from sim.record import RunRecord
+from sim.plant.battery import VenusE
+from sim.plant.firmware import VenusFirmware
+from sim.plant.meter import KwhMeterModel, P1MeterModel
+from sim.plant.params import BATTERY_FAULTS, METER_FAULTS, Fault
+from sim.plant.traces import EventTimeline, Trace, load_trace
+from sim.replay.record import RunRecord
 from sim.scenario import Scenario
-from sim.traces import EventTimeline, Trace, load_trace
-from sim.venus_firmware import VenusFirmware
 
 PLANT_STEP_S = 0.5
 

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from sim.meter import MeterResponse
+from sim.plant.meter import MeterResponse
 
 _LOGGER = logging.getLogger(__name__)
 

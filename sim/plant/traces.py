@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from sim.params import EVENT_KINDS, Event
+from sim.plant.params import EVENT_KINDS, Event
 
 # A step longer than this many resolutions is a hole in the data; holding across it would
 # replay a value nobody measured.

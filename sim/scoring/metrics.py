@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from operator import le
 from typing import TYPE_CHECKING
 
-from sim.oracle import ScoringInputError
+from sim.scoring.oracle import ScoringInputError
 
 if TYPE_CHECKING:
-    from sim.oracle import OracleResult
-    from sim.params import Tariff
-    from sim.record import RunRecord
+    from sim.plant.params import Tariff
+    from sim.replay.record import RunRecord
+    from sim.scoring.oracle import OracleResult
 
 __all__ = [
     "BAND_W",

@@ -1,0 +1,1 @@
+"""Closed-loop runs of the engine against the plant: in-process, over sockets, in real time."""

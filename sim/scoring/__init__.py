@@ -1,0 +1,1 @@
+"""How well a run kept the meter at zero: the reference, every metric, tables and plots."""

@@ -1,0 +1,1 @@
+"""The plant on the wire: Modbus TCP servers for the batteries, HomeWizard HTTP for the meters."""

@@ -7,6 +7,7 @@ in-process replay and behind the real sockets (``mmbc-sim serve``, ``--wire``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.core.model import Plan, Snapshot
 from engine.core.policies import Policy
@@ -14,9 +15,12 @@ from sim.plant.battery import VenusE
 from sim.plant.firmware import VenusFirmware
 from sim.plant.meter import KwhMeterModel, P1MeterModel
 from sim.plant.params import BATTERY_FAULTS, METER_FAULTS, Fault
+from sim.plant.record import RunRecord
 from sim.plant.traces import EventTimeline, Trace, load_trace
-from sim.replay.record import RunRecord
-from sim.scenario import Scenario
+
+# a scenario describes the plant; it is read, never imported back
+if TYPE_CHECKING:
+    from sim.scenario import Scenario
 
 PLANT_STEP_S = 0.5
 

@@ -25,13 +25,13 @@ from engine.core.policies import Policy, make_policy
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError
 from sim.plant.firmware import VenusFirmware
+from sim.plant.record import RunRecord
 from sim.plant.world import PLANT_STEP_S, ErrorInjectingPolicy, World
 from sim.replay.invariants import (
     SHUTDOWN_BUDGET_S,
     InvariantChecker,
     observe_world,
 )
-from sim.replay.record import RunRecord
 from sim.replay.result import RunResult
 from sim.scenario import Scenario
 from sim.scoring.metrics import score

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sim.plant.record import RunRecord
 from sim.replay.invariants import InvariantReport
-from sim.replay.record import RunRecord
 
 
 @dataclass

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 from engine.core.settings import ControlSettings
+from sim.plant.record import RunRecord
 from sim.plant.world import PLANT_STEP_S, World
 from sim.replay.inprocess import score_run, settings_for
 from sim.replay.invariants import INVARIANTS, InvariantReport
-from sim.replay.record import RunRecord
 from sim.replay.result import RunResult, result_json
 from sim.scenario import Scenario
 from sim.servers.plant import WorldServers, start_world_servers

@@ -41,7 +41,7 @@ from sim.scoring.oracle import ScoringInputError
 
 if TYPE_CHECKING:
     from sim.plant.params import Tariff
-    from sim.replay.record import RunRecord
+    from sim.plant.record import RunRecord
     from sim.scoring.oracle import OracleResult
 
 __all__ = [

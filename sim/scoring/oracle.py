@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sim.plant.params import BatteryParams
-    from sim.replay.record import RunRecord
+    from sim.plant.record import RunRecord
 
 EfficiencyCurve = Sequence[tuple[float, float]]
 

@@ -1049,7 +1049,7 @@ async def test_an_unexpected_session_error_is_logged_and_the_bridge_reconnects(
 ) -> None:
     bridge = make_bridge(make_settings(broker))
     real_session = bridge._session
-    failures = []
+    failures: list[int] = []
 
     def session_failing_once() -> Any:
         if not failures:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.plant.params import CHARGE_EFFICIENCY, DISCHARGE_EFFICIENCY, BatteryParams, Tariff
-from sim.replay.record import RunRecord
+from sim.plant.record import RunRecord
 from sim.scoring.metrics import (
     DEFAULT_TABLE_KEYS,
     METRIC_KEYS,

@@ -15,19 +15,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine.core.events import SafeHoldCause, SafeHoldEntered
 from engine.core.meter import Availability, MeterTracker, P1Reading
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policies import Policy
+from engine.core.states import FleetState
 from engine.core.status import FleetStatus, build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
 from engine.ports import Clock
+from engine.runtime.event_log import describe, level
 
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 4.5  # SIGTERM → every battery at 0 W and released within 5 s
-SAFE_HOLD_STATE = "safe_hold"
-INTERNAL_ERROR_REASON = "internal error: every battery to 0 W"
 
 
 class MeterSource(Protocol):
@@ -86,9 +87,9 @@ class CycleStats:
 def _safe_plan(names: Sequence[str]) -> Plan:
     return Plan(
         setpoints=dict.fromkeys(names, 0),
-        fleet_state=SAFE_HOLD_STATE,
+        fleet_state=FleetState.SAFE_HOLD,
         battery_states={},
-        reasons=(INTERNAL_ERROR_REASON,),
+        events=(SafeHoldEntered(SafeHoldCause.INTERNAL_ERROR),),
         safe_hold=True,
     )
 
@@ -183,8 +184,8 @@ class Controller:
         self._error_logged = False
         self.last_plan = plan
         self.last_snapshot = snap
-        for reason in plan.reasons:
-            _LOGGER.info("%s", reason)
+        for event in plan.events:
+            _LOGGER.log(level(event), "%s", describe(event))
         self._report(snap, plan)
         return plan
 

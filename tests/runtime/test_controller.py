@@ -126,7 +126,7 @@ async def rig(*, policy: Policy | None = None, dry_run: bool = False) -> AsyncIt
             meter=meter,
             batteries=batteries,
             dry_run=dry_run,
-            sink=recorder,
+            sinks=[recorder],
             observer=recorder,
         )
         try:

@@ -199,7 +199,7 @@ async def run(config: EngineSettings, *, dry_run: bool) -> int:
     mqtt = config.mqtt
     bridge = _make_bridge(config, mqtt, controller, clock) if mqtt is not None else None
     if bridge is not None:
-        controller.sink = bridge
+        controller.sinks.append(bridge)
     _LOGGER.info(
         "mmbc-engine %s: policy %s, %d batteries, meter %s, MQTT %s%s",
         __version__,

@@ -12,9 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from engine.core.meter import P1Reading
-from engine.errors import ConfigError, DeviceResponseError, DeviceUnavailable
+from engine.errors import DeviceResponseError, DeviceUnavailable
 
-DATA_PATH = "/api/v1/data"
 DEVICE_PATH = "/api"
 # A P1 body is ~1 kB; anything far larger is not a meter talking.
 _MAX_BODY_BYTES = 256 * 1024
@@ -83,31 +82,6 @@ def parse_data(body: object, *, device: str = "p1") -> P1Reading:
     )
 
 
-def normalise_p1_url(value: str, *, key: str = "P1_API_URL") -> str:
-    """``192.168.1.5``, ``host:8080`` or ``http://host`` -> ``http://host/api/v1/data``.
-
-    A URL with a path other than ``/`` or ``/api`` is kept as given (a proxy, a full URL).
-    """
-    text = value.strip()
-    if not text:
-        raise ConfigError(key, "empty; give the meter's IP address or its /api/v1/data URL")
-    if "://" not in text:
-        text = f"http://{text}"
-    parts = urlsplit(text)
-    if parts.scheme not in {"http", "https"}:
-        raise ConfigError(key, f"scheme {parts.scheme!r} is not http or https")
-    try:
-        _ = parts.port  # raises on a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise ConfigError(key, f"bad port in {value!r}") from exc
-    if not parts.hostname:
-        raise ConfigError(key, f"no host in {value!r}")
-    path = parts.path.rstrip("/")
-    if path in {"", DEVICE_PATH}:
-        path = DATA_PATH
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
 class HomeWizardClient:
     """Reads one meter. Errors are translated here: DeviceUnavailable / DeviceResponseError."""
 
@@ -119,7 +93,7 @@ class HomeWizardClient:
         session: aiohttp.ClientSession | None = None,
         name: str = "p1",
     ) -> None:
-        self.url = normalise_p1_url(url)
+        self.url = url  # a ready data URL (engine.settings builds it from what the user wrote)
         self.name = name
         self._timeout_s = timeout_s
         self._session = session

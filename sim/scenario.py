@@ -309,7 +309,8 @@ def _build(doc: _Document, path: Path) -> Scenario:
     for i, fault in enumerate(doc.fault, start=1):
         before_end(f"fault[{i}].at_s", fault.at_s)
         if fault.battery is not None and not 1 <= fault.battery <= n:
-            problem = f"{fault.battery} is out of range (the scenario has {n} batteries)"
+            has = f"{n} batteries" if n > 1 else "1 battery"
+            problem = f"{fault.battery} is out of range (the scenario has {has})"
             problems.append((f"fault[{i}].battery", problem))
     for i, block in enumerate(doc.block, start=1):
         before_end(f"block[{i}].at_s", block.at_s)

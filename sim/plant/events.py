@@ -33,7 +33,7 @@ class EventKind(StrEnum):
 
 @with_config(TABLE_CONFIG)
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Span:
+class EventBase:
     """What every event has: where it starts, how strong, how long; a label for plots."""
 
     kind: EventKind
@@ -50,7 +50,7 @@ class _Span:
 
 @with_config(TABLE_CONFIG)
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LoadStep(_Span):
+class LoadStep(EventBase):
     """A constant ``power_w`` for ``duration_s`` (kettle, dishwasher heater, EV without ramp)."""
 
     kind: Literal[EventKind.LOAD_STEP] = EventKind.LOAD_STEP
@@ -61,7 +61,7 @@ class LoadStep(_Span):
 
 @with_config(TABLE_CONFIG)
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Pulse(_Span):
+class Pulse(EventBase):
     """``power_w`` on for ``on_s``, off for ``off_s``, repeated exactly, starting on."""
 
     kind: Literal[EventKind.PULSE] = EventKind.PULSE
@@ -77,7 +77,7 @@ class Pulse(_Span):
 
 @with_config(TABLE_CONFIG)
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Ramp(_Span):
+class Ramp(EventBase):
     """Linear 0 -> ``power_w`` over the first ``ramp_s``, held, back to 0 over the last."""
 
     kind: Literal[EventKind.RAMP] = EventKind.RAMP
@@ -103,7 +103,7 @@ class Ramp(_Span):
 
 @with_config(TABLE_CONFIG)
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Cycling(_Span):
+class Cycling(EventBase):
     """An element its own controller switches: on for ``duty`` of every cycle, starting on.
 
     Each cycle lasts ``period_s`` plus a jitter drawn uniformly from ``±jitter_s`` (its on time
@@ -134,7 +134,7 @@ class Cycling(_Span):
 
 @with_config(TABLE_CONFIG)
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Surge(_Span):
+class Surge(EventBase):
     """A motor or compressor start: ``surge_w`` for the first ``surge_s``, then ``power_w``."""
 
     kind: Literal[EventKind.SURGE] = EventKind.SURGE
@@ -155,7 +155,7 @@ class Surge(_Span):
 
 
 Event = Annotated[LoadStep | Pulse | Ramp | Cycling | Surge, Field(discriminator="kind")]
-EVENT_TYPES: dict[EventKind, type[_Span]] = {
+EVENT_TYPES: dict[EventKind, type[EventBase]] = {
     EventKind.LOAD_STEP: LoadStep,
     EventKind.PULSE: Pulse,
     EventKind.RAMP: Ramp,

@@ -948,7 +948,18 @@ _TOML_SCALARS = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
-    st.sampled_from(["trace.csv", "load_step", "pulse", "ramp", "battery_offline", "meter_outage"]),
+    st.sampled_from(
+        [
+            "trace.csv",
+            "load_step",
+            "pulse",
+            "ramp",
+            "cycling",
+            "surge",
+            "battery_offline",
+            "meter_outage",
+        ]
+    ),
     st.dates(),
 )
 _KEYS = st.sampled_from(
@@ -980,6 +991,12 @@ _KEYS = st.sampled_from(
         "on_s",
         "off_s",
         "ramp_s",
+        "period_s",
+        "duty",
+        "jitter_s",
+        "surge_w",
+        "surge_s",
+        "max_gap_s",
         "battery",
         "enabled",
         "interval_s",
@@ -1005,6 +1022,14 @@ kind = "ramp"
 power_w = 100
 duration_s = 60
 ramp_s = 5
+[[event]]
+at_s = 2
+kind = "cycling"
+power_w = 1500
+duration_s = 60
+period_s = 10
+duty = 0.5
+jitter_s = 1
 [[fault]]
 at_s = 1
 kind = "battery_stall"

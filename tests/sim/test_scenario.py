@@ -29,7 +29,7 @@ from sim.plant.events import (
     Surge,
     cycle_edges,
 )
-from sim.plant.params import FAULT_KINDS
+from sim.plant.params import FAULT_KINDS, FaultKind
 from sim.plant.traces import TraceError, load_trace
 from sim.plant.world import World
 from sim.scenario import (
@@ -106,8 +106,8 @@ def test_shipped_set_covers_the_issue() -> None:
         assert 30 * 60 <= s.duration_s <= 60 * 60
     combined = [s for s in faults if len(s.faults) > 1]
     assert {frozenset(f.kind for f in s.faults) for s in combined} >= {
-        frozenset({"meter_outage", "battery_offline"}),
-        frozenset({"broker_restart", "battery_reboot"}),
+        frozenset({FaultKind.METER_OUTAGE, FaultKind.BATTERY_OFFLINE}),
+        frozenset({FaultKind.BROKER_RESTART, FaultKind.BATTERY_REBOOT}),
     }
 
     long = load_scenarios([LONG_SCENARIO_DIR])

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+from sim.plant.params import FaultKind
 from sim.plant.world import World
 from sim.servers.homewizard import MeterServer, start_meter_server
 from sim.servers.modbus import DEFAULT_STALL_S, BatteryServer, start_battery_server
@@ -32,7 +33,7 @@ class WorldServers:
     batteries: list[BatteryServer]
     unit_id: int = DEFAULT_UNIT_ID
     # The transport fault last applied per battery (1-based index), so changes are acted on once.
-    _applied: dict[int, str | None] = field(default_factory=dict)
+    _applied: dict[int, FaultKind | None] = field(default_factory=dict)
 
     @property
     def p1_url(self) -> str:
@@ -49,9 +50,9 @@ class WorldServers:
             if self._applied.get(index, None) == kind:
                 continue
             self._applied[index] = kind
-            server.stall_s = DEFAULT_STALL_S if kind == "battery_stall" else 0.0
-            server.exception_mode = kind == "battery_exception"
-            await server.set_offline(kind == "battery_offline")
+            server.stall_s = DEFAULT_STALL_S if kind == FaultKind.BATTERY_STALL else 0.0
+            server.exception_mode = kind == FaultKind.BATTERY_EXCEPTION
+            await server.set_offline(kind == FaultKind.BATTERY_OFFLINE)
 
     def env(self) -> dict[str, str]:
         """The engine's configuration for these endpoints, as ``.env`` variables."""

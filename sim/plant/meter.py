@@ -256,16 +256,18 @@ class _SampledMeter(ABC):
         """What ``GET /api/v1/data`` answers at ``now_s``; None = no answer (outage)."""
         return self._respond(now_s, _V1)
 
-    def respond_measurement(self, now_s: float) -> MeterResponse | None:
+    def respond_measurement(self, now_s: float, *, pushed: bool = False) -> MeterResponse | None:
         """What API v2's ``GET /api/measurement`` answers at ``now_s``; None = no answer.
 
         The same faults as v1, but ``api_disabled`` (v1's 403) becomes v2's 401: v2 cannot be
-        switched off, only the token withdrawn.
+        switched off, only the token withdrawn. ``pushed``: the body is for the websocket
+        push, not a request (``data_requests`` counts requests only).
         """
-        return self._respond(now_s, _V2)
+        return self._respond(now_s, _V2, count=not pushed)
 
-    def _respond(self, now_s: float, api: str) -> MeterResponse | None:
-        self.data_requests += 1
+    def _respond(self, now_s: float, api: str, *, count: bool = True) -> MeterResponse | None:
+        if count:
+            self.data_requests += 1
         if self._fault == "outage":
             return None
         if self._fault == "http_error":

@@ -466,4 +466,3 @@ class MeterFollower:
         )
         self.current = moved
         return moved
-

@@ -9,6 +9,7 @@ there never leaves the machine.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -102,8 +103,13 @@ class MdnsAdvertiser:
         if device.serial in self._infos:
             await self.withdraw(device.serial)
         infos = device.services()
-        for info in infos:
+        # Each call returns an awaitable that completes once the announcements have gone
+        # out; both services probe and announce at the same time.
+        sent = [
             await self._zeroconf.async_register_service(info, allow_name_change=False)
+            for info in infos
+        ]
+        await asyncio.gather(*sent)
         self._devices[device.serial] = device
         self._infos[device.serial] = infos
 
@@ -126,15 +132,15 @@ class MdnsAdvertiser:
             v2_port=before.v2_port if v2_port is None else v2_port,
         )
         infos = device.services()
-        for info in infos:
-            await self._zeroconf.async_update_service(info)
+        await asyncio.gather(*[await self._zeroconf.async_update_service(i) for i in infos])
         self._devices[serial] = device
         self._infos[serial] = infos
         return device
 
     async def withdraw(self, serial: str) -> None:
-        for info in self._infos.pop(serial, []):
-            await self._zeroconf.async_unregister_service(info)
+        infos = self._infos.pop(serial, [])
+        # Completes once the goodbyes have gone out.
+        await asyncio.gather(*[await self._zeroconf.async_unregister_service(i) for i in infos])
         self._devices.pop(serial, None)
 
     async def stop(self) -> None:

@@ -122,7 +122,7 @@ class MeasurementStream:
         loop = asyncio.get_running_loop()
         ws = await self._connect()
         try:
-            await ws.send_json({"type": "subscribe", "data": MEASUREMENT_TOPIC})
+            await self._send(ws, {"type": "subscribe", "data": MEASUREMENT_TOPIC})
             while True:
                 try:
                     async with asyncio.timeout(self.idle_timeout_s):
@@ -130,6 +130,9 @@ class MeasurementStream:
                 except TimeoutError:
                     msg = f"{client.name}: nothing pushed for {self.idle_timeout_s:g} s"
                     raise DeviceUnavailable(msg, device=client.name) from None
+                except (aiohttp.ClientError, OSError) as exc:
+                    msg = f"{client.name}: push socket failed: {exc!r}"
+                    raise DeviceUnavailable(msg, device=client.name) from exc
                 received_s = loop.time()
                 if message.type in {
                     aiohttp.WSMsgType.CLOSE,
@@ -149,6 +152,13 @@ class MeasurementStream:
             self.connected = False
             with contextlib.suppress(Exception):  # closing is best effort
                 await ws.close()
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, object]) -> None:
+        try:
+            await ws.send_json(frame)
+        except (aiohttp.ClientError, OSError) as exc:  # the socket closed under us
+            msg = f"{self.client.name}: cannot write to the push socket: {exc!r}"
+            raise DeviceUnavailable(msg, device=self.client.name) from exc
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         """Open the socket and authorise, within ``connect_timeout_s``."""

@@ -162,7 +162,7 @@ async def run(config: EngineConfig, *, dry_run: bool) -> int:
     )
     bridge = _make_bridge(config, controller, clock) if config.mqtt is not None else None
     if bridge is not None:
-        controller.sink = bridge
+        controller.sinks.append(bridge)
     _LOGGER.info(
         "mmbc-engine %s: policy %s, %d batteries, meter %s, MQTT %s%s",
         __version__,

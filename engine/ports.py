@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from engine.core.meter import P1Reading
+from engine.core.model import BatteryTelemetry, Plan, Snapshot
+from engine.core.status import FleetStatus
+
 
 class Clock(Protocol):
     """Time as the engine sees it: monotonic seconds and sleeping on the same timeline."""
@@ -25,3 +29,35 @@ class LoopClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+class MeterSource(Protocol):
+    async def read(self) -> P1Reading: ...
+
+
+class BatteryLink(Protocol):
+    """One battery as the loop drives it (``engine.adapters.marstek.MarstekBattery``).
+
+    Device trouble never raises: ``read`` reports ``online=False``, ``apply``/``release``
+    return False.
+    """
+
+    name: str
+
+    async def read(self, now_s: float | None = None) -> BatteryTelemetry: ...
+
+    async def apply(self, power_w: int) -> bool: ...
+
+    async def release(self) -> bool: ...
+
+
+class StatusSink(Protocol):
+    def publish(self, status: FleetStatus) -> None: ...
+
+
+class CycleObserver(Protocol):
+    """Sees every cycle (the simulator checks its invariants here); must not raise."""
+
+    def cycle_done(self, snap: Snapshot, plan: Plan) -> None: ...
+
+    def cycle_failed(self, now_s: float, detail: str) -> None: ...

@@ -14,8 +14,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from engine.core.battery_fsm import BATTERY_TRANSITIONS, BatteryFsm, BatteryState
-from engine.core.fleet_fsm import FLEET_TRANSITIONS, FleetFsm, FleetState
+from engine.core.battery_fsm import BATTERY_TRANSITIONS, BatteryFsm
+from engine.core.fleet_fsm import FLEET_TRANSITIONS, FleetFsm
+from engine.core.states import BatteryState, FleetState
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "state-machines.md"
 

@@ -244,6 +244,8 @@ def status_payloads(status: FleetStatus, *, has_pv: bool) -> dict[str, str]:
     put("status/discharge_total_wh", status.discharge_total_wh, format_unsigned)
     out[DISCHARGE_BLOCKED_STATUS] = format_bool(status.discharge_blocked)
     out[MODE_STATUS] = status.mode.value
+    if status.fleet_state is not None:
+        out["status/fleet_state"] = status.fleet_state.value
     if status.quality is not None:
         out["status/control_quality"] = status.quality
     put("status/grid_rms_w", status.grid_rms_w, format_watts)
@@ -251,7 +253,8 @@ def status_payloads(status: FleetStatus, *, has_pv: bool) -> dict[str, str]:
         base = f"battery/{battery.index}"
         put(f"{base}/soc", battery.soc_pct, format_soc)
         put(f"{base}/power", battery.power_w, format_battery_power)
-        out[f"{base}/state"] = battery.state
+        if battery.state is not None:
+            out[f"{base}/state"] = battery.state.value
         out[f"{base}/online"] = format_bool(battery.online)
     return out
 

@@ -7,20 +7,11 @@ battery, discharging an empty or blocked one), so a bug upstream cannot become a
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any, Final
 
 from transitions import Machine
 
-
-class BatteryState(StrEnum):
-    IDLE = "idle"
-    CHARGING = "charging"
-    DISCHARGING = "discharging"
-    BLOCKED = "blocked"  # would discharge, but discharge is blocked (MQTT or hold mode)
-    INELIGIBLE = "ineligible"  # SoC limit reached, or excluded for not following
-    UNAVAILABLE = "unavailable"  # offline, stalled or reporting garbage: gets no command
-
+from engine.core.states import BatteryState
 
 _ANY_AVAILABLE: Final = [
     BatteryState.IDLE,

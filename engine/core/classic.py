@@ -14,9 +14,10 @@ SoC eligibility of upstream are honoured.
 from __future__ import annotations
 
 from engine.core.battery_fsm import BatteryFsm
-from engine.core.fleet_fsm import FleetFsm, FleetState
+from engine.core.fleet_fsm import FleetFsm
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.settings import ControlSettings
+from engine.core.states import FleetState
 
 CLASSIC_PERIOD_S = 3.0
 CLASSIC_DEADBAND_W = 30
@@ -106,7 +107,7 @@ class ClassicPolicy:
     def _plan(self, setpoints: dict[str, int], release: tuple[str, ...] = ()) -> Plan:
         return Plan(
             setpoints=setpoints,
-            fleet_state=self.fleet.state.value,
-            battery_states={n: f.state.value for n, f in self._fsms.items()},
+            fleet_state=self.fleet.state,
+            battery_states={n: f.state for n, f in self._fsms.items()},
             release=release,
         )

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Final
 
 from transitions import Machine
 
 from engine.core.model import Mode
-
-
-class FleetState(StrEnum):
-    STARTING = "starting"  # no valid meter reading yet
-    NORMAL = "normal"  # keep the meter at zero
-    HOLD = "hold"  # keep the meter at zero, but never discharge
-    CHARGE = "charge"  # force-charge every battery
-    SELFCONTROL = "selfcontrol"  # batteries released to their own logic
-    SAFE_HOLD = "safe_hold"  # meter stale or an internal error: every battery at 0 W
-
+from engine.core.states import FleetState
 
 _MODES: Final = [
     FleetState.STARTING,

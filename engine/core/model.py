@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from engine.core.events import DecisionEvent
+from engine.core.states import BatteryState, FleetState
+
 
 class Mode(StrEnum):
     """The fleet's operating mode, as set over MQTT (``control/mode``)."""
@@ -65,9 +68,9 @@ class Plan:
     """
 
     setpoints: dict[str, int]
-    fleet_state: str
-    battery_states: dict[str, str]
-    reasons: tuple[str, ...] = ()
+    fleet_state: FleetState
+    battery_states: dict[str, BatteryState]
+    events: tuple[DecisionEvent, ...] = ()
     safe_hold: bool = False
     release: tuple[str, ...] = ()
     quality: str | None = None  # control-quality verdict, when the policy computes one

@@ -36,7 +36,7 @@ from engine.core.allocate import (
     priority_order,
     split_proportional,
 )
-from engine.core.battery_fsm import BatteryFsm, BatteryState
+from engine.core.battery_fsm import BatteryFsm
 from engine.core.estimator import (
     MeterCadence,
     NetDemandFilter,
@@ -44,10 +44,27 @@ from engine.core.estimator import (
     PulsePredictor,
     ResponseTimer,
 )
-from engine.core.fleet_fsm import FleetFsm, FleetState
+from engine.core.events import (
+    BatteryLost,
+    BatteryReturned,
+    CutoffCleared,
+    CutoffReached,
+    DecisionEvent,
+    Direction,
+    Excluded,
+    ExclusionEnded,
+    HandoverEnded,
+    HandoverStarted,
+    LeaderChanged,
+    SafeHoldCause,
+    SafeHoldEntered,
+    SafeHoldLeft,
+)
+from engine.core.fleet_fsm import FleetFsm
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.quality import Quality, QualityMonitor
 from engine.core.settings import BatterySpec, ControlSettings
+from engine.core.states import BatteryState, FleetState
 
 KEEPALIVE_W = 1  # "1 W keeps the battery idle with its relay engaged" (HBC, peer survey)
 FOLLOW_SETTLE_S = 8.0  # dead time + relay delay + ramp, with margin
@@ -146,7 +163,7 @@ class MmbcPolicy:
     # ------------------------------------------------------------------ the cycle
     def decide(self, snap: Snapshot) -> Plan:
         now = snap.now_s
-        reasons: list[str] = []
+        events: list[DecisionEvent] = []
         if now - self._last_cycle_s > 1.5 * self.period_s:
             # Cycles were skipped (the runtime failed safe and put every battery at 0 W):
             # the batteries do not hold what we last commanded and the power history has a
@@ -157,7 +174,7 @@ class MmbcPolicy:
             self._history = PowerHistory()
             self._filter.reset()
         self._last_cycle_s = now
-        self._sync_batteries(snap, reasons)
+        self._sync_batteries(snap, events)
         usable = [t for t in self._tracks.values() if t.fsm.available]
         parts = {t.spec.name: t.telemetry.power_w or 0.0 for t in usable if t.telemetry is not None}
         self._history.add(now, parts)
@@ -165,11 +182,11 @@ class MmbcPolicy:
         new_reading = self._cadence.observe(snap.meter_updated_s)
 
         if snap.mode is Mode.SELFCONTROL:
-            self.fleet.apply_mode(snap.mode, discharge_blocked=snap.discharge_blocked)
+            self._apply_mode(snap, events)
             for t in usable:
                 t.fsm.follow(0)
                 t.command_w = 0
-            return self._plan({}, reasons, release=tuple(t.spec.name for t in usable))
+            return self._plan({}, events, release=tuple(t.spec.name for t in usable))
 
         stale_limit = self._cadence.stale_limit_s(self.settings.stale_after_s)
         if (
@@ -177,24 +194,30 @@ class MmbcPolicy:
             or snap.meter_updated_s is None
             or now - snap.meter_updated_s > stale_limit
         ):
-            return self._safe_hold(snap, usable, reasons, "meter stale: every battery at 0 W")
+            return self._safe_hold(snap, usable, events, SafeHoldCause.METER_STALE)
 
-        self.fleet.apply_mode(snap.mode, discharge_blocked=snap.discharge_blocked)
+        self._apply_mode(snap, events)
         if new_reading:
             self._quality.add(now, snap.grid_w - self.settings.grid_target_w)
 
         if self.fleet.state is FleetState.CHARGE:
             setpoints = self._force_charge(usable, now)
-            return self._plan(setpoints, reasons)
+            return self._plan(setpoints, events)
 
         if new_reading:
             self._update_target(snap)
         self._anticipate(now, usable)
-        setpoints = self._allocate(now, usable, snap.discharge_blocked, reasons)
-        return self._plan(setpoints, reasons)
+        setpoints = self._allocate(now, usable, snap.discharge_blocked, events)
+        return self._plan(setpoints, events)
+
+    def _apply_mode(self, snap: Snapshot, events: list[DecisionEvent]) -> None:
+        was_safe = self.fleet.state is FleetState.SAFE_HOLD
+        self.fleet.apply_mode(snap.mode, discharge_blocked=snap.discharge_blocked)
+        if was_safe:
+            events.append(SafeHoldLeft(SafeHoldCause.METER_STALE))
 
     # ------------------------------------------------------------------ health
-    def _sync_batteries(self, snap: Snapshot, reasons: list[str]) -> None:
+    def _sync_batteries(self, snap: Snapshot, events: list[DecisionEvent]) -> None:
         now = snap.now_s
         seen = {t.name: t for t in snap.batteries}
         for name, track in self._tracks.items():
@@ -205,21 +228,24 @@ class MmbcPolicy:
             if tel is None or not healthy(tel):
                 if fsm.available:
                     fsm.lose()
-                    reasons.append(f"{name} unavailable: no valid reading")
+                    events.append(BatteryLost(name))
                 track.command_w = 0
                 track.misses = 0
                 continue
             if not fsm.available:
                 fsm.recover()
-                reasons.append(f"{name} available again")
+                events.append(BatteryReturned(name))
                 track.command_w = 0
                 track.command_since_s = now
             fsm.soc_pct = tel.soc_pct
-            self._check_following(track, tel, now, reasons)
-            self._check_cutoff(track, tel)
+            if track.excluded_until_s != float("-inf") and now >= track.excluded_until_s:
+                track.excluded_until_s = float("-inf")
+                events.append(ExclusionEnded(name))
+            self._check_following(track, tel, now, events)
+            self._check_cutoff(track, tel, events)
 
     def _check_following(
-        self, track: _BatteryTrack, tel: BatteryTelemetry, now: float, reasons: list[str]
+        self, track: _BatteryTrack, tel: BatteryTelemetry, now: float, events: list[DecisionEvent]
     ) -> None:
         """Battery acknowledges but does not deliver: exclude it for a while (logged once)."""
         cmd = track.command_w
@@ -239,14 +265,15 @@ class MmbcPolicy:
             if track.misses >= self.settings.not_following_cycles:
                 track.excluded_until_s = now + self.settings.not_following_exclude_s
                 track.misses = 0
-                reasons.append(
-                    f"{track.spec.name} excluded for {self.settings.not_following_exclude_s:.0f} s:"
-                    f" delivers {tel.power_w:.0f} W of {cmd} W commanded"
+                events.append(
+                    Excluded(track.spec.name, track.excluded_until_s, tel.power_w or 0.0, cmd)
                 )
         else:
             track.misses = 0
 
-    def _check_cutoff(self, track: _BatteryTrack, tel: BatteryTelemetry) -> None:
+    def _check_cutoff(
+        self, track: _BatteryTrack, tel: BatteryTelemetry, events: list[DecisionEvent]
+    ) -> None:
         """Near a SoC limit, a battery that delivers nothing has reached its firmware cut-off.
 
         The firmware's own cut-off (e.g. 12 % or an older unit's 20 %) need not match the
@@ -258,6 +285,7 @@ class MmbcPolicy:
             abs(soc - track.cutoff_soc_pct) >= 1.0 or track.cutoff_direction != track.last_direction
         ):
             track.cutoff_direction = 0
+            events.append(CutoffCleared(track.spec.name))
         cmd = track.command_w
         direction = 1 if cmd > 0 else -1 if cmd < 0 else 0
         near_limit = (direction > 0 and soc <= self.settings.min_soc_pct + CUTOFF_MARGIN_PCT) or (
@@ -270,27 +298,32 @@ class MmbcPolicy:
                 track.cutoff_direction = direction
                 track.cutoff_soc_pct = soc
                 track.stalled_cycles = 0
+                events.append(CutoffReached(track.spec.name, Direction(direction), soc))
         else:
             track.stalled_cycles = 0
 
     # ------------------------------------------------------------------ safety
     def _safe_hold(
-        self, snap: Snapshot, usable: list[_BatteryTrack], reasons: list[str], why: str
+        self,
+        snap: Snapshot,
+        usable: list[_BatteryTrack],
+        events: list[DecisionEvent],
+        cause: SafeHoldCause,
     ) -> Plan:
         if self.fleet.state is not FleetState.SAFE_HOLD:
-            reasons.append(why)
+            events.append(SafeHoldEntered(cause))
         self.fleet.enter_safe_hold()
         self._filter.reset()
         self._predictor.forget()
         self._mem.target_w = 0.0
         self._mem.demand_w = 0.0
-        self._mem.handover = None
+        self._end_handover(events, completed=False)
         setpoints: dict[str, int] = {}
         for t in usable:
             t.fsm.follow(0)
             self._set_command(t, 0, snap.now_s)
             setpoints[t.spec.name] = 0
-        return self._plan(setpoints, reasons, safe=True)
+        return self._plan(setpoints, events, safe=True)
 
     def _force_charge(self, usable: list[_BatteryTrack], now: float) -> dict[str, int]:
         setpoints: dict[str, int] = {}
@@ -387,7 +420,7 @@ class MmbcPolicy:
         return want
 
     def _allocate(
-        self, now: float, usable: list[_BatteryTrack], blocked: bool, reasons: list[str]
+        self, now: float, usable: list[_BatteryTrack], blocked: bool, events: list[DecisionEvent]
     ) -> dict[str, int]:
         s = self.settings
         mem = self._mem
@@ -405,7 +438,7 @@ class MmbcPolicy:
             magnitude = abs(target)
             if direction < 0 and s.feature_charge_taper:
                 candidates = self._relax_taper(candidates, magnitude)
-            order = self._select(now, candidates, direction, reasons)
+            order = self._select(now, candidates, direction, events)
             by_name = {c.name: c for c in candidates}
             ordered = [by_name[n] for n in order]
             threshold = s.split_threshold_w
@@ -413,20 +446,20 @@ class MmbcPolicy:
                 threshold -= s.split_hysteresis_w
             mem.split = magnitude > threshold and len(ordered) > 1
             if mem.split:
-                mem.handover = None
+                self._end_handover(events, completed=False)
                 members = self._active_members(magnitude, ordered, direction)
                 setpoints = self._split(magnitude, members, direction)
             else:
                 mem.active_n = 1
                 mem.split_w = {}
-                ordered, wake = self._handover(now, ordered)
+                ordered, wake = self._handover(now, ordered, events)
                 setpoints = fill_in_order(magnitude, ordered)
             setpoints = {n: direction * p for n, p in setpoints.items()}
             mem.last_direction = direction
         else:
             mem.split = False
             mem.split_w = {}
-            mem.handover = None
+            self._end_handover(events, completed=False)
 
         wants_blocked_discharge = target > s.idle_band_w and (
             blocked or self.fleet.state is FleetState.HOLD
@@ -496,7 +529,7 @@ class MmbcPolicy:
         ]
 
     def _select(
-        self, now: float, candidates: list[Candidate], direction: int, reasons: list[str]
+        self, now: float, candidates: list[Candidate], direction: int, events: list[DecisionEvent]
     ) -> tuple[str, ...]:
         """The leader order, cached for ``reselect_interval_s`` (product rule)."""
         s = self.settings
@@ -532,8 +565,10 @@ class MmbcPolicy:
                 and abs(self._tracks[old].command_w) > KEEPALIVE_W
                 and not self._engaged(fresh[0])
             ):
+                self._end_handover(events, completed=False)
                 self._mem.handover = _Handover(outgoing=old, incoming=fresh[0], since_s=now)
-            reasons.append(f"leader {old} -> {fresh[0]}")
+                events.append(HandoverStarted(old, fresh[0]))
+            events.append(LeaderChanged(old, fresh[0], Direction(direction)))
         sel.direction = direction
         sel.order = fresh
         sel.chosen_s = now
@@ -544,7 +579,15 @@ class MmbcPolicy:
         tel = self._tracks[name].telemetry
         return tel is not None and tel.power_w is not None and abs(tel.power_w) >= KEEPALIVE_W
 
-    def _handover(self, now: float, ordered: list[Candidate]) -> tuple[list[Candidate], str | None]:
+    def _end_handover(self, events: list[DecisionEvent], *, completed: bool) -> None:
+        ho = self._mem.handover
+        if ho is not None:
+            self._mem.handover = None
+            events.append(HandoverEnded(ho.outgoing, ho.incoming, completed=completed))
+
+    def _handover(
+        self, now: float, ordered: list[Candidate], events: list[DecisionEvent]
+    ) -> tuple[list[Candidate], str | None]:
         """Make-before-break: the outgoing leader carries on until the incoming one is ready.
 
         A battery in standby needs its relay to close before it delivers anything; the two
@@ -563,7 +606,7 @@ class MmbcPolicy:
             or self._engaged(ho.incoming)
             or now - ho.since_s > self.settings.handover_timeout_s
         ):
-            self._mem.handover = None
+            self._end_handover(events, completed=self._engaged(ho.incoming))
             return ordered, None
         outgoing = next(c for c in ordered if c.name == ho.outgoing)
         return [outgoing, *(c for c in ordered if c.name != ho.outgoing)], ho.incoming
@@ -649,7 +692,7 @@ class MmbcPolicy:
     def _plan(
         self,
         setpoints: dict[str, int],
-        reasons: list[str],
+        events: list[DecisionEvent],
         *,
         safe: bool = False,
         release: tuple[str, ...] = (),
@@ -663,9 +706,9 @@ class MmbcPolicy:
             quality = self._quality.verdict(limited=limited)
         return Plan(
             setpoints=setpoints,
-            fleet_state=self.fleet.state.value,
-            battery_states={n: t.fsm.state.value for n, t in self._tracks.items()},
-            reasons=tuple(reasons),
+            fleet_state=self.fleet.state,
+            battery_states={n: t.fsm.state for n, t in self._tracks.items()},
+            events=tuple(events),
             safe_hold=safe,
             release=release,
             quality=quality.value,

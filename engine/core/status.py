@@ -10,12 +10,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine.core.events import DecisionEvent
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import VENUS_E_CAPACITY_WH
+from engine.core.states import BatteryState, FleetState
 
-# Plan.battery_states has no entry for a battery the core did not consider this cycle.
-UNAVAILABLE_STATE = "unavailable"
-UNKNOWN_STATE = "unknown"
 SAFE_HOLD_QUALITY = "safe_hold"
 
 
@@ -27,7 +26,7 @@ class BatteryStatus:
     name: str
     soc_pct: float | None
     power_w: float | None
-    state: str  # the battery state machine's state
+    state: BatteryState | None  # the battery machine's state; None: the core did not judge it
     online: bool
 
 
@@ -49,6 +48,10 @@ class FleetStatus:
     batteries: tuple[BatteryStatus, ...]
     quality: str | None = None
     grid_rms_w: float | None = None
+    fleet_state: FleetState | None = None
+    now_s: float = 0.0  # the cycle's time on the engine's clock
+    meter_age_s: float | None = None  # how old the meter's reading was when the cycle ran
+    events: tuple[DecisionEvent, ...] = ()  # what the core decided this cycle worth telling
 
 
 def _finite(value: float | None) -> float | None:
@@ -114,7 +117,7 @@ def build_status(snapshot: Snapshot, plan: Plan, capacities: Mapping[str, float]
             soc_pct=_finite(battery.soc_pct),
             power_w=_finite(battery.power_w) if battery.online else None,
             state=plan.battery_states.get(
-                battery.name, UNKNOWN_STATE if battery.online else UNAVAILABLE_STATE
+                battery.name, None if battery.online else BatteryState.UNAVAILABLE
             ),
             online=battery.online,
         )
@@ -132,4 +135,10 @@ def build_status(snapshot: Snapshot, plan: Plan, capacities: Mapping[str, float]
         batteries=batteries,
         quality=SAFE_HOLD_QUALITY if plan.safe_hold else plan.quality,
         grid_rms_w=_finite(plan.grid_rms_w),
+        fleet_state=plan.fleet_state,
+        now_s=snapshot.now_s,
+        meter_age_s=None
+        if snapshot.meter_updated_s is None
+        else snapshot.now_s - snapshot.meter_updated_s,
+        events=plan.events,
     )

@@ -13,53 +13,21 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from engine.core.meter import Availability, MeterTracker, P1Reading
-from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
+from engine.core.events import SafeHoldCause, SafeHoldEntered
+from engine.core.meter import Availability, MeterTracker
+from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy
-from engine.core.status import FleetStatus, build_status
+from engine.core.states import FleetState
+from engine.core.status import build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
-from engine.ports import Clock
+from engine.ports import BatteryLink, Clock, CycleObserver, MeterSource, StatusSink
+from engine.runtime.event_log import describe, level
 
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 4.5  # SIGTERM → every battery at 0 W and released within 5 s
-SAFE_HOLD_STATE = "safe_hold"
-INTERNAL_ERROR_REASON = "internal error: every battery to 0 W"
-
-
-class MeterSource(Protocol):
-    async def read(self) -> P1Reading: ...
-
-
-class BatteryLink(Protocol):
-    """One battery as the loop drives it (``engine.adapters.marstek.MarstekBattery``).
-
-    Device trouble never raises: ``read`` reports ``online=False``, ``apply``/``release``
-    return False.
-    """
-
-    name: str
-
-    async def read(self, now_s: float | None = None) -> BatteryTelemetry: ...
-
-    async def apply(self, power_w: int) -> bool: ...
-
-    async def release(self) -> bool: ...
-
-
-class StatusSink(Protocol):
-    def publish(self, status: FleetStatus) -> None: ...
-
-
-class CycleObserver(Protocol):
-    """Sees every cycle (the simulator checks its invariants here); must not raise."""
-
-    def cycle_done(self, snap: Snapshot, plan: Plan) -> None: ...
-
-    def cycle_failed(self, now_s: float, detail: str) -> None: ...
 
 
 @dataclass
@@ -86,9 +54,9 @@ class CycleStats:
 def _safe_plan(names: Sequence[str]) -> Plan:
     return Plan(
         setpoints=dict.fromkeys(names, 0),
-        fleet_state=SAFE_HOLD_STATE,
+        fleet_state=FleetState.SAFE_HOLD,
         battery_states={},
-        reasons=(INTERNAL_ERROR_REASON,),
+        events=(SafeHoldEntered(SafeHoldCause.INTERNAL_ERROR),),
         safe_hold=True,
     )
 
@@ -105,7 +73,7 @@ class Controller:
         batteries: Sequence[BatteryLink],
         pv_meter: MeterSource | None = None,
         pv_negative_when_producing: bool = True,
-        sink: StatusSink | None = None,
+        sinks: Sequence[StatusSink] = (),
         capacities: dict[str, float] | None = None,
         dry_run: bool = False,
         inputs: UserInputs | None = None,
@@ -118,7 +86,7 @@ class Controller:
         self.batteries = list(batteries)
         self.pv_meter = pv_meter
         self.pv_negative = pv_negative_when_producing
-        self.sink = sink
+        self.sinks = list(sinks)
         self.capacities = capacities or {}
         self.dry_run = dry_run
         self.inputs = inputs or UserInputs()
@@ -183,8 +151,8 @@ class Controller:
         self._error_logged = False
         self.last_plan = plan
         self.last_snapshot = snap
-        for reason in plan.reasons:
-            _LOGGER.info("%s", reason)
+        for event in plan.events:
+            _LOGGER.log(level(event), "%s", describe(event))
         self._report(snap, plan)
         return plan
 
@@ -233,9 +201,12 @@ class Controller:
     def _report(self, snap: Snapshot, plan: Plan) -> None:
         if self.observer is not None:
             self.observer.cycle_done(snap, plan)
-        if self.sink is not None:
+        if not self.sinks:
+            return
+        status = build_status(snap, plan, self.capacities)
+        for sink in self.sinks:
             try:
-                self.sink.publish(build_status(snap, plan, self.capacities))
+                sink.publish(status)
             except Exception:  # reporting must never stop control
                 _LOGGER.exception("publishing the status failed")
 

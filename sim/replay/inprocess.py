@@ -24,6 +24,7 @@ from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError
+from engine.runtime.event_log import describe
 from sim.plant.firmware import VenusFirmware
 from sim.plant.record import RunRecord
 from sim.plant.world import PLANT_STEP_S, ErrorInjectingPolicy, World
@@ -235,8 +236,8 @@ def _cycle(
         if on_cycle is not None:
             on_cycle(world, snap, None)
         return
-    for reason in plan.reasons:
-        notes.append(f"{now:8.1f} s {reason}")
+    for event in plan.events:
+        notes.append(f"{now:8.1f} s {describe(event)}")
     for link in links:
         name = link.commander.name
         if name in plan.setpoints:

@@ -30,12 +30,12 @@ its first time and one detail line.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from engine.core.events import Excluded
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import BatterySpec, ControlSettings
 
@@ -75,7 +75,6 @@ TAKEOVER_TOLERANCE_FRACTION = 0.05
 FOLLOW_SETTLE_S = 10.0
 SHUTDOWN_BUDGET_S = 5.0
 INJECTED_ERROR_NAME = "InjectedEngineError"
-_EXCLUDED = re.compile(r"^(?P<name>\S+) excluded\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,15 +387,17 @@ class InvariantChecker:
                     )
             else:
                 self._nf_commanded_since.pop(name, None)
-        for reason in plan.reasons:
-            m = _EXCLUDED.match(reason)
-            if m is None:
+        for event in plan.events:
+            if not isinstance(event, Excluded):
                 continue
-            name = m["name"]
+            name = event.battery
             seen = self._nf_seen_s.get(name)
             if seen is None or now - seen > bound + EPS_S:
                 self.report.fail(
-                    "not_following_excluded", now, f"{name} excluded while delivering: {reason}"
+                    "not_following_excluded",
+                    now,
+                    f"{name} excluded while delivering: {event.delivered_w:.0f} W"
+                    f" of {event.commanded_w} W",
                 )
             last = self._excluded_logged_s.get(name)
             if last is not None and now - last < self.settings.not_following_exclude_s - EPS_S:

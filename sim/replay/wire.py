@@ -32,6 +32,7 @@ from engine.core.model import Plan, Snapshot
 from engine.core.policies import make_policy
 from engine.ports import LoopClock
 from engine.runtime.controller import Controller
+from engine.runtime.event_log import describe
 from sim.plant.world import PLANT_STEP_S, ErrorInjectingPolicy, World
 from sim.replay.inprocess import (
     ProgressFn,
@@ -60,7 +61,7 @@ NOOP_CYCLES = 2
 
 
 class _Observer:
-    """The controller's cycle hook: the replay's invariant checks, plus the plan's reasons."""
+    """The controller's cycle hook: the replay's invariant checks, plus the plan's events."""
 
     def __init__(self, world: World, checker: InvariantChecker, period_s: float) -> None:
         self.world = world
@@ -69,8 +70,8 @@ class _Observer:
         self.notes: list[str] = []
 
     def cycle_done(self, snap: Snapshot, plan: Plan) -> None:
-        for reason in plan.reasons:
-            self.notes.append(f"{snap.now_s:8.1f} s {reason}")
+        for event in plan.events:
+            self.notes.append(f"{snap.now_s:8.1f} s {describe(event)}")
         check_cycle(self.world, self.checker, snap, plan, self.period_s)
 
     def cycle_failed(self, now_s: float, detail: str) -> None:

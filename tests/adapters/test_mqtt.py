@@ -34,6 +34,7 @@ from engine.adapters.mqtt import (
     status_payloads,
 )
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
+from engine.core.states import BatteryState
 from engine.core.status import BatteryStatus, FleetStatus, build_status
 from engine.errors import ConfigError
 from engine.ports import LoopClock
@@ -69,8 +70,8 @@ def sample_status(**changes: Any) -> FleetStatus:
         discharge_blocked=False,
         mode=Mode.HOLD,
         batteries=(
-            BatteryStatus(1, "garage", 55.55, -1100.0, "charging", True),
-            BatteryStatus(2, "attic", 80.0, 300.0, "discharging", True),
+            BatteryStatus(1, "garage", 55.55, -1100.0, BatteryState.CHARGING, True),
+            BatteryStatus(2, "attic", 80.0, 300.0, BatteryState.DISCHARGING, True),
         ),
         quality="stable",
         grid_rms_w=42.6,
@@ -350,7 +351,7 @@ def test_status_payloads_leave_out_unknown_values_and_pv_without_meter() -> None
         quality=None,
         grid_rms_w=None,
         charge_total_wh=None,
-        batteries=(BatteryStatus(1, "garage", None, None, "unavailable", False),),
+        batteries=(BatteryStatus(1, "garage", None, None, BatteryState.UNAVAILABLE, False),),
     )
     payloads = status_payloads(status, has_pv=False)
     assert "status/pv_power" not in payloads

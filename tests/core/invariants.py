@@ -7,8 +7,7 @@ limit it learnt from the meter's cadence (bounded here by the configured limit a
 
 from __future__ import annotations
 
-import re
-
+from engine.core.events import Excluded, LeaderChanged
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policy import MmbcPolicy
 from engine.core.settings import BatterySpec, ControlSettings
@@ -16,7 +15,6 @@ from tests.strategies import healthy
 
 KEEPALIVE_W = 1  # a 1 W command keeps the relay engaged; it is not "active"
 MAX_STALE_S = 30.0  # the learnt cadence may stretch the stale limit, never beyond this
-_LEADER_CHANGE = re.compile(r"^leader (?P<old>.+) -> (?P<new>.+)$")
 
 
 def charge_limit_w(spec: BatterySpec, soc_pct: float, settings: ControlSettings) -> int:
@@ -44,14 +42,14 @@ class SafetyChecker:
         self.policy = policy
         self.settings = policy.settings
         self.leader_changes = 0  # seen so far (to report what a test reached)
-        self.excluded_at_s: dict[str, float] = {}  # last "<name> excluded for ..." reason
+        self.excluded_at_s: dict[str, float] = {}  # last Excluded event
 
     def check(self, snap: Snapshot, plan: Plan) -> None:
-        self.leader_changes += sum(1 for r in plan.reasons if _LEADER_CHANGE.match(r))
+        self.leader_changes += sum(1 for e in plan.events if isinstance(e, LeaderChanged))
         s = self.settings
         specs = {b.name: b for b in s.batteries}
         for name in specs:
-            if any(r.startswith(f"{name} excluded for ") for r in plan.reasons):
+            if any(isinstance(e, Excluded) and e.battery == name for e in plan.events):
                 self.excluded_at_s[name] = snap.now_s
         tel = {t.name: t for t in snap.batteries if t.name in specs}
         ok = {n for n in specs if healthy(tel.get(n))}

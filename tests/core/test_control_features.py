@@ -16,6 +16,7 @@ import pytest
 
 from engine.core.allocate import Candidate, fill_in_order, fleet_loss_w, split_proportional
 from engine.core.estimator import NetDemandFilter, PowerHistory, PulsePredictor, ResponseTimer
+from engine.core.events import Direction, LeaderChanged
 from engine.core.model import BatteryTelemetry, Plan, Snapshot
 from engine.core.policy import CUTOFF_CYCLES, MmbcPolicy
 from engine.core.quality import Quality, QualityMonitor
@@ -336,7 +337,9 @@ def test_handover_wakes_the_new_leader_before_the_old_one_stops() -> None:
     loop.step(4)
     waking = loop.plans[-1]
     assert waking.setpoints == {"a": 1000, "b": 1}  # a carries on, b is woken
-    assert any(r == "leader a -> b" for p in loop.plans for r in p.reasons)
+    assert any(
+        e == LeaderChanged("a", "b", Direction.DISCHARGE) for p in loop.plans for e in p.events
+    )
 
     loop.delivers["b"] = True
     loop.step(3)

@@ -6,6 +6,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from engine.core.events import (
+    BatteryLost,
+    BatteryReturned,
+    DecisionEvent,
+    Direction,
+    Excluded,
+    ExclusionEnded,
+    LeaderChanged,
+    SafeHoldCause,
+    SafeHoldEntered,
+)
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policy import MmbcPolicy
 from engine.core.settings import BatterySpec, ControlSettings
@@ -81,8 +92,8 @@ class House:
             plan = self.step()
         return plan
 
-    def reasons(self) -> list[str]:
-        return [r for p in self.plans for r in p.reasons]
+    def events(self) -> list[DecisionEvent]:
+        return [e for p in self.plans for e in p.events]
 
 
 def fleet(*specs: BatterySpec, **overrides: object) -> ControlSettings:
@@ -162,18 +173,18 @@ def test_reselection_waits_for_the_interval_then_hands_over() -> None:
     start = house.now_s
     while house.now_s < start + 290:
         assert set(active(house.step())) == {"a"}
-    while not any(r.startswith("leader") for r in house.plans[-1].reasons):
+    while not any(isinstance(e, LeaderChanged) for e in house.plans[-1].events):
         house.step()
         assert house.now_s <= start + 310, "no reselection after the interval"
     handover = house.plans[-1]
-    assert handover.reasons.count("leader a -> b") == 1
+    assert handover.events.count(LeaderChanged("a", "b", Direction.DISCHARGE)) == 1
     # Make-before-break: a keeps carrying while b's relay is woken with 1 W ...
     assert active(handover) == {"a": pytest.approx(500, abs=5)}
     assert handover.setpoints["b"] == 1
     # ... and once b reports power the two swap in one cycle.
     swapped = house.step()
     assert active(swapped) == {"b": pytest.approx(500, abs=5)}
-    assert house.reasons().count("leader a -> b") == 1
+    assert house.events().count(LeaderChanged("a", "b", Direction.DISCHARGE)) == 1
     house.run(20)
     assert house.grid_w is not None
     assert abs(house.grid_w) <= 5
@@ -200,7 +211,7 @@ def test_small_soc_advantage_does_not_change_the_leader() -> None:
     house.run(5, load_w=500.0)
     house.batteries["b"].soc_pct = 81.0  # better, but within soc_hysteresis_pct (3 %)
     house.run(40)
-    assert not any(r.startswith("leader") for r in house.reasons())
+    assert not any(isinstance(e, LeaderChanged) for e in house.events())
     assert set(active(house.plans[-1])) == {"a"}
 
 
@@ -246,11 +257,11 @@ def test_a_battery_that_does_not_follow_is_excluded_once_then_returns() -> None:
         {"a": Battery(80.0, follows=False), "b": Battery(60.0)},
     )
     house.run(30, load_w=500.0)
-    exclusions = [r for r in house.reasons() if r.startswith("a excluded")]
-    assert len(exclusions) == 1, "logged once, not per cycle"
-    assert "500 W commanded" in exclusions[0]
+    exclusions = [e for e in house.events() if isinstance(e, Excluded) and e.battery == "a"]
+    assert len(exclusions) == 1, "reported once, not per cycle"
+    assert exclusions[0].commanded_w == 500
     at = next(
-        i for i, p in enumerate(house.plans) if any(r.startswith("a excluded") for r in p.reasons)
+        i for i, p in enumerate(house.plans) if any(isinstance(e, Excluded) for e in p.events)
     )
     # It takes the settle time (8 s) plus not_following_cycles misses, not fewer.
     assert at >= 8 + 5 - 1
@@ -269,7 +280,8 @@ def test_a_battery_that_does_not_follow_is_excluded_once_then_returns() -> None:
         assert house.step().setpoints.get("a", 0) <= 1
     plan = house.run(10)
     assert active(plan) == {"a": pytest.approx(500, abs=5)}
-    assert [r for r in house.reasons() if r.startswith("a excluded")] == exclusions
+    assert [e for e in house.events() if isinstance(e, Excluded)] == exclusions
+    assert ExclusionEnded("a") in house.events()
 
 
 def test_no_flip_between_charge_and_discharge_on_meter_noise() -> None:
@@ -303,7 +315,7 @@ def test_a_frozen_meter_means_safe_hold_until_it_changes_again() -> None:
             assert plan.quality == "safe_hold"
         else:
             assert active(plan) == {"a": pytest.approx(500, abs=5)}
-    assert sum(r.startswith("meter stale") for r in house.reasons()) == 1
+    assert house.events().count(SafeHoldEntered(SafeHoldCause.METER_STALE)) == 1
     house.meter_frozen = False
     plan = house.run(5)
     assert not plan.safe_hold
@@ -345,12 +357,12 @@ def test_an_unhealthy_battery_gets_no_command_and_its_share_moves() -> None:
     plan = house.step()
     assert "a" not in plan.setpoints
     assert plan.battery_states["a"] == "unavailable"
-    assert "a unavailable: no valid reading" in plan.reasons
+    assert BatteryLost("a") in plan.events
     plan = house.run(10)
     assert active(plan) == {"b": pytest.approx(500, abs=5)}
     house.batteries["a"].online = True
     plan = house.step()
-    assert "a available again" in plan.reasons
+    assert BatteryReturned("a") in plan.events
     assert plan.battery_states["a"] != "unavailable"
 
 

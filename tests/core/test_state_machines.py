@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from transitions import MachineError
 
-from engine.core.battery_fsm import BATTERY_TRANSITIONS, BatteryFsm, BatteryState
-from engine.core.fleet_fsm import FLEET_TRANSITIONS, FleetFsm, FleetState
+from engine.core.battery_fsm import BATTERY_TRANSITIONS, BatteryFsm
+from engine.core.fleet_fsm import FLEET_TRANSITIONS, FleetFsm
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policy import MmbcPolicy
 from engine.core.settings import ControlSettings
+from engine.core.states import BatteryState, FleetState
 from tests.core.invariants import SafetyChecker, is_stale
 from tests.strategies import (
     BatteryStep,

@@ -16,9 +16,10 @@ from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.marstek import MarstekBattery
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
+from engine.core.states import FleetState
 from engine.core.status import FleetStatus
 from engine.ports import LoopClock
-from engine.runtime.controller import SAFE_HOLD_STATE, Controller
+from engine.runtime.controller import Controller
 from sim.plant.firmware import VenusFirmware
 from sim.plant.world import PLANT_STEP_S, World
 from sim.replay.inprocess import settings_for
@@ -125,7 +126,7 @@ async def rig(*, policy: Policy | None = None, dry_run: bool = False) -> AsyncIt
             meter=meter,
             batteries=batteries,
             dry_run=dry_run,
-            sink=recorder,
+            sinks=[recorder],
             observer=recorder,
         )
         try:
@@ -218,7 +219,7 @@ async def test_a_failing_cycle_idles_every_battery_logs_once_and_the_loop_goes_o
             assert len(r.recorder.failures) == r.controller.stats.errors
             assert "ZeroDivisionError" in r.recorder.failures[-1]
             assert r.controller.last_plan is not None
-            assert r.controller.last_plan.fleet_state == SAFE_HOLD_STATE
+            assert r.controller.last_plan.fleet_state is FleetState.SAFE_HOLD
             assert fw.target_w == 0
             # ... and the traceback was logged once, not once per cycle.
             failed = [rec for rec in caplog.records if "control cycle failed" in rec.getMessage()]

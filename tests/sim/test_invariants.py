@@ -6,8 +6,10 @@ from collections.abc import Mapping
 
 import pytest
 
+from engine.core.events import DecisionEvent, Excluded
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import BatterySpec, ControlSettings
+from engine.core.states import BatteryState, FleetState
 from sim.replay.invariants import (
     INVARIANTS,
     REJOIN_BOUND_S,
@@ -16,6 +18,7 @@ from sim.replay.invariants import (
 )
 
 NAMES = ["battery_1", "battery_2"]
+EXCLUDED = Excluded("battery_1", until_s=300.0, delivered_w=0.0, commanded_w=1500)
 SETTINGS = ControlSettings(
     batteries=(BatterySpec("battery_1"), BatterySpec("battery_2", max_discharge_w=2000)),
 )
@@ -51,8 +54,8 @@ class Run:
         net_w: float = 0.0,
         battery_w: Mapping[str, float] | None = None,
         firmware_w: Mapping[str, float] | None = None,
-        reasons: tuple[str, ...] = (),
-        states: Mapping[str, str] | None = None,
+        events: tuple[DecisionEvent, ...] = (),
+        states: Mapping[str, BatteryState] | None = None,
         blocked: bool = False,
         mode: Mode = Mode.NORMAL,
         safe_hold: bool = False,
@@ -68,9 +71,9 @@ class Run:
         )
         plan = Plan(
             setpoints=sp,
-            fleet_state="normal",
+            fleet_state=FleetState.NORMAL,
             battery_states=dict(states) if states is not None else {},
-            reasons=reasons,
+            events=events,
             safe_hold=safe_hold,
         )
         truth = Truth(
@@ -145,7 +148,7 @@ def test_no_valid_reading_counts_as_stale() -> None:
     checker = run.checker
     for i in range(1, 8):
         snap = Snapshot(float(i), None, 0.0, tuple(tel(n) for n in NAMES))
-        plan = Plan({"battery_1": -500, "battery_2": 0}, "normal", {})
+        plan = Plan({"battery_1": -500, "battery_2": 0}, FleetState.NORMAL, {})
         checker.cycle(snap, plan, Truth(meter_sample_s=None), PERIOD_S)
     assert checker.report.first_violation_s["meter_stale_idles_all"] == 6.0
 
@@ -174,7 +177,7 @@ def test_an_unreachable_battery_must_show_as_unavailable() -> None:
         {"battery_1": 0},
         batteries=(tel("battery_1"), offline("battery_2")),
         failed=frozenset({"battery_2"}),
-        states={"battery_1": "idle", "battery_2": "idle"},
+        states={"battery_1": BatteryState.IDLE, "battery_2": BatteryState.IDLE},
     )
     assert run.only_failures() == {"unavailable_gets_no_command"}
 
@@ -186,7 +189,7 @@ def test_an_unreachable_battery_left_alone_passes() -> None:
             {"battery_1": 0},
             batteries=(tel("battery_1"), offline("battery_2")),
             failed=frozenset({"battery_2"}),
-            states={"battery_1": "idle", "battery_2": "unavailable"},
+            states={"battery_1": BatteryState.IDLE, "battery_2": BatteryState.UNAVAILABLE},
         )
     run.cycle()
     assert run.only_failures() == set()
@@ -324,7 +327,7 @@ def test_a_battery_that_delivers_nothing_must_be_excluded_in_time() -> None:
         {"battery_1": 0, "battery_2": 1500},
         not_delivering=frozenset({"battery_1"}),
         net_w=1500.0,
-        reasons=("battery_1 excluded for 300 s: delivers 0 W of 1500 W commanded",),
+        events=(EXCLUDED,),
     )
     for _ in range(30):
         sensible.cycle(
@@ -361,18 +364,18 @@ def test_excluding_without_redistributing_fails() -> None:
 
 
 def test_exclusion_is_logged_once_and_only_for_a_battery_that_does_not_deliver() -> None:
-    line = ("battery_1 excluded for 300 s: delivers 0 W of 1500 W commanded",)
+    line = (EXCLUDED,)
     twice = Run()
     twice.cycle(
-        {"battery_1": 0, "battery_2": 0}, not_delivering=frozenset({"battery_1"}), reasons=line
+        {"battery_1": 0, "battery_2": 0}, not_delivering=frozenset({"battery_1"}), events=line
     )
     twice.cycle(
-        {"battery_1": 0, "battery_2": 0}, not_delivering=frozenset({"battery_1"}), reasons=line
+        {"battery_1": 0, "battery_2": 0}, not_delivering=frozenset({"battery_1"}), events=line
     )
     assert twice.only_failures() == {"not_following_excluded"}
 
     wrongly = Run()
-    wrongly.cycle(reasons=line)
+    wrongly.cycle(events=line)
     assert wrongly.only_failures() == {"not_following_excluded"}
 
 

@@ -1,0 +1,74 @@
+"""Decision events as the log lines a user reads: one line per event, the words in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from engine.core.events import (
+    BatteryLost,
+    BatteryReturned,
+    CutoffCleared,
+    CutoffReached,
+    DecisionEvent,
+    Direction,
+    Excluded,
+    ExclusionEnded,
+    HandoverEnded,
+    HandoverStarted,
+    LeaderChanged,
+    SafeHoldCause,
+    SafeHoldEntered,
+    SafeHoldLeft,
+)
+
+_DIRECTION_WORD = {
+    Direction.CHARGE: "charging",
+    Direction.DISCHARGE: "discharging",
+    Direction.NONE: "idle",
+}
+_CAUSE_WORDS = {
+    SafeHoldCause.METER_STALE: "meter stale",
+    SafeHoldCause.INTERNAL_ERROR: "internal error",
+}
+
+
+def describe(event: DecisionEvent) -> str:
+    """One human-readable line for ``event``."""
+    match event:
+        case BatteryLost(battery=name):
+            return f"{name} unavailable: no valid reading; it gets no command"
+        case BatteryReturned(battery=name):
+            return f"{name} available again"
+        case Excluded(battery=name, delivered_w=delivered, commanded_w=commanded):
+            return (
+                f"{name} excluded: delivers {delivered:.0f} W of {commanded} W commanded;"
+                " the others take its share"
+            )
+        case ExclusionEnded(battery=name):
+            return f"{name} exclusion over: it is commanded again"
+        case CutoffReached(battery=name, direction=direction, soc_pct=soc):
+            return (
+                f"{name} at its firmware cut-off at {soc:.0f} % SoC:"
+                f" sits out {_DIRECTION_WORD[direction]}"
+            )
+        case CutoffCleared(battery=name):
+            return f"{name} off its firmware cut-off"
+        case LeaderChanged(old=old, new=new, direction=direction):
+            return f"leader {old} -> {new} ({_DIRECTION_WORD[direction]})"
+        case HandoverStarted(outgoing=outgoing, incoming=incoming):
+            return f"hand-over {outgoing} -> {incoming}: waking {incoming}"
+        case HandoverEnded(outgoing=outgoing, incoming=incoming, completed=completed):
+            how = "done" if completed else "abandoned"
+            return f"hand-over {outgoing} -> {incoming} {how}"
+        case SafeHoldEntered(cause=cause):
+            return f"{_CAUSE_WORDS[cause]}: every battery at 0 W"
+        case SafeHoldLeft(cause=cause):
+            return f"{_CAUSE_WORDS[cause]} over: control resumes"
+    raise AssertionError(f"no description for {event!r}")  # pragma: no cover - exhaustive
+
+
+def level(event: DecisionEvent) -> int:
+    """How loud ``event`` is: safety and faults warn, selection changes inform."""
+    if isinstance(event, SafeHoldEntered | BatteryLost | Excluded):
+        return logging.WARNING
+    return logging.INFO

@@ -42,7 +42,7 @@ SERVED_INVARIANTS = ("limits_respected", "shutdown_safe")
 # An engine sees a limit crossed on its next cycle(s); a battery then needs its dead time.
 LIMIT_GRACE_S = 10.0
 EXIT_OK = 0
-EXIT_CANNOT_SERVE = 1
+EXIT_CANNOT_SERVE = 2  # a usage problem (port in use, bad --speed): one line on stderr
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # bind-all: advertise loopback
 
 
@@ -120,7 +120,7 @@ def serve(
     json_path: Path | None,
     speed: float = 1.0,
 ) -> int:
-    """Serve ``scenario`` until SIGINT/SIGTERM; 0 when stopped that way, 1 if it cannot serve.
+    """Serve ``scenario`` until SIGINT/SIGTERM; 0 when stopped that way, 2 if it cannot serve.
 
     ``pv_port=None`` serves a scenario's PV meter on a free port (printed).
     """
@@ -188,8 +188,8 @@ async def _serve(
         servers = await start_world_servers(
             world, host=host, p1_port=p1_port, pv_port=pv_port, modbus_port=modbus_port
         )
-    except OSError as err:
-        print(f"mmbc-sim serve: cannot listen on {host}: {err}", file=sys.stderr)
+    except OSError as err:  # ListenError names the server and the port
+        print(f"mmbc-sim serve: {err}", file=sys.stderr)
         return EXIT_CANNOT_SERVE
     _print_endpoints(scenario, servers, speed)
     try:

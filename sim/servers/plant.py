@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from dataclasses import dataclass, field
 
 from sim.plant.world import World
@@ -19,6 +20,20 @@ from sim.servers.homewizard import MeterServer, start_meter_server
 from sim.servers.modbus import DEFAULT_STALL_S, BatteryServer, start_battery_server
 
 DEFAULT_UNIT_ID = 1
+
+
+class ListenError(OSError):
+    """A server could not listen: names what it was for and the address it wanted."""
+
+    def __init__(self, what: str, host: str, port: int, cause: OSError) -> None:
+        reason = "already in use" if cause.errno == errno.EADDRINUSE else (cause.strerror or cause)
+        super().__init__(cause.errno, f"{what}: cannot listen on {host}:{port} ({reason})")
+        self.what = what
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass
@@ -94,16 +109,25 @@ async def start_world_servers(
 
     started: list[MeterServer | BatteryServer] = []
     try:
-        p1 = await start_meter_server(world.meter, host, p1_port, now=clock)
+        try:
+            p1 = await start_meter_server(world.meter, host, p1_port, now=clock)
+        except OSError as exc:
+            raise ListenError("P1 meter", host, p1_port, exc) from exc
         started.append(p1)
         pv: MeterServer | None = None
         if world.pv_meter is not None and pv_port is not None:
-            pv = await start_meter_server(world.pv_meter, host, pv_port, now=clock)
+            try:
+                pv = await start_meter_server(world.pv_meter, host, pv_port, now=clock)
+            except OSError as exc:
+                raise ListenError("PV meter", host, pv_port, exc) from exc
             started.append(pv)
         batteries: list[BatteryServer] = []
         for i, firmware in enumerate(world.firmwares):
             port = modbus_port + i if modbus_port else 0
-            server = await start_battery_server(firmware, host, port, unit_id, clock=clock)
+            try:
+                server = await start_battery_server(firmware, host, port, unit_id, clock=clock)
+            except OSError as exc:
+                raise ListenError(f"battery_{i + 1} Modbus", host, port, exc) from exc
             started.append(server)
             batteries.append(server)
     except BaseException:

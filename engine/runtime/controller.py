@@ -11,9 +11,10 @@ import contextlib
 import logging
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from engine.core.energy import CounterReading, EnergyLedger
 from engine.core.events import SafeHoldCause, SafeHoldEntered
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
@@ -23,6 +24,7 @@ from engine.core.status import build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
 from engine.ports import BatteryLink, Clock, CycleObserver, MeterSource, StatusSink
+from engine.runtime.energy_store import EnergyStateFile
 from engine.runtime.event_log import describe, level
 
 _LOGGER = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ class Controller:
         inputs: UserInputs | None = None,
         observer: CycleObserver | None = None,
         latency_clock: Callable[[], float] | None = None,
+        battery_numbers: Mapping[str, int] | None = None,
+        energy_store: EnergyStateFile | None = None,
     ) -> None:
         self.clock = clock
         self.policy = policy
@@ -100,6 +104,13 @@ class Controller:
         self._pv_online: bool | None = None
         self._error_logged = False
         self._released: set[str] = set()  # released by a plan; not commanded since
+        # battery/<n> follows the configured number; by default the position in the list.
+        self.battery_numbers = dict(battery_numbers or {})
+        for position, battery in enumerate(self.batteries, start=1):
+            self.battery_numbers.setdefault(battery.name, position)
+        self.energy_store = energy_store
+        self.energy = energy_store.load() if energy_store is not None else EnergyLedger()
+        self.released_ok: bool | None = None  # set by shutdown(): every battery released?
 
     # ------------------------------------------------------------------ inputs
     def set_block_discharge(self, blocked: bool) -> None:
@@ -201,9 +212,26 @@ class Controller:
     def _report(self, snap: Snapshot, plan: Plan) -> None:
         if self.observer is not None:
             self.observer.cycle_done(snap, plan)
+        totals = self.energy.observe(
+            snap.now_s,
+            (
+                CounterReading(
+                    number=self.battery_numbers[b.name],
+                    serial_number=None if b.identity is None else b.identity.serial_number,
+                    charge_wh=b.charge_total_wh,
+                    discharge_wh=b.discharge_total_wh,
+                )
+                for b in snap.batteries
+                if b.online and b.name in self.battery_numbers
+            ),
+        )
+        if self.energy_store is not None:
+            self.energy_store.maybe_save(self.energy, snap.now_s)
         if not self.sinks:
             return
-        status = build_status(snap, plan, self.capacities)
+        status = build_status(
+            snap, plan, self.capacities, numbers=self.battery_numbers, energy=totals
+        )
         for sink in self.sinks:
             try:
                 sink.publish(status)
@@ -261,8 +289,18 @@ class Controller:
         ``release`` writes the idle setpoints before 42000 = 0x55BB. A dry run never took
         control, so it has nothing to hand back.
         """
+        try:
+            await self._release_all()
+        finally:
+            if self.energy_store is not None:
+                with contextlib.suppress(Exception):  # logged by the store; exit goes on
+                    await self.energy_store.close(self.energy)
+
+    async def _release_all(self) -> None:
         if self.dry_run:
+            self.released_ok = True
             return
+        self.released_ok = False
         try:
             async with asyncio.timeout(SHUTDOWN_BUDGET_S):
                 results = await asyncio.gather(*(b.release() for b in self.batteries))
@@ -275,4 +313,5 @@ class Controller:
         if failed:
             _LOGGER.error("shutdown: not released: %s", ", ".join(failed))
         else:
+            self.released_ok = True
             _LOGGER.info("shutdown: every battery at 0 W and released")

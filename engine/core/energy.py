@@ -60,6 +60,7 @@ class EnergyTotals:
 
 @dataclass(slots=True)
 class _Baseline:
+    number: int  # the configured number it was last seen under
     serial_number: str | None
     charge_wh: float | None
     discharge_wh: float | None
@@ -67,6 +68,14 @@ class _Baseline:
     # state (another process's clock), so the time since is unknown.
     charge_seen_s: float | None = None
     discharge_seen_s: float | None = None
+
+    @property
+    def key(self) -> str:
+        return _key(self.number, self.serial_number)
+
+
+def _key(number: int, serial_number: str | None) -> str:
+    return f"serial:{serial_number}" if serial_number is not None else f"number:{number}"
 
 
 def _valid(value: float | None) -> float | None:
@@ -83,7 +92,7 @@ class EnergyLedger:
         self.max_power_w = max_power_w
         self._charge_total_wh: float | None = None
         self._discharge_total_wh: float | None = None
-        self._baselines: dict[int, _Baseline] = {}
+        self._baselines: dict[str, _Baseline] = {}  # by serial number, else by number
         self.revision = 0  # grows with every change worth saving
         self.discontinuities = 0  # rises rejected as counter jumps (for diagnostics)
 
@@ -92,7 +101,7 @@ class EnergyLedger:
         return EnergyTotals(self._charge_total_wh, self._discharge_total_wh)
 
     def baseline_numbers(self) -> frozenset[int]:
-        return frozenset(self._baselines)
+        return frozenset(b.number for b in self._baselines.values())
 
     # ------------------------------------------------------------------ observing
 
@@ -152,23 +161,27 @@ class EnergyLedger:
         return rise_wh
 
     def _baseline_for(self, reading: CounterReading) -> _Baseline:
-        serial = reading.serial_number
-        baseline = self._baselines.get(reading.number)
-        if serial is not None:
-            if baseline is not None and baseline.serial_number not in (None, serial):
-                baseline = None  # another physical battery now has this number
-            if baseline is None:
-                for number, other in list(self._baselines.items()):
-                    if other.serial_number == serial:  # the battery was renumbered
-                        baseline = self._baselines.pop(number)
-                        break
-            if baseline is not None and baseline.serial_number is None:
+        """The baseline of the battery behind ``reading``: by serial number, else by number."""
+        number, serial = reading.number, reading.serial_number
+        baselines = self._baselines
+        baseline = baselines.get(_key(number, serial))
+        if baseline is None and serial is not None:
+            # Known by its number only (its serial not read before): adopt the serial.
+            baseline = baselines.pop(_key(number, None), None)
+            if baseline is not None:
                 baseline.serial_number = serial
+                baselines[baseline.key] = baseline
                 self.revision += 1
+        if baseline is None and serial is None:
+            # Its serial is known from before but not this time: the one last seen here.
+            baseline = next((b for b in baselines.values() if b.number == number), None)
         if baseline is None:
-            baseline = _Baseline(serial, None, None)
+            baseline = _Baseline(number, serial, None, None)
+            baselines[baseline.key] = baseline
             self.revision += 1
-        self._baselines[reading.number] = baseline
+        if baseline.number != number:
+            baseline.number = number  # renumbered: the battery keeps its own counters
+            self.revision += 1
         return baseline
 
     # ------------------------------------------------------------------ persistence
@@ -179,14 +192,15 @@ class EnergyLedger:
             "version": STATE_VERSION,
             "charge_total_wh": self._charge_total_wh,
             "discharge_total_wh": self._discharge_total_wh,
-            "batteries": {
-                str(number): {
+            "batteries": [
+                {
+                    "number": b.number,
                     "serial_number": b.serial_number,
                     "charge_wh": b.charge_wh,
                     "discharge_wh": b.discharge_wh,
                 }
-                for number, b in sorted(self._baselines.items())
-            },
+                for b in sorted(self._baselines.values(), key=lambda b: (b.number, b.key))
+            ],
         }
 
     @classmethod
@@ -200,25 +214,32 @@ class EnergyLedger:
         ledger = cls(max_power_w=max_power_w)
         ledger._charge_total_wh = _optional_wh(data, "charge_total_wh")
         ledger._discharge_total_wh = _optional_wh(data, "discharge_total_wh")
-        batteries = data.get("batteries", {})
-        if not isinstance(batteries, Mapping):
-            raise ValueError("'batteries' is not a JSON object")
-        for key, entry in batteries.items():
-            if not (isinstance(key, str) and key.isdigit() and int(key) >= 1):
-                msg = f"battery number {key!r} is not a positive integer"
-                raise ValueError(msg)
+        batteries = data.get("batteries", [])
+        if not isinstance(batteries, list):
+            raise ValueError("'batteries' is not a JSON list")
+        for index, entry in enumerate(batteries):
+            where = f"batteries[{index}]: "
             if not isinstance(entry, Mapping):
-                msg = f"battery {key} is not a JSON object"
+                msg = f"{where}not a JSON object"
+                raise ValueError(msg)
+            number = entry.get("number")
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                msg = f"{where}number must be a positive integer, got {number!r}"
                 raise ValueError(msg)
             serial = entry.get("serial_number")
             if serial is not None and not isinstance(serial, str):
-                msg = f"battery {key}: serial_number must be a string"
+                msg = f"{where}serial_number must be a string"
                 raise ValueError(msg)
-            ledger._baselines[int(key)] = _Baseline(
+            baseline = _Baseline(
+                number=number,
                 serial_number=serial,
-                charge_wh=_optional_wh(entry, "charge_wh", where=f"battery {key}: "),
-                discharge_wh=_optional_wh(entry, "discharge_wh", where=f"battery {key}: "),
+                charge_wh=_optional_wh(entry, "charge_wh", where=where),
+                discharge_wh=_optional_wh(entry, "discharge_wh", where=where),
             )
+            if baseline.key in ledger._baselines:
+                msg = f"{where}battery {baseline.key} appears twice"
+                raise ValueError(msg)
+            ledger._baselines[baseline.key] = baseline
         return ledger
 
 

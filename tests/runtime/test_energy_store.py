@@ -69,7 +69,7 @@ def test_a_failed_write_keeps_the_old_file_whole(
     def power_cut(src: object, dst: object) -> None:
         raise OSError("power cut before the rename")
 
-    monkeypatch.setattr(energy_store.os, "replace", power_cut)
+    monkeypatch.setattr(os, "replace", power_cut)
     charged(ledger, 60.0, 1010.0)
     assert not store.save(ledger)
     assert path.read_text(encoding="utf-8") == before  # the old state, complete

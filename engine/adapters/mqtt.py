@@ -147,6 +147,7 @@ RESERVED_STATES: Final = frozenset({"unavailable", "unknown"})
 _COMMAND_QOS: Final = 1
 _STATUS_QOS: Final = 1
 _SCAN_QOS: Final = 0  # nothing is queued for the scan's filters while the engine is away
+_SCAN_WAIT_S: Final = 5.0  # the retained messages come in milliseconds; never wait long
 _LOGGED_PAYLOAD_BYTES: Final = 64
 _STOP_GRACE_S: Final = 5.0
 _RECONNECT_CAP_S: Final = 30.0
@@ -368,7 +369,7 @@ def status_payloads(status: FleetStatus, *, has_pv: bool) -> dict[str, str]:
     put("status/discharge_total_wh", status.discharge_total_wh, format_unsigned)
     out[DISCHARGE_BLOCKED_STATUS] = format_bool(status.discharge_blocked)
     out[MODE_STATUS] = status.mode.value
-    put_word("status/fleet_state", None if status.fleet_state is None else status.fleet_state)
+    put_word("status/fleet_state", status.fleet_state)
     put_word("status/control_quality", status.quality)
     for battery in status.batteries:
         base = f"battery/{battery.index}"
@@ -649,6 +650,8 @@ class MqttBridge:
             min_interval_s=settings.min_interval_s, max_interval_s=settings.max_interval_s
         )
         self._discovery_sent: dict[str, str] = {}  # topic -> payload sent on this connection
+        self._discovery_cache: dict[str, str] | None = None  # rebuilt when an identity changes
+        self._discovery_published: dict[str, str] | None = None  # the configs last sent
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         # Ends the current session's loops. Cancellation alone is not enough: on Python
@@ -699,21 +702,24 @@ class MqttBridge:
         known = self._batteries.get(number)
         if known is None or identity is None or identity == known.identity:
             return
-        self._batteries[number] = BatteryDevice(number, identity)  # discovery follows
+        self._batteries[number] = BatteryDevice(number, identity)
+        self._discovery_cache = None  # the sender publishes the changed configs
 
     def discovery(self) -> dict[str, str]:
         """Topic -> JSON payload of every discovery config now (empty: discovery off)."""
         if not self._settings.discovery:
             return {}
-        return {
-            message.topic: json.dumps(message.payload)
-            for message in discovery_messages(
-                topic_prefix=self._prefix,
-                discovery_prefix=self._settings.discovery_prefix,
-                batteries=[self._batteries[n] for n in sorted(self._batteries)],
-                has_pv=self._has_pv,
-            )
-        }
+        if self._discovery_cache is None:
+            self._discovery_cache = {
+                message.topic: json.dumps(message.payload)
+                for message in discovery_messages(
+                    topic_prefix=self._prefix,
+                    discovery_prefix=self._settings.discovery_prefix,
+                    batteries=[self._batteries[n] for n in sorted(self._batteries)],
+                    has_pv=self._has_pv,
+                )
+            }
+        return self._discovery_cache
 
     def known_topics(self) -> frozenset[str]:
         """Every full topic the engine publishes (state and discovery)."""
@@ -806,6 +812,7 @@ class MqttBridge:
             await client.subscribe(self.topic(suffix), qos=_COMMAND_QOS)
         await self._clear_stale_retained(client)
         self._discovery_sent = {}
+        self._discovery_published = None
         await self._publish_discovery(client)
         await client.publish(self.topic(ONLINE_STATUS), ONLINE, qos=_STATUS_QOS, retain=True)
         self._schedule.reset()  # republish everything on this connection
@@ -831,7 +838,7 @@ class MqttBridge:
                 await client.subscribe(topic_filter, qos=_SCAN_QOS)
             await client.publish(sync_topic, scan.token, qos=_COMMAND_QOS)
             try:
-                async with asyncio.timeout(self._settings.timeout_s):
+                async with asyncio.timeout(min(self._settings.timeout_s, _SCAN_WAIT_S)):
                     await scan.done.wait()
             except TimeoutError:
                 _LOGGER.debug("MQTT: retained scan not confirmed; clearing what was seen")
@@ -856,10 +863,14 @@ class MqttBridge:
 
     async def _publish_discovery(self, client: aiomqtt.Client) -> None:
         """Publish the discovery configs that changed since they were last sent."""
-        for topic, payload in self.discovery().items():
+        configs = self.discovery()
+        if self._discovery_published is configs:
+            return  # nothing changed since the last look (the common case: every wake)
+        for topic, payload in configs.items():
             if self._discovery_sent.get(topic) != payload:
                 await client.publish(topic, payload, qos=_STATUS_QOS, retain=True)
                 self._discovery_sent[topic] = payload
+        self._discovery_published = configs
 
     async def _serve(self, client: aiomqtt.Client, inbox: CommandInbox) -> None:
         # The receiver runs from the start: the retained scan and commands that arrive while

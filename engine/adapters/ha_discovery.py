@@ -19,7 +19,8 @@ So a value the engine no longer knows shows as unavailable, never as the last on
 character outside ``[A-Za-z0-9_-]`` replaced by ``_`` (``mmbc`` -> ``mmbc_soc``,
 ``mmbc/virtual`` -> ``mmbc_virtual_soc``): stable across restarts and distinct per prefix.
 A battery's keys carry its configured number (``battery_2_soc``), and its device lists the
-serial number the battery reports, where it reports one.
+serial number the battery reports, where it reports one (``serial_number`` in a device map
+needs Home Assistant 2024.2 or later: home-assistant/core#108105).
 """
 
 from __future__ import annotations

@@ -896,13 +896,11 @@ class MqttBridge:
         commands = {self.topic(suffix): suffix for suffix in COMMANDS}
         async for message in client.messages:
             payload = _payload_bytes(message.payload)
+            replaced = inbox.coalesced(message)  # taken for every message: nothing piles up
             suffix = commands.get(message.topic.value)
             if suffix is not None:
                 self._handle_command(
-                    suffix,
-                    payload,
-                    retained=bool(message.retain),
-                    replaced=inbox.coalesced(message),
+                    suffix, payload, retained=bool(message.retain), replaced=replaced
                 )
             elif self._scan is None or not self._scan.take(message, payload):
                 _LOGGER.debug("ignoring MQTT message on %s", message.topic.value)

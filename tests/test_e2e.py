@@ -26,7 +26,7 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from engine.adapters import marstek_registers as reg
-from tests.mqtt_broker import TEST_PASSWORD, TEST_USERNAME, start_broker
+from tests.mqtt_broker import TEST_PASSWORD, TEST_USERNAME, broker_kind, start_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENARIO = ROOT / "scenarios" / "default.toml"
@@ -437,6 +437,8 @@ async def test_hold_mode_and_floods_end_on_the_last_command(served: Served, tmp_
             finally:
                 await asyncio.to_thread(stop_engine, engine, out)
             first_log = out.rest()
+            if broker_kind() != "mosquitto":
+                return  # amqtt flags queued messages as retained: see test_mqtt's flood test
             # Stopped: 100 x "false", then "true", queue on the engine's persistent session.
             for _ in range(100):
                 await client.publish("mmbc/control/block_discharge", "false", qos=1)

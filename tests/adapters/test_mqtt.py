@@ -887,7 +887,13 @@ async def test_command_sent_while_engine_is_away_is_delivered(broker: TestBroker
         await sender.send("mmbc/control/mode", "3")
     commands = Commands()
     async with running(make_bridge(settings_, commands)):
-        await until(lambda: commands.blocked == [True] and commands.modes == [Mode.CHARGE])
+        if broker_kind() == "amqtt":
+            # amqtt delivers a queued message with the retain flag set (MQTT 3.1.1 section
+            # 3.3.1.3 says 0 for an established subscription), and a retained mode is never
+            # applied by design; mosquitto follows the standard.
+            await until(lambda: commands.blocked == [True])
+        else:
+            await until(lambda: commands.blocked == [True] and commands.modes == [Mode.CHARGE])
 
 
 class GatedClock:
@@ -1170,10 +1176,14 @@ async def test_the_battery_device_gets_its_serial_number_and_firmware(broker: Te
             lambda: "homeassistant/sensor/mmbc/battery_1_soc/config" in observer.state("")
         )
         bridge.publish(status)  # the identity arrives with the first reads
-        topic = "homeassistant/sensor/mmbc/battery_1_soc/config"
-        await observer.wait_for(
-            lambda: "serial_number" in json.loads(observer.state("")[topic])["device"]
-        )
+
+        def republished() -> bool:
+            battery_1 = [v for t, v in observer.state("").items() if "/battery_1_" in t]
+            return len(battery_1) == len(battery_configs(1)) and all(
+                "serial_number" in json.loads(v)["device"] for v in battery_1
+            )
+
+        await observer.wait_for(republished)
     configs = await retained_configs(broker)
     device = configs["homeassistant/sensor/mmbc/battery_1_soc/config"]["device"]
     assert device["identifiers"] == ["mmbc_battery_1", "marstek_VNSESIMbattery_1"]
@@ -1411,6 +1421,9 @@ async def test_retained_topics_the_engine_no_longer_publishes_are_cleared(
 async def test_a_flood_while_away_keeps_the_last_command(
     broker: TestBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
+    if broker_kind() != "mosquitto":
+        # amqtt flags queued messages as retained (MQTT 3.1.1 section 3.3.1.3 says 0).
+        pytest.skip("needs a broker that delivers queued messages as live ones (mosquitto)")
     settings_ = make_settings(broker, client_id="mmbc-flood-test")
     async with running(make_bridge(settings_)), observe(broker) as observer:
         await observer.has({"mmbc/status/online": "online"})
@@ -1542,6 +1555,8 @@ async def test_a_retained_command_that_also_queued_is_applied_once(broker: TestB
 async def test_two_engines_with_one_client_id_are_warned_about(
     broker: TestBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
+    if broker_kind() != "mosquitto":
+        pytest.skip("needs a broker that hands a client id over to its newest client")
     settings_ = make_settings(broker, client_id="mmbc-twin", reconnect_max_s=0.4)
     first, second = make_bridge(settings_), make_bridge(settings_)
     with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):

@@ -474,3 +474,59 @@ def test_exit_status_says_a_battery_was_not_released(served: Served, tmp_path: P
     log = out.rest()
     assert "not released" in log
     assert "Traceback" not in log
+
+
+async def retained_under(broker_host: str, port: int, topic_filter: str) -> dict[str, str]:
+    """Every retained message under ``topic_filter``, read by a fresh client."""
+    found: dict[str, str] = {}
+    async with aiomqtt.Client(
+        broker_host, port, username=TEST_USERNAME, password=TEST_PASSWORD
+    ) as client:
+        await client.subscribe(topic_filter, qos=1)
+        await client.subscribe("e2e-sync", qos=1)
+        await client.publish("e2e-sync", "x", qos=1)
+        async with asyncio.timeout(START_BOUND_S):
+            async for message in client.messages:
+                if message.topic.value == "e2e-sync":
+                    break
+                if message.retain and message.payload:
+                    found[message.topic.value] = bytes(message.payload).decode()
+    return found
+
+
+@pytest.mark.slow
+async def test_a_battery_is_published_under_its_configured_number(
+    served: Served, tmp_path: Path
+) -> None:
+    async with start_broker() as broker:
+        env = {
+            "P1_API_URL": f"http://127.0.0.1:{served.p1_port}/api/v1/data",
+            "BATTERY_2_IP": "127.0.0.1",  # only battery 2 is configured
+            "BATTERY_2_PORT": str(served.modbus_port + 1),
+            "MQTT_HOST": broker.host,
+            "MQTT_PORT": str(broker.port),
+            "MQTT_USERNAME": TEST_USERNAME,
+            "MQTT_PASSWORD": TEST_PASSWORD,
+            "MQTT_MIN_INTERVAL_S": "0",
+        }
+        state_file = tmp_path / "state.json"
+        engine, out = start_engine(tmp_path, env, "--state-file", str(state_file))
+        try:
+            async with aiomqtt.Client(
+                broker.host, broker.port, username=TEST_USERNAME, password=TEST_PASSWORD
+            ) as client:
+                await client.subscribe("mmbc/battery/#", qos=1)
+                await wait_for_topic(client, "mmbc/battery/2/online", "true")
+                await asyncio.sleep(3.0)  # the identification is read in the first cycles
+            state = await retained_under(broker.host, broker.port, "mmbc/battery/#")
+            configs = await retained_under(broker.host, broker.port, "homeassistant/#")
+        finally:
+            await asyncio.to_thread(stop_engine, engine, out)
+    assert "mmbc/battery/2/soc" in state
+    assert not [topic for topic in state if topic.startswith("mmbc/battery/1/")]
+    soc = json.loads(configs["homeassistant/sensor/mmbc/battery_2_soc/config"])
+    assert soc["device"]["name"] == "MMBC Battery 2"
+    assert soc["device"]["serial_number"] == "VNSESIMbattery_2"  # read from 31200
+    assert "marstek_VNSESIMbattery_2" in soc["device"]["identifiers"]
+    assert not [topic for topic in configs if "battery_1_" in topic]
+    assert json.loads(state_file.read_text(encoding="utf-8"))["batteries"][0]["number"] == 2

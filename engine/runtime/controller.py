@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from engine.core.energy import CounterReading, EnergyLedger
+from engine.core.energy import CounterReading, EnergyLedger, EnergyTotals
 from engine.core.events import SafeHoldCause, SafeHoldEntered
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
@@ -212,6 +212,24 @@ class Controller:
     def _report(self, snap: Snapshot, plan: Plan) -> None:
         if self.observer is not None:
             self.observer.cycle_done(snap, plan)
+        try:
+            totals = self._count_energy(snap)
+        except Exception:  # reporting must never stop control
+            _LOGGER.exception("counting the energy totals failed")
+            totals = self.energy.totals
+        if not self.sinks:
+            return
+        status = build_status(
+            snap, plan, self.capacities, numbers=self.battery_numbers, energy=totals
+        )
+        for sink in self.sinks:
+            try:
+                sink.publish(status)
+            except Exception:  # reporting must never stop control
+                _LOGGER.exception("publishing the status failed")
+
+    def _count_energy(self, snap: Snapshot) -> EnergyTotals:
+        """Feed the batteries' counters to the ledger; save it now and then."""
         totals = self.energy.observe(
             snap.now_s,
             (
@@ -227,16 +245,7 @@ class Controller:
         )
         if self.energy_store is not None:
             self.energy_store.maybe_save(self.energy, snap.now_s)
-        if not self.sinks:
-            return
-        status = build_status(
-            snap, plan, self.capacities, numbers=self.battery_numbers, energy=totals
-        )
-        for sink in self.sinks:
-            try:
-                sink.publish(status)
-            except Exception:  # reporting must never stop control
-                _LOGGER.exception("publishing the status failed")
+        return totals
 
     async def _read_meter(self) -> float:
         """Poll the P1 meter; returns ``latency_clock`` at the response (the latency start)."""

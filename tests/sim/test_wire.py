@@ -71,8 +71,8 @@ def test_wire_scores_like_the_in_process_replay(kettle: Scenario) -> None:
     # Every request went over a socket, and the driver counted them.
     assert w["modbus_reads"] > 1000
     assert w["modbus_writes"] > 10
-    # One cycle per second from the meter's first reading on; each has a latency sample.
-    assert 1150 <= w["cycles"] <= 1200
+    # About one cycle a second from the first reading on; each has a latency sample.
+    assert 1150 <= w["cycles"] <= 1200 * 1.05  # a few polls are followed up sooner
     assert 0 < w["cycle_latency_median_ms"] <= w["cycle_latency_p99_ms"]
     assert any("cycle latency" in note for note in wire.notes)
 

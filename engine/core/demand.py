@@ -98,9 +98,6 @@ class DemandEstimator:
             or abs(demand - self.demand_w) >= s.min_change_w
             or (demand != 0 and self.demand_w == 0)
         ):
-            if abs(demand - self.demand_w) >= s.step_threshold_w and not self.anticipating:
-                fleet_w = self.history.latest_w()
-                self.response.start(snap.now_s, fleet_w, fleet_w + demand - self.demand_w)
             self.demand_w = demand
         if s.feature_fast_load_hold:
             self.hold.observe(seen_s - s.meter_latency_s, demand, self.loop_delay_s())
@@ -112,6 +109,7 @@ class DemandEstimator:
                 grid_w=snap.grid_w,
                 interval_s=self.cadence.typical_interval_s(),
                 lead_s=self.response.lead_s,
+                ramp_w_per_s=self.response.ramp_w_per_s,
             )
 
     def anticipate(self, now_s: float, room_w: Callable[[Direction], float]) -> None:
@@ -124,7 +122,9 @@ class DemandEstimator:
         s = self.settings
         predicted = None
         if s.feature_pulse_prediction and self.predictor.active:
-            predicted = self.predictor.target_w(now_s, self.response.lead_s)
+            predicted = self.predictor.target_w(
+                now_s, self.response.dead_s, self.response.ramp_w_per_s
+            )
             for level in self.predictor.levels_w():
                 need = level - s.grid_target_w
                 direction = Direction.DISCHARGE if need > 0 else Direction.CHARGE
@@ -132,12 +132,17 @@ class DemandEstimator:
                     predicted = None
         self.anticipating = predicted is not None
         self.filter.damping_enabled = s.feature_oscillation_damping and not self.anticipating
+        before_w = self.target_w
         if predicted is not None:
             self.target_w = predicted - s.grid_target_w
         elif self.hold.active:
             self.target_w = self.hold.target_w(self.demand_w)
         else:
             self.target_w = self.demand_w
+        if abs(self.target_w - before_w) >= s.step_threshold_w:
+            # A large new setpoint: time how the batteries answer it (dead time, ramp).
+            fleet_w = self.history.latest_w()
+            self.response.start(now_s, fleet_w, fleet_w + self.target_w - before_w)
 
     def loop_delay_s(self) -> float:
         """From a load's change to the batteries matching it, as measured: the meter samples

@@ -190,43 +190,64 @@ class NetDemandFilter:
 
 
 class ResponseTimer:
-    """Learns how long the batteries take to get half-way to a new setpoint.
+    """Learns how the batteries answer a new setpoint: dead time, ramp rate, half-way time.
 
     Started on a large setpoint change, it watches the fleet's measured power and records
-    when it crossed the half-way mark (interpolated between cycles). That is the lead a
-    prediction needs: dead time plus half the ramp.
+    when it passed 10 %, half and 90 % of the way (interpolated between cycles). The half-way
+    time is the lead a centred prediction needs (dead time plus half the ramp); the 10 % and
+    90 % marks give the ramp rate (W/s of the whole fleet) and, from it, the dead time.
     """
 
     def __init__(self, initial_s: float = 2.0, timeout_s: float = 15.0) -> None:
         self.lead_s = initial_s
+        self.dead_s = 0.5 * initial_s
+        self.ramp_w_per_s = 1000.0  # until measured: a Venus E's nominal ramp
         self.samples = 0
+        self.ramp_samples = 0
         self.timeout_s = timeout_s
-        self._start: tuple[float, float, float] | None = None  # t, from W, half-way W
+        self._start: tuple[float, float, float] | None = None  # t, from W, to W
+        self._marks: dict[float, float] = {}  # fraction of the way -> when passed
         self._last: tuple[float, float] | None = None
 
     def start(self, t_s: float, from_w: float, to_w: float) -> None:
-        self._start = (t_s, from_w, 0.5 * (from_w + to_w))
+        self._start = (t_s, from_w, to_w)
+        self._marks = {}
         self._last = (t_s, from_w)
 
     def observe(self, t_s: float, power_w: float) -> None:
         if self._start is None or self._last is None:
             return
-        t0, from_w, half_w = self._start
+        t0, from_w, to_w = self._start
         last_t, last_w = self._last
         self._last = (t_s, power_w)
         if t_s - t0 > self.timeout_s:
             self._start = None  # it never got there (saturated, blocked): no sample
             return
-        rising = half_w > from_w
-        crossed = power_w >= half_w if rising else power_w <= half_w
-        if not crossed:
+        span_w = to_w - from_w
+        for fraction in (0.1, 0.5, 0.9):
+            if fraction in self._marks:
+                continue
+            mark_w = from_w + fraction * span_w
+            crossed = power_w >= mark_w if span_w > 0 else power_w <= mark_w
+            if not crossed:
+                break
+            step = power_w - last_w
+            frac = (mark_w - last_w) / step if step else 1.0
+            self._marks[fraction] = last_t + min(max(frac, 0.0), 1.0) * (t_s - last_t) - t0
+            if fraction == 0.5:
+                self.samples += 1
+                weight = 1.0 / min(self.samples, 5)
+                self.lead_s += weight * (self._marks[0.5] - self.lead_s)
+        if 0.9 not in self._marks:
             return
-        span = power_w - last_w
-        frac = (half_w - last_w) / span if span else 1.0
-        sample = last_t + min(max(frac, 0.0), 1.0) * (t_s - last_t) - t0
-        self.samples += 1
-        weight = 1.0 / min(self.samples, 5)
-        self.lead_s += weight * (sample - self.lead_s)
+        ramp_s = self._marks[0.9] - self._marks[0.1]
+        if ramp_s > 1e-6:
+            rate = 0.8 * abs(span_w) / ramp_s
+            dead = self._marks[0.1] - 0.1 * abs(span_w) / rate
+            self.ramp_samples += 1
+            weight = 1.0 / min(self.ramp_samples, 5)
+            self.ramp_w_per_s += weight * (rate - self.ramp_w_per_s)
+            self.dead_s += weight * (max(0.0, dead) - self.dead_s)
         self._start = None
 
 
@@ -266,6 +287,8 @@ class PulsePredictor:
         self._edge: tuple[float, int] | None = None  # the edge whose grid energy is summed
         self._residual: list[tuple[float, float]] = []
         self._response_s = 6.0  # lead and readings: how long an edge shows on the grid
+        self._ramp_w_per_s = 1000.0  # the fleet's measured ramp (for the edges' own import)
+        self._trusted = True  # its rises may be anticipated (no miss since one was seen)
 
     # ---------------------------------------------------------------- observation
     def observe(
@@ -277,9 +300,11 @@ class PulsePredictor:
         grid_w: float,
         interval_s: float,
         lead_s: float,
+        ramp_w_per_s: float = 1000.0,
     ) -> None:
         """A reading of instant ``t_s``: demand estimate ``value_w`` (``narrow``: exact)."""
         self._response_s = 2.0 * lead_s + 2.0 * interval_s
+        self._ramp_w_per_s = ramp_w_per_s
         if self.active:
             self._correct_timing(t_s, grid_w)
         if not narrow:
@@ -314,7 +339,7 @@ class PulsePredictor:
             return
         d = [b[0] - a[0] for a, b in pairwise(edges)]
         on, off = d[0::2], d[1::2]  # "on": the phase after an edge like the last one
-        tolerance_s = 1.5 * interval_s
+        tolerance_s = 0.5 * interval_s
         if max(on) - min(on) > tolerance_s or max(off) - min(off) > tolerance_s:
             return
         sizes = [e[2] for e in edges]
@@ -333,6 +358,7 @@ class PulsePredictor:
         self._misses = 0
         self._suppress_until_s = float("-inf")
         self._edge = None
+        self._trusted = True
         self.active = True
 
     def _track_levels(self, t_s: float, value_w: float) -> None:
@@ -358,6 +384,7 @@ class PulsePredictor:
             self._miss(t_s)
             return
         if seen == 1:
+            self._trusted = True
             self._size_w += 0.3 * (self._rise * (value_w - self._base_w) - self._size_w)
         else:
             self._base_w += 0.3 * (value_w - self._base_w)
@@ -388,7 +415,9 @@ class PulsePredictor:
         step_s = (samples[-1][0] - samples[0][0]) / (len(samples) - 1)
         grid_ws = sum(g for _, g in samples) * step_s
         direction = self._rise if new_state == 1 else -self._rise
-        error_s = -direction * grid_ws / self._size_w
+        # Anticipated import-side, each edge imports the batteries' ramp: its triangle.
+        expected_ws = 0.5 * self._size_w * self._size_w / max(self._ramp_w_per_s, 1.0)
+        error_s = -direction * (grid_ws - expected_ws) / self._size_w
         if abs(error_s) > MISS_SHARE * window_s:
             self._miss(edge_t)  # the edge did not come (or far off the rhythm)
             return
@@ -419,17 +448,31 @@ class PulsePredictor:
             return start + self._on_s, 0
         return start, 1
 
-    def target_w(self, now_s: float, lead_s: float) -> float | None:
-        """The demand to steer to now, ``lead_s`` ahead; None when not anticipating."""
-        if not self.active or now_s < self._suppress_until_s:
+    def target_w(self, now_s: float, dead_s: float, ramp_w_per_s: float) -> float | None:
+        """The demand to steer to now; None when not anticipating.
+
+        Each edge is anticipated so that it never makes the batteries export (between two
+        errors the import side): the batteries start towards a higher level as the load
+        rises (a dead time ahead) and have left a higher level by the time it falls (a dead
+        time and their whole ramp ahead). Measured: ``dead_s`` and the fleet's ramp rate.
+        """
+        if not self.active or not self._trusted or now_s < self._suppress_until_s:
             return None
-        return self._base_w + self._rise * self._size_w * self._state_at(now_s + lead_s)
+        ramp_s = self._size_w / max(ramp_w_per_s, 1.0)
+        edge_s, new_state = self._next_edge_after(now_s)
+        load_rises = (new_state == 1) == (self._rise > 0)
+        lead_s = dead_s if load_rises else dead_s + ramp_s
+        state = new_state if edge_s - now_s <= lead_s else self._state_at(now_s)
+        return self._base_w + self._rise * self._size_w * state
 
     def levels_w(self) -> tuple[float, float]:
         """The demand while "off" and while "on"."""
         return self._base_w, self._base_w + self._rise * self._size_w
 
     def _miss(self, t_s: float) -> None:
+        # A rise anticipated that does not come is export: after a miss, rises are trusted
+        # again only once the load is seen on in the rhythm.
+        self._trusted = False
         self._misses += 1
         if self._misses >= 2:
             self.forget()

@@ -143,21 +143,27 @@ def rhythm_readings(
 def test_predictor_learns_a_rhythm_and_anticipates_its_edges() -> None:
     p = PulsePredictor(threshold_w=150)
     rhythm_readings(p, 0.5, 20.5)
-    assert p.target_w(21.0, 2.0) is None  # fewer than three periods seen
+    assert p.target_w(21.0, 1.0, 1400.0) is None  # fewer than three periods seen
 
     rhythm_readings(p, 20.5, 50.5)
 
     assert p.active
     assert sorted(p.levels_w()) == pytest.approx([300.0, 3100.0], abs=1.0)
-    # The "on" edge is at 60 s: 2 s ahead the target is already the high level.
-    assert p.target_w(57.0, 2.0) == pytest.approx(300.0, abs=1.0)
-    assert p.target_w(58.5, 2.0) == pytest.approx(3100.0, abs=1.0)
+    # The import side: a rise is anticipated by the dead time only (1 s; the batteries then
+    # ramp as the load is on), a fall by the dead time and the whole ramp (2800 W at
+    # 1400 W/s: 2 s), so the batteries have left the high level when the load falls.
+    assert p.target_w(58.5, 1.0, 1400.0) == pytest.approx(300.0, abs=1.0)
+    assert p.target_w(59.5, 1.0, 1400.0) == pytest.approx(3100.0, abs=1.0)
+    # The load falls at 66 s (learnt from the readings' midpoints: 65.5 s); 3 s before it
+    # the target is already low.
+    assert p.target_w(62.0, 1.0, 1400.0) == pytest.approx(3100.0, abs=1.0)
+    assert p.target_w(63.0, 1.0, 1400.0) == pytest.approx(300.0, abs=1.0)
 
 
 def test_predictor_forgets_a_rhythm_that_stops() -> None:
     p = PulsePredictor(threshold_w=150)
     rhythm_readings(p, 0.5, 50.5)
-    assert p.target_w(51.0, 2.0) is not None
+    assert p.target_w(51.0, 1.0, 1400.0) is not None
 
     for t in range(51, 90):  # the hob is switched off: only the base load remains
         p.observe(
@@ -170,7 +176,7 @@ def test_predictor_forgets_a_rhythm_that_stops() -> None:
         )
 
     assert not p.active
-    assert p.target_w(91.0, 2.0) is None
+    assert p.target_w(91.0, 1.0, 1400.0) is None
 
 
 def test_predictor_ignores_steps_without_rhythm() -> None:

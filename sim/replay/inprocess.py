@@ -35,7 +35,7 @@ from sim.replay.invariants import (
 )
 from sim.replay.result import RunResult
 from sim.scenario import Scenario
-from sim.scoring.metrics import score
+from sim.scoring.metrics import Metrics, score
 from sim.scoring.oracle import simulate_oracle
 
 HTTP_OK = 200
@@ -232,6 +232,7 @@ def _cycle(
             notes.append(f"{now:8.1f} s control cycle failed: every battery to 0 W\n{detail}")
         for link in links:
             link.write(0, now)
+        world.record.note_cycle(now, None, dict.fromkeys(world.names, 0))
         checker.crashed(now, detail, observe_world(world))
         if on_cycle is not None:
             on_cycle(world, snap, None)
@@ -244,6 +245,7 @@ def _cycle(
             link.write(plan.setpoints[name], now)
         if name in plan.release:
             link.release(now)
+    world.record.note_cycle(now, snap.grid_w, plan.setpoints, plan.release)
     check_cycle(world, checker, snap, plan, period)
     if on_cycle is not None:
         on_cycle(world, snap, plan)
@@ -316,7 +318,7 @@ def probe_shutdown(
     )
 
 
-def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> dict[str, float]:
+def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> Metrics:
     """Every metric of one finished run against the reference; ``wall_start`` from
     ``time.perf_counter()`` at the run's start (the reported wall time, not control)."""
     record.wall_seconds = time.perf_counter() - wall_start
@@ -327,7 +329,7 @@ def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> dict[
         record.discharge_blocked,
         [(b.params, b.soc_pct) for b in scenario.batteries],
     )
+    record.oracle_grid_w = oracle.grid_w
     metrics = score(record, oracle, scenario.tariff)
     record.wall_seconds = time.perf_counter() - wall_start
-    metrics["wall_seconds"] = record.wall_seconds
-    return metrics
+    return metrics.replace(wall_seconds=record.wall_seconds)

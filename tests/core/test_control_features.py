@@ -21,6 +21,7 @@ from engine.core.model import BatteryTelemetry, Plan, Snapshot
 from engine.core.policy import CUTOFF_CYCLES, MmbcPolicy
 from engine.core.quality import Quality, QualityMonitor
 from engine.core.settings import BatterySpec, ControlSettings
+from sim.scoring.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -474,7 +475,7 @@ def test_every_feature_can_be_switched_off_safely(feature: str) -> None:
 
 
 # ---------------------------------------------------------------------- the real plant
-def run(scenario: str, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> dict[str, float]:
+def run(scenario: str, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Metrics:
     from sim.replay.inprocess import run_scenario
     from sim.scenario import load_scenario
 
@@ -488,9 +489,9 @@ def test_on_the_plant_latency_alignment_removes_the_hunting(
     on = run("kettle.toml", monkeypatch)
     off = run("kettle.toml", monkeypatch, feature_latency_alignment=False)
 
-    assert on["band_crossings_per_h"] < off["band_crossings_per_h"]
-    assert on["excess_wh"] < off["excess_wh"]
-    assert on["direction_changes"] == 0
+    assert on.band_crossings_per_h < off.band_crossings_per_h
+    assert on.excess_wh < off.excess_wh
+    assert on.direction_changes == 0
 
 
 def test_on_the_plant_anticipation_pays_off_on_an_induction_hob(
@@ -499,5 +500,5 @@ def test_on_the_plant_anticipation_pays_off_on_an_induction_hob(
     on = run("induction_hob.toml", monkeypatch)
     off = run("induction_hob.toml", monkeypatch, feature_pulse_prediction=False)
 
-    assert on["excess_wh"] < 0.9 * off["excess_wh"]
-    assert on["tracking_score"] > off["tracking_score"]
+    assert on.excess_wh < 0.9 * off.excess_wh
+    assert on.tracking_score > off.tracking_score

@@ -34,18 +34,21 @@ def test_wire_scores_like_the_in_process_replay(kettle: Scenario) -> None:
     assert set(wire.invariants) == set(INVARIANTS)
     assert all(wire.invariants.values()), wire.report.details
     w, r = wire.metrics, replay.metrics
-    assert w["sim_seconds"] == r["sim_seconds"] == 1200.0
+    assert w.sim_seconds == r.sim_seconds == 1200.0
     # The same engine logic on the same plant: the same order of control quality.
-    assert r["excess_wh"] > 0
-    assert 0.5 * r["excess_wh"] <= w["excess_wh"] <= 2.0 * r["excess_wh"] + 2.0
-    assert w["tracking_score"] == pytest.approx(r["tracking_score"], abs=0.05)
-    assert w["tracking_score"] > 0.8
+    assert r.excess_wh > 0
+    assert 0.5 * r.excess_wh <= w.excess_wh <= 2.0 * r.excess_wh + 2.0
+    assert w.tracking_score == pytest.approx(r.tracking_score, abs=0.05)
+    assert w.tracking_score > 0.8
     # Every request went over a socket, and the driver counted them.
-    assert w["modbus_reads"] > 1000
-    assert w["modbus_writes"] > 10
+    assert w.modbus_reads > 1000
+    assert w.modbus_writes > 10
     # One cycle per second from the meter's first reading on; each has a latency sample.
-    assert 1150 <= w["cycles"] <= 1200
-    assert 0 < w["cycle_latency_median_ms"] <= w["cycle_latency_p99_ms"]
+    assert w.cycles is not None
+    assert 1150 <= w.cycles <= 1200
+    assert w.cycle_latency_median_ms is not None
+    assert w.cycle_latency_p99_ms is not None
+    assert 0 < w.cycle_latency_median_ms <= w.cycle_latency_p99_ms
     assert any("cycle latency" in note for note in wire.notes)
 
 
@@ -61,7 +64,7 @@ def test_battery_offline_over_the_wire_keeps_every_invariant() -> None:
     assert went
     assert 600.0 <= float(went[0].split()[0]) <= 605.0
     assert any(900.0 <= float(n.split()[0]) <= 940.0 for n in back)
-    assert result.metrics["tracking_score"] > 0.8
+    assert result.metrics.tracking_score > 0.8
 
 
 def test_progress_is_reported_in_scenario_seconds(kettle: Scenario) -> None:

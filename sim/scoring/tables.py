@@ -96,10 +96,13 @@ def render(*tables: RenderableType) -> str:
 
 
 def print_tables(*tables: RenderableType, console: Console | None = None) -> None:
-    """Print ``tables`` on ``console`` (default ``make_console()``). A table wider than the
-    terminal is printed whole at its own width (the terminal wraps its lines), never with
-    columns cut off."""
+    """Print ``tables`` on ``console`` (default ``make_console()``): on a terminal in colour,
+    a table wider than the terminal whole at its own width (the terminal wraps its lines),
+    never with columns cut off; otherwise as ``render``'s plain text."""
     out = console or make_console()
+    if not out.is_terminal:
+        out.file.write(render(*tables) + "\n")
+        return
     for index, table in enumerate(tables):
         if index:
             out.print()

@@ -24,6 +24,7 @@ from engine.errors import ConfigError, DeviceResponseError, DeviceUnavailable
 from sim.plant.meter import KwhMeterModel, P1MeterModel
 from sim.plant.params import MeterParams
 from sim.servers.homewizard import MeterServer, start_meter_server
+from tests.fakes import FakeClock
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "homewizard"
 DATA_FIXTURES = sorted(
@@ -219,23 +220,14 @@ def test_normalise_p1_url_rejects_nonsense(bad: str) -> None:
 # -- client against the simulated meter ------------------------------------------------------
 
 
-class _Clock:
+@pytest.fixture
+def clock() -> FakeClock:
     """The server's notion of now, moved by the test (no real time involved)."""
-
-    def __init__(self) -> None:
-        self.t_s = 0.0
-
-    def now(self) -> float:
-        return self.t_s
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> _Clock:
-    return _Clock()
-
-
-@pytest.fixture
-def p1(clock: _Clock) -> P1MeterModel:
+def p1(clock: FakeClock) -> P1MeterModel:
     """A quiet P1 meter reading 750 W, its first sample visible at the clock's start."""
     model = P1MeterModel(MeterParams(noise_w=0.0))
     model.observe(0.0, 750.0)
@@ -244,7 +236,7 @@ def p1(clock: _Clock) -> P1MeterModel:
 
 
 @pytest.fixture
-async def server(p1: P1MeterModel, clock: _Clock) -> AsyncIterator[MeterServer]:
+async def server(p1: P1MeterModel, clock: FakeClock) -> AsyncIterator[MeterServer]:
     srv = await start_meter_server(p1, now=clock.now)
     yield srv
     await srv.stop()
@@ -257,7 +249,7 @@ async def client(server: MeterServer) -> AsyncIterator[HomeWizardClient]:
     await hw.close()
 
 
-def _tick(model: P1MeterModel, clock: _Clock, power_w: float) -> None:
+def _tick(model: P1MeterModel, clock: FakeClock, power_w: float) -> None:
     """Set ``power_w`` now and let one second pass: the sample taken meanwhile is visible."""
     model.observe(clock.t_s, power_w)
     clock.t_s += 1.0
@@ -265,7 +257,7 @@ def _tick(model: P1MeterModel, clock: _Clock, power_w: float) -> None:
 
 
 async def test_reads_the_live_value(
-    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+    p1: P1MeterModel, clock: FakeClock, client: HomeWizardClient
 ) -> None:
     _tick(p1, clock, 750.0)
     reading = await client.read()
@@ -285,14 +277,16 @@ async def test_server_url_and_device_endpoint(
     assert info["api_version"] == "v1"
 
 
-async def test_base_url_is_accepted(server: MeterServer, p1: P1MeterModel, clock: _Clock) -> None:
+async def test_base_url_is_accepted(
+    server: MeterServer, p1: P1MeterModel, clock: FakeClock
+) -> None:
     _tick(p1, clock, 42.0)
     async with HomeWizardClient(f"127.0.0.1:{server.port}", timeout_s=0.3) as hw:
         assert hw.url == server.url
         assert (await hw.read()).active_power_w == 42.0
 
 
-async def test_no_sample_yet_is_a_response_error(clock: _Clock) -> None:
+async def test_no_sample_yet_is_a_response_error(clock: FakeClock) -> None:
     srv = await start_meter_server(P1MeterModel(), now=clock.now)
     try:
         async with HomeWizardClient(srv.url, timeout_s=0.3) as hw:
@@ -362,7 +356,7 @@ async def test_wrong_path_is_a_permanent_error(server: MeterServer) -> None:
 
 
 async def test_garbage_never_yields_a_reading(
-    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+    p1: P1MeterModel, clock: FakeClock, client: HomeWizardClient
 ) -> None:
     _tick(p1, clock, 500.0)
     p1.set_fault("garbage")
@@ -373,7 +367,7 @@ async def test_garbage_never_yields_a_reading(
 
 
 async def test_frozen_meter_stops_advancing_updated_s(
-    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+    p1: P1MeterModel, clock: FakeClock, client: HomeWizardClient
 ) -> None:
     tracker = MeterTracker()
     for _ in range(3):
@@ -405,7 +399,7 @@ async def test_injected_session_is_left_open(server: MeterServer, p1: P1MeterMod
         assert (await hw.read()).active_power_w == 750.0
 
 
-async def test_pv_kwh_meter_on_its_own_port(clock: _Clock) -> None:
+async def test_pv_kwh_meter_on_its_own_port(clock: FakeClock) -> None:
     pv = KwhMeterModel(MeterParams(noise_w=0.0))
     pv.observe_pv(0.0, 1800.0)
     clock.t_s = 1.0

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 from engine import __version__
 from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.marstek import MarstekBattery
-from engine.config import EngineConfig, config_error_exit_message, load_config
+from engine.config import config_error_exit_message, load_config
 from engine.core.policies import make_policy
 from engine.errors import ConfigError, DeviceError
 from engine.logs import setup_logging
 from engine.ports import Clock, LoopClock
 from engine.runtime.controller import SHUTDOWN_BUDGET_S, Controller
+from engine.settings import EngineSettings, MqttSettings
 
 if TYPE_CHECKING:
     from engine.adapters.mqtt import MqttBridge
@@ -31,6 +32,7 @@ _LOGGER = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_CONFIG = 2
+MQTT_CHECK_TIMEOUT_S = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"mmbc-engine: {config_error_exit_message(err)}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log.level, config.log.format)
     for warning in config.warnings:
         _LOGGER.warning("configuration: %s", warning)
     if args.check:
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(run(config, dry_run=args.dry_run or config.dry_run))
 
 
-def build_batteries(config: EngineConfig, clock: Clock) -> list[MarstekBattery]:
+def build_batteries(config: EngineSettings, clock: Clock) -> list[MarstekBattery]:
     return [
         MarstekBattery(
             b.name,
@@ -90,10 +92,40 @@ async def _check_meter(name: str, url: str, timeout_s: float) -> bool:
     return True
 
 
-async def check(config: EngineConfig) -> int:
-    """Print the configuration, reach every device once (reads only) and say what answered.
+async def _check_mqtt(mqtt: MqttSettings) -> bool:
+    """Connect to the broker once (TLS and credentials as configured) and disconnect."""
+    import aiomqtt  # only imported when MQTT is configured
 
-    Exit status 0 when every device answered, 1 otherwise.
+    where = f"MQTT broker {mqtt.host}:{mqtt.port}"
+    how = ("TLS" if mqtt.tls else "no TLS") + (f", user {mqtt.username}" if mqtt.username else "")
+    if mqtt.tls_cert_file is not None:
+        how += ", client certificate"
+    client = aiomqtt.Client(
+        mqtt.host,
+        mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password_text(),
+        # Not the engine's own id: a running engine with that id would be kicked off.
+        identifier=f"{mqtt.client_id}-check",
+        clean_session=True,
+        timeout=MQTT_CHECK_TIMEOUT_S,
+        tls_context=mqtt.ssl_context(),
+    )
+    try:
+        async with asyncio.timeout(MQTT_CHECK_TIMEOUT_S), client:
+            pass
+    except (aiomqtt.MqttError, OSError, TimeoutError) as err:
+        reason = str(err) or f"no answer within {MQTT_CHECK_TIMEOUT_S:g} s"
+        print(f"{where}: FAILED ({how}: {reason})")
+        return False
+    print(f"{where}: OK ({how})")
+    return True
+
+
+async def check(config: EngineSettings) -> int:
+    """Print the configuration, reach every device and the broker once, say what answered.
+
+    Reads only. Exit status 0 when everything answered, 1 otherwise.
     """
     print(f"mmbc-engine {__version__}: configuration is valid")
     print(config.describe())
@@ -113,16 +145,20 @@ async def check(config: EngineConfig) -> int:
         else:
             print(f"{where}: FAILED (no valid answer)")
             results.append(False)
+    if config.mqtt is not None:
+        results.append(await _check_mqtt(config.mqtt))
     ok = all(results)
-    print("check: every device answered" if ok else "check: FAILED, see above")
+    print("check: everything answered" if ok else "check: FAILED, see above")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
-def _make_bridge(config: EngineConfig, controller: Controller, clock: Clock) -> MqttBridge:
+def _make_bridge(
+    config: EngineSettings, mqtt: MqttSettings, controller: Controller, clock: Clock
+) -> MqttBridge:
     from engine.adapters.mqtt import MqttBridge  # aiomqtt is only imported when MQTT is on
 
     return MqttBridge(
-        config.mqtt_settings(),
+        mqtt,
         clock=clock,
         on_block_discharge=controller.set_block_discharge,
         on_mode=controller.set_mode,
@@ -131,7 +167,7 @@ def _make_bridge(config: EngineConfig, controller: Controller, clock: Clock) -> 
     )
 
 
-async def run(config: EngineConfig, *, dry_run: bool) -> int:
+async def run(config: EngineSettings, *, dry_run: bool) -> int:
     """Run until SIGTERM/SIGINT; then every battery to 0 W and released, exit 0 within 5 s."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -160,7 +196,8 @@ async def run(config: EngineConfig, *, dry_run: bool) -> int:
         capacities={b.name: b.capacity_wh for b in config.batteries},
         dry_run=dry_run,
     )
-    bridge = _make_bridge(config, controller, clock) if config.mqtt is not None else None
+    mqtt = config.mqtt
+    bridge = _make_bridge(config, mqtt, controller, clock) if mqtt is not None else None
     if bridge is not None:
         controller.sinks.append(bridge)
     _LOGGER.info(

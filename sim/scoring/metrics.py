@@ -1,10 +1,10 @@
-"""Control-quality metrics of one run against the reference, and the tables that show them.
+"""Control-quality metrics of one run against the reference: the frozen ``Metrics``, ``score``.
 
 Every metric is defined once here (docs/scoring.md), over the whole ``RunRecord`` handed in: the
 record *is* the scored window (a replay that wants a warm-up leaves it out of the record and
 starts the oracle at the same step). Sample i covers ``[t_s[i], t_s[i] + dt_s[i])`` with its
-powers held, so energies are ``sum(power * dt)``. Every value is a finite float. Choices the
-reference leaves open:
+powers held, so energies are ``sum(power * dt)``. Every value is finite (counts are whole
+numbers). Choices the reference leaves open:
 
 - ``import_wh`` / ``export_wh`` are both >= 0 (export is the magnitude of negative grid).
 - ``tracking_score`` is 1.0 when the reference avoids (almost) nothing, i.e.
@@ -70,11 +70,6 @@ class MetricInfo:
     key: str
     header: str  # what it is, a line break, its unit: "excess\nWh"
     fmt: str  # a format spec, e.g. ".1f"
-
-    @property
-    def label(self) -> str:
-        """The header on one line: "excess Wh"."""
-        return self.header.replace("\n", " ")
 
 
 def _metric(header: str, fmt: str = ".1f") -> Any:

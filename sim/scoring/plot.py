@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any  # matplotlib's axes: typed only when it is installed
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sim.plant.record import RunRecord
     from sim.replay.result import RunResult
 
+# matplotlib's axes are passed as Any: matplotlib is optional, so its types are there only
+# when it is installed.
 MAX_POINTS = 4000  # decimate long runs: a day at 0.5 s has 172 800 samples
 WORST_WINDOW_S = 60.0
 _SECONDS_PER_HOUR = 3600.0

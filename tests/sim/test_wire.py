@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,10 @@ def test_progress_is_reported_in_scenario_seconds(kettle: Scenario) -> None:
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
     assert result.invariants["shutdown_safe"]
     assert result.record.t_s[-1] == pytest.approx(59.5)
+    # The controller's cycles were noted (--series): what the meter showed it, what it sent.
+    record = result.record
+    assert len(record.cycle_t_s) >= 55
+    last = len(record.t_s) - 1
+    assert record.meter_w[last] == pytest.approx(record.grid_w[last], abs=150.0)
+    assert record.command_w[0][last] > 0  # discharging into the night load
+    assert math.isnan(record.meter_w[0])  # nothing seen before the first cycle

@@ -15,8 +15,7 @@ One command::
 
     writes = commander.writes_for(power_w, now_s)   # [] when nothing needs sending
     ... write them in order; stop at the first failure ...
-    commander.on_written(writes_done, now_s)
-    commander.on_write_failed(now_s)                # only if one failed
+    commander.on_batch(writes_done, failed=..., now_s=now_s)   # the acknowledged prefix
 
 Control (register 42000) life cycle, ``ControlState``:
 
@@ -380,6 +379,13 @@ class VenusCommander:
         if {address for address, _ in done} >= _SETPOINT_REGS:
             self._full_write_s = now_s
 
+    def on_batch(self, done: Iterable[tuple[int, int]], *, failed: bool, now_s: float) -> None:
+        """One batch's outcome, as every transport reports it: the writes the battery
+        acknowledged (a prefix of the batch), then whether a later one failed."""
+        self.on_written(done, now_s)
+        if failed:
+            self.on_write_failed(now_s)
+
     def on_write_failed(self, now_s: float) -> None:
         """A write failed: what the battery holds is unknown, so the next command goes in full."""
         del now_s
@@ -560,9 +566,7 @@ class MarstekBattery:
             else:
                 done.append((address, value))
         # One batch for the commander: a full setpoint set restarts the re-assert timer.
-        self.commander.on_written(done, self._clock.now())
-        if not ok:
-            self.commander.on_write_failed(self._clock.now())
+        self.commander.on_batch(done, failed=not ok, now_s=self._clock.now())
         return ok, reason
 
     def _note_write_result(self, *, ok: bool, reason: str) -> None:

@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.core.events import SafeHoldCause, SafeHoldEntered
+from engine.core.cycle import ControlCycle, CycleResult, Release, UserInputs
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy
-from engine.core.states import FleetState
 from engine.core.status import build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
@@ -28,14 +26,6 @@ from engine.runtime.event_log import describe, level
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 4.5  # SIGTERM → every battery at 0 W and released within 5 s
-
-
-@dataclass
-class UserInputs:
-    """What the user set over MQTT; applied at the next cycle."""
-
-    mode: Mode = Mode.NORMAL
-    discharge_blocked: bool = False
 
 
 @dataclass
@@ -49,16 +39,6 @@ class CycleStats:
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     cycles: int = 0
     errors: int = 0
-
-
-def _safe_plan(names: Sequence[str]) -> Plan:
-    return Plan(
-        setpoints=dict.fromkeys(names, 0),
-        fleet_state=FleetState.SAFE_HOLD,
-        battery_states={},
-        events=(SafeHoldEntered(SafeHoldCause.INTERNAL_ERROR),),
-        safe_hold=True,
-    )
 
 
 class Controller:
@@ -99,7 +79,7 @@ class Controller:
         self._pv_w: float | None = None
         self._pv_online: bool | None = None
         self._error_logged = False
-        self._released: set[str] = set()  # released by a plan; not commanded since
+        self.core = ControlCycle(policy, [b.name for b in self.batteries])
 
     # ------------------------------------------------------------------ inputs
     def set_block_discharge(self, blocked: bool) -> None:
@@ -142,10 +122,18 @@ class Controller:
         """One cycle. Never raises: an unexpected error puts every battery at 0 W."""
         now = self.clock.now()
         try:
-            snap, plan, meter_done = await self._read_and_decide(now)
-            await self._write(plan)
-        except Exception as exc:  # the one place that catches everything: fail safe, go on
-            return await self._fail_safe(now, exc)
+            snap, meter_done = await self._read(now)
+            result = self.core.run(snap)
+            await self._execute(result)
+        except Exception as exc:  # a bug in the shell: fail safe, go on
+            fallback = ControlCycle.snapshot(now, self.tracker, (), self.inputs, self._pv_w)
+            result = self.core.fail_safe(fallback, exc)
+            with contextlib.suppress(Exception):  # already failing safe; the next cycle retries
+                await self._execute(result)
+            return self._failed(now, result)
+        if result.failure is not None:
+            return self._failed(now, result)
+        plan = result.plan
         self.stats.latencies_s.append(max(0.0, self.latency_clock() - meter_done))
         self.stats.cycles += 1
         self._error_logged = False
@@ -156,7 +144,8 @@ class Controller:
         self._report(snap, plan)
         return plan
 
-    async def _read_and_decide(self, now: float) -> tuple[Snapshot, Plan, float]:
+    async def _read(self, now: float) -> tuple[Snapshot, float]:
+        """Every device at once; the snapshot, and when the meter answered (latency start)."""
         meter_task = asyncio.ensure_future(self._read_meter())
         battery_reads = [asyncio.ensure_future(b.read(now)) for b in self.batteries]
         pv_task = asyncio.ensure_future(self._read_pv()) if self.pv_meter else None
@@ -170,33 +159,19 @@ class Controller:
                 if task is not None:
                     task.cancel()
             raise
-        snap = Snapshot(
-            now_s=now,
-            grid_w=self.tracker.grid_w if self.tracker.online else None,
-            meter_updated_s=self.tracker.updated_s,
-            batteries=telemetry,
-            mode=self.inputs.mode,
-            discharge_blocked=self.inputs.discharge_blocked,
-            pv_w=self._pv_w,
-        )
-        return snap, self.policy.decide(snap), meter_done
+        snap = ControlCycle.snapshot(now, self.tracker, telemetry, self.inputs, self._pv_w)
+        return snap, meter_done
 
-    async def _fail_safe(self, now: float, exc: Exception) -> Plan:
-        """Log the traceback once per run of failures, command 0 W everywhere, report."""
+    def _failed(self, now: float, result: CycleResult) -> Plan:
+        """Log the traceback once per run of failures; the 0 W writes are already out."""
         self.stats.errors += 1
-        detail = "".join(traceback.format_exception(exc, limit=5))
         if not self._error_logged:
-            _LOGGER.error("control cycle failed: every battery to 0 W", exc_info=exc)
+            _LOGGER.error("control cycle failed: every battery to 0 W", exc_info=result.error)
             self._error_logged = True
-        plan = _safe_plan([b.name for b in self.batteries])
-        try:
-            await self._write(plan)
-        except Exception:  # already failing safe; the next cycle retries
-            _LOGGER.debug("safe hold write failed", exc_info=True)
-        self.last_plan = plan
+        self.last_plan = result.plan
         if self.observer is not None:
-            self.observer.cycle_failed(now, detail)
-        return plan
+            self.observer.cycle_failed(now, result.failure or "")
+        return result.plan
 
     def _report(self, snap: Snapshot, plan: Plan) -> None:
         if self.observer is not None:
@@ -239,21 +214,19 @@ class Controller:
                 _LOGGER.info("PV meter available again")
             self._pv_online = True
 
-    async def _write(self, plan: Plan) -> None:
-        if self.dry_run:
+    async def _execute(self, result: CycleResult) -> None:
+        """The cycle's writes, every battery at once (a dry run writes nothing)."""
+        if self.dry_run or not result.jobs:
             return
-        jobs = []
-        for b in self.batteries:
-            if b.name in plan.release:
-                # Released once is enough: the battery runs its own logic until commanded.
-                if b.name not in self._released:
-                    self._released.add(b.name)
-                    jobs.append(b.release())
-            elif b.name in plan.setpoints:
-                self._released.discard(b.name)
-                jobs.append(b.apply(plan.setpoints[b.name]))
-        if jobs:
-            await asyncio.gather(*jobs)
+        by_name = {b.name: b for b in self.batteries}
+        await asyncio.gather(
+            *(
+                by_name[job.battery].release()
+                if isinstance(job, Release)
+                else by_name[job.battery].apply(job.power_w)
+                for job in result.jobs
+            )
+        )
 
     async def shutdown(self) -> None:
         """Every battery to 0 W, then release RS485 control; bounded so exit stays < 5 s.

@@ -14,13 +14,13 @@ import json
 import math
 import os
 import time
-import traceback
 from collections.abc import Callable
 
 from engine.adapters.homewizard import parse_data
 from engine.adapters.marstek import VenusCommander
+from engine.core.cycle import ControlCycle, Release, UserInputs, WriteJob
 from engine.core.meter import MeterTracker
-from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
+from engine.core.model import BatteryTelemetry, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError
@@ -96,23 +96,36 @@ class InProcessBattery:
         return self.commander.telemetry(now)
 
     def write(self, power_w: int, now: float) -> None:
-        self._send(self.commander.writes_for(power_w, now), now)
+        self._send(self.commander.writes_for(power_w, now), now, stop_at_failure=True)
 
     def release(self, now: float) -> None:
-        self._send(self.commander.release_writes(), now)
+        # As the daemon's release: every write is tried, a failed one does not stop the rest.
+        self._send(self.commander.release_writes(), now, stop_at_failure=False)
 
-    def _send(self, writes: list[tuple[int, int]], now: float) -> None:
+    def execute(self, job: WriteJob, now: float) -> None:
+        if isinstance(job, Release):
+            self.release(now)
+        else:
+            self.write(job.power_w, now)
+
+    def _send(self, writes: list[tuple[int, int]], now: float, *, stop_at_failure: bool) -> None:
+        """Write in order, as ``MarstekBattery`` does; the commander hears the same outcome."""
         if not writes:
             return
         if self.world.transport_fault(self.index) is not None:
-            self.commander.on_write_failed(now)
+            self.commander.on_batch([], failed=True, now_s=now)
             return
+        done: list[tuple[int, int]] = []
+        failed = False
         for address, value in writes:
             self.writes += 1
             if self.firmware.write(address, [value], now) is not None:
-                self.commander.on_write_failed(now)
-                return
-        self.commander.on_written(writes, now)
+                failed = True
+                if stop_at_failure:
+                    break
+            else:
+                done.append((address, value))
+        self.commander.on_batch(done, failed=failed, now_s=now)
 
 
 def _read_meter(world: World, tracker: MeterTracker, now: float) -> None:
@@ -159,6 +172,8 @@ def run_scenario(
     policy = ErrorInjectingPolicy(policy or make_policy(settings), world)
     links = [InProcessBattery(world, i, settings) for i in range(1, len(world.firmwares) + 1)]
     tracker = MeterTracker()
+    core = ControlCycle(policy, [link.commander.name for link in links])
+    inputs = UserInputs()
     period = policy.period_s
     checker = InvariantChecker.for_world(settings, world, period)
     notes: list[str] = []
@@ -173,7 +188,7 @@ def run_scenario(
         world.now_s = now
         if now + 1e-9 >= next_tick:
             next_tick += period
-            _cycle(world, links, tracker, policy, checker, now, period, notes, on_cycle)
+            _cycle(world, links, tracker, core, inputs, checker, now, period, notes, on_cycle)
             while probes and probes[0] <= now + 1e-9:
                 probes.pop(0)
                 probe_shutdown(world, links, checker, now)
@@ -206,46 +221,37 @@ def _cycle(
     world: World,
     links: list[InProcessBattery],
     tracker: MeterTracker,
-    policy: Policy,
+    core: ControlCycle,
+    inputs: UserInputs,
     checker: InvariantChecker,
     now: float,
     period: float,
     notes: list[str],
     on_cycle: CycleHook | None = None,
 ) -> None:
+    """One cycle of the daemon's: read, decide (``ControlCycle``), write, then check."""
     _read_meter(world, tracker, now)
     telemetry = tuple(link.read(now) for link in links)
-    blocked = world.discharge_blocked_at(now)
-    snap = Snapshot(
-        now_s=now,
-        grid_w=tracker.grid_w if tracker.online else None,
-        meter_updated_s=tracker.updated_s,
-        batteries=telemetry,
-        mode=Mode.NORMAL,
-        discharge_blocked=blocked,
+    inputs.discharge_blocked = world.discharge_blocked_at(now)
+    result = core.run(ControlCycle.snapshot(now, tracker, telemetry, inputs))
+    by_name = {link.commander.name: link for link in links}
+    for job in result.jobs:
+        by_name[job.battery].execute(job, now)
+    snap, plan = result.snapshot, result.plan
+    world.record.note_cycle(
+        now, None if result.failure else snap.grid_w, plan.setpoints, plan.release
     )
-    try:
-        plan = policy.decide(snap)
-    except Exception:  # the harness fails safe and runs on, as the daemon's Controller does
-        detail = traceback.format_exc(limit=5)
+    if result.failure is not None:
         if not checker.failing:  # the traceback once per run of failing cycles
-            notes.append(f"{now:8.1f} s control cycle failed: every battery to 0 W\n{detail}")
-        for link in links:
-            link.write(0, now)
-        world.record.note_cycle(now, None, dict.fromkeys(world.names, 0))
-        checker.crashed(now, detail, observe_world(world))
+            notes.append(
+                f"{now:8.1f} s control cycle failed: every battery to 0 W\n{result.failure}"
+            )
+        checker.crashed(now, result.failure, observe_world(world))
         if on_cycle is not None:
             on_cycle(world, snap, None)
         return
     for event in plan.events:
         notes.append(f"{now:8.1f} s {describe(event)}")
-    for link in links:
-        name = link.commander.name
-        if name in plan.setpoints:
-            link.write(plan.setpoints[name], now)
-        if name in plan.release:
-            link.release(now)
-    world.record.note_cycle(now, snap.grid_w, plan.setpoints, plan.release)
     check_cycle(world, checker, snap, plan, period)
     if on_cycle is not None:
         on_cycle(world, snap, plan)

@@ -74,6 +74,7 @@ from engine.adapters.marstek_registers import (
     to_u32,
 )
 from engine.core.model import BatteryTelemetry
+from engine.core.timers import elapsed
 from engine.errors import (
     CommandRejected,
     ConfigError,
@@ -223,9 +224,8 @@ class VenusCommander:
         blocks = [BLOCK_SOC, BLOCK_AC_POWER]
         if self._control_check_due(now_s):
             blocks.append(BLOCK_CONTROL)
-        if (
-            self._counters_read_s is None
-            or now_s - self._counters_read_s >= self.counters_interval_s
+        if self._counters_read_s is None or elapsed(
+            now_s, self._counters_read_s, self.counters_interval_s
         ):
             blocks.append(BLOCK_COUNTERS)
         return blocks
@@ -234,9 +234,8 @@ class VenusCommander:
         if self._control in (ControlState.UNKNOWN, ControlState.WRITTEN):
             return True
         if self._control is ControlState.CONFIRMED:
-            return (
-                self._control_checked_s is None
-                or now_s - self._control_checked_s >= self.control_recheck_s
+            return self._control_checked_s is None or elapsed(
+                now_s, self._control_checked_s, self.control_recheck_s
             )
         # LOST: we already know; the next command re-applies it. RELEASED: not ours.
         return False
@@ -350,7 +349,9 @@ class VenusCommander:
         take_control = self._control not in (ControlState.WRITTEN, ControlState.CONFIRMED)
         if take_control:
             writes.append((REG_RS485_CONTROL, RS485_ENABLE))
-        reassert_due = self._full_write_s is None or now_s - self._full_write_s >= self.reassert_s
+        reassert_due = self._full_write_s is None or elapsed(
+            now_s, self._full_write_s, self.reassert_s
+        )
         if take_control or reassert_due or not self._held.keys() >= _SETPOINT_REGS:
             writes.extend(target)
         else:

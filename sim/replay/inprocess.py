@@ -1,20 +1,24 @@
 """Closed-loop replay in virtual time, in-process: the engine's own code against the plant.
 
-The policy (engine.core) decides from what the meter and the batteries report; the battery
-driver's logic (engine.adapters.marstek.VenusCommander) and the P1 parser and tracker
-(engine.adapters.homewizard) run exactly as in the daemon, only the transport is a direct
-call into the simulated firmware instead of a socket. ``--wire`` (sim.replay.wire) swaps in the
-real sockets.
+The daemon's cycle (``engine.core.cycle.ControlCycle``) decides from what the meter and the
+batteries report; the battery driver's logic (``engine.adapters.marstek.VenusCommander``) and
+the P1 parser and tracker run exactly as in the daemon, only the transport is a direct call
+into the simulated firmware instead of a socket. The timing is the daemon's too: cycles at a
+phase against the meter's refresh (``sim.replay.timing``), each battery's Modbus requests
+paced by the daemon's message gap, the writes after the slowest battery's reads, every
+request at its own instant of the plant (``World.battery_at``). ``--wire``
+(``sim.replay.wire``) swaps in the real sockets and gives the same figures.
 """
 
 from __future__ import annotations
 
 import copy
+import heapq
 import json
-import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import TypeAlias, TypeVar
 
 from engine.adapters.homewizard import parse_data
 from engine.adapters.marstek import VenusCommander
@@ -27,18 +31,20 @@ from engine.errors import DeviceError
 from engine.runtime.event_log import describe
 from sim.plant.firmware import VenusFirmware
 from sim.plant.record import RunRecord
-from sim.plant.world import PLANT_STEP_S, ErrorInjectingPolicy, World
+from sim.plant.world import ErrorInjectingPolicy, World
 from sim.replay.invariants import (
     SHUTDOWN_BUDGET_S,
     InvariantChecker,
     observe_world,
 )
 from sim.replay.result import RunResult
+from sim.replay.timing import timing_for
 from sim.scenario import Scenario
 from sim.scoring.metrics import Metrics, score
 from sim.scoring.oracle import simulate_oracle
 
 HTTP_OK = 200
+_T = TypeVar("_T")
 ProgressFn = Callable[[float, float], None]
 # Sees every cycle after its writes: the world, the snapshot, the plan (None: the cycle failed).
 CycleHook = Callable[["World", Snapshot, "Plan | None"], None]
@@ -69,63 +75,122 @@ def settings_for(scenario: Scenario, policy: str) -> ControlSettings:
     return base.with_overrides({"policy": policy})
 
 
-class InProcessBattery:
-    """The driver's logic over a direct call into the simulated firmware (no socket)."""
+# One battery's requests in a cycle: yields the instant of each request before making it
+# (the replay brings the plant there first), returns what the driver returns.
+Requests: TypeAlias = Generator[float, float, _T]
 
-    def __init__(self, world: World, index: int, settings: ControlSettings) -> None:
+
+class InProcessBattery:
+    """The driver's logic over a direct call into the simulated firmware (no socket).
+
+    Paced like ``MarstekBattery``: at least ``message_gap_s`` between two requests, and the
+    first request after a (re)connection waits one gap too.
+    """
+
+    def __init__(
+        self, world: World, index: int, settings: ControlSettings, message_gap_s: float
+    ) -> None:
         self.world = world
         self.index = index
         self.firmware: VenusFirmware = world.firmwares[index - 1]
         self.commander = VenusCommander(
             f"battery_{index}", control_recheck_s=settings.control_recheck_s
         )
+        self.message_gap_s = message_gap_s
         self.reads = 0
         self.writes = 0
+        self._last_io_s: float | None = None  # None: not connected
+        self._now_s = 0.0  # this link's own time within a cycle
 
-    def read(self, now: float) -> BatteryTelemetry:
-        if self.world.transport_fault(self.index) is not None:
+    def _reachable(self) -> bool:
+        if self.world.transport_fault(self.index) is None:
+            if self._last_io_s is None:  # connecting: the driver then waits one gap
+                self._last_io_s = self._now_s
+            return True
+        self._last_io_s = None  # the connection is gone; the next request reconnects
+        return False
+
+    def _next_request_s(self) -> float:
+        if self._last_io_s is not None:
+            self._now_s = max(self._now_s, self._last_io_s + self.message_gap_s)
+        self._last_io_s = self._now_s
+        return self._now_s
+
+    def reading(self, now: float) -> Requests[BatteryTelemetry]:
+        """One read cycle stamped ``now`` (the cycle's start), each block at its instant."""
+        self._now_s = now
+        if not self._reachable():
             self.commander.on_read_failed(now)
             return self.commander.telemetry(now)
         for address, count in self.commander.reads_due(now):
+            at_s = yield self._next_request_s()
+            if not self._reachable():
+                self.commander.on_read_failed(now)
+                break
             self.reads += 1
-            values = self.firmware.read(address, count, now)
+            values = self.firmware.read(address, count, at_s)
             if not isinstance(values, list):
                 self.commander.on_read_failed(now)
                 break
             self.commander.on_read(address, values, now)
         return self.commander.telemetry(now)
 
-    def write(self, power_w: int, now: float) -> None:
-        self._send(self.commander.writes_for(power_w, now), now, stop_at_failure=True)
-
-    def release(self, now: float) -> None:
-        # As the daemon's release: every write is tried, a failed one does not stop the rest.
-        self._send(self.commander.release_writes(), now, stop_at_failure=False)
-
-    def execute(self, job: WriteJob, now: float) -> None:
+    def writing(self, job: WriteJob, now: float) -> Requests[None]:
+        """One job's writes from ``now`` on, in order, as ``MarstekBattery`` sends them."""
+        self._now_s = max(self._now_s, now)
         if isinstance(job, Release):
-            self.release(now)
+            # As the daemon's release: every write is tried; a failed one stops nothing.
+            writes, stop_at_failure = self.commander.release_writes(), False
         else:
-            self.write(job.power_w, now)
-
-    def _send(self, writes: list[tuple[int, int]], now: float, *, stop_at_failure: bool) -> None:
-        """Write in order, as ``MarstekBattery`` does; the commander hears the same outcome."""
+            writes, stop_at_failure = self.commander.writes_for(job.power_w, now), True
         if not writes:
             return
-        if self.world.transport_fault(self.index) is not None:
+        if not self._reachable():
             self.commander.on_batch([], failed=True, now_s=now)
             return
         done: list[tuple[int, int]] = []
         failed = False
         for address, value in writes:
+            at_s = yield self._next_request_s()
             self.writes += 1
-            if self.firmware.write(address, [value], now) is not None:
+            if not self._reachable() or self.firmware.write(address, [value], at_s) is not None:
                 failed = True
                 if stop_at_failure:
                     break
             else:
                 done.append((address, value))
-        self.commander.on_batch(done, failed=failed, now_s=now)
+        self.commander.on_batch(done, failed=failed, now_s=self._now_s)
+
+    @property
+    def busy_until_s(self) -> float:
+        return self._now_s
+
+
+def run_in_time_order(world: World, requests: list[tuple[int, Requests[_T]]]) -> list[_T]:
+    """Run the batteries' requests concurrently, as the daemon's tasks do, in time order.
+
+    Each battery's requests are sequential; different batteries' interleave by their instants,
+    and the plant is brought to each instant before the request is made.
+    """
+    results: dict[int, _T] = {}
+    heap: list[tuple[float, int]] = []
+
+    def step(k: int, at_s: float | None) -> None:
+        gen = requests[k][1]
+        try:
+            next_s = next(gen) if at_s is None else gen.send(at_s)
+        except StopIteration as stop:
+            results[k] = stop.value
+            return
+        heapq.heappush(heap, (next_s, k))
+
+    for k in range(len(requests)):
+        step(k, None)
+    while heap:
+        at_s, k = heapq.heappop(heap)
+        world.battery_at(requests[k][0], at_s)
+        step(k, at_s)
+    return [results[k] for k in range(len(requests))]
 
 
 def _read_meter(world: World, tracker: MeterTracker, now: float) -> None:
@@ -159,10 +224,13 @@ def run_scenario(
     progress: ProgressFn | None = None,
     policy: Policy | None = None,
     on_cycle: CycleHook | None = None,
+    phase: float | None = None,
 ) -> RunResult:
     """Replay ``scenario`` with ``policy_name`` in virtual time; score it and its invariants.
 
-    ``on_cycle`` sees every cycle with the world's ground truth (tests of fault behaviour).
+    ``phase`` (a fraction, see ``sim.replay.timing``) places the cycles against the meter's
+    refresh; by default it is drawn from the scenario's seed. ``on_cycle`` sees every cycle
+    with the world's ground truth (tests of fault behaviour).
     """
     wall_start = time.perf_counter()  # wall time of the run is a reported metric, not control
     settings = settings_for(scenario, policy_name)
@@ -170,35 +238,36 @@ def run_scenario(
     # it), so it is not simulated here; the wire replay and `serve` do serve it.
     world = World(scenario, with_pv_meter=False)
     policy = ErrorInjectingPolicy(policy or make_policy(settings), world)
-    links = [InProcessBattery(world, i, settings) for i in range(1, len(world.firmwares) + 1)]
+    period = policy.period_s
+    timing = timing_for(scenario, period, phase)
+    links = [
+        InProcessBattery(world, i, settings, timing.message_gap_s)
+        for i in range(1, len(world.firmwares) + 1)
+    ]
     tracker = MeterTracker()
     core = ControlCycle(policy, [link.commander.name for link in links])
     inputs = UserInputs()
-    period = policy.period_s
     checker = InvariantChecker.for_world(settings, world, period)
     notes: list[str] = []
     probes = shutdown_probe_times(scenario)
-    # The first reading becomes visible after the meter's latency: start polling then.
-    next_tick = math.ceil(scenario.meter.latency_s / PLANT_STEP_S) * PLANT_STEP_S
-    dt = PLANT_STEP_S
-    steps = round(scenario.duration_s / dt)
-    report_every = max(1, steps // 100)
-    for step in range(steps):
-        now = step * dt
-        world.now_s = now
-        if now + 1e-9 >= next_tick:
-            next_tick += period
-            _cycle(world, links, tracker, core, inputs, checker, now, period, notes, on_cycle)
-            while probes and probes[0] <= now + 1e-9:
-                probes.pop(0)
-                probe_shutdown(world, links, checker, now)
-        world.advance(dt)
-        if progress is not None and step % report_every == 0:
+    cycles = 0
+    now = timing.first_tick_s
+    while now < scenario.duration_s - 1e-9:
+        _cycle(world, links, tracker, core, inputs, checker, now, period, notes, on_cycle)
+        while probes and probes[0] <= now + 1e-9:
+            probes.pop(0)
+            probe_shutdown(world, links, checker)
+        if progress is not None and cycles % 100 == 0:
             progress(now, scenario.duration_s)
-    end = steps * dt
-    world.now_s = end
-    for link in links:  # the daemon's shutdown: idle setpoints, then 42000 = 0x55BB
-        link.release(end)
+        cycles += 1
+        # The daemon's schedule: one cycle a period from the first, never bursting to catch up.
+        now = max(timing.first_tick_s + cycles * period, world.now_s)
+    end = scenario.duration_s
+    world.advance_to(end)
+    # The daemon's shutdown: idle setpoints, then 42000 = 0x55BB, every battery at once.
+    run_in_time_order(
+        world, [(link.index, link.writing(Release(link.commander.name), end)) for link in links]
+    )
     check_shutdown(world, checker, end)
     checker.finish(end)
 
@@ -214,6 +283,7 @@ def run_scenario(
         report=checker.report,
         record=record,
         notes=notes,
+        phase=timing.phase,
     )
 
 
@@ -230,13 +300,22 @@ def _cycle(
     on_cycle: CycleHook | None = None,
 ) -> None:
     """One cycle of the daemon's: read, decide (``ControlCycle``), write, then check."""
-    _read_meter(world, tracker, now)
-    telemetry = tuple(link.read(now) for link in links)
+    world.advance_to(now)
+    _read_meter(world, tracker, now)  # the meter answers at once (it is polled first)
+    telemetry = tuple(run_in_time_order(world, [(ln.index, ln.reading(now)) for ln in links]))
+    # The decision follows the slowest battery's reads; the writes follow the decision.
+    decided_s = max([now, *(link.busy_until_s for link in links)])
+    world.advance_to(decided_s)
     inputs.discharge_blocked = world.discharge_blocked_at(now)
     result = core.run(ControlCycle.snapshot(now, tracker, telemetry, inputs))
     by_name = {link.commander.name: link for link in links}
-    for job in result.jobs:
-        by_name[job.battery].execute(job, now)
+    run_in_time_order(
+        world,
+        [
+            (by_name[job.battery].index, by_name[job.battery].writing(job, decided_s))
+            for job in result.jobs
+        ],
+    )
     snap, plan = result.snapshot, result.plan
     world.record.note_cycle(
         now, None if result.failure else snap.grid_w, plan.setpoints, plan.release
@@ -296,12 +375,12 @@ def shutdown_probe_times(scenario: Scenario) -> list[float]:
     return sorted(t for t in times if t < scenario.duration_s)
 
 
-def probe_shutdown(
-    world: World, links: list[InProcessBattery], checker: InvariantChecker, now: float
-) -> None:
+def probe_shutdown(world: World, links: list[InProcessBattery], checker: InvariantChecker) -> None:
     """SIGTERM now, on copies: release every battery the daemon's way, let the plant run for
     ``SHUTDOWN_BUDGET_S`` and check every reachable battery idles and is released. The run
     itself goes on untouched."""
+    world.settle()
+    now = world.now_s
     moving: list[str] = []
     held: list[str] = []
     for link in links:

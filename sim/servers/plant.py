@@ -4,18 +4,20 @@ The P1 meter speaks API v1 (HTTP), v2 (HTTPS with a test CA, token, push) or bot
 (``p1_api``), like a real dongle before firmware 6, after it with v1 switched off, or with v1
 left on.
 
-Shared by ``mmbc-sim run --wire`` (virtual time) and ``mmbc-sim serve`` (real time). The servers
-read the world's own clock (``world.now_s``), so a request sees the plant exactly as the last
-plant step left it, whatever the event loop's time. ``apply_faults`` puts the world's
-transport-level faults on the wire after each plant step: ``battery_offline`` (and a reboot's
-offline window) closes the battery's listener, ``battery_stall`` delays every answer,
-``battery_exception`` answers every request with an exception.
+Shared by ``mmbc-sim run --wire`` (virtual time) and ``mmbc-sim serve`` (real time). Each
+request brings the world to its own instant first (``time_source``), so it sees the plant of
+that instant, exactly as the in-process replay's requests do. ``apply_faults`` puts the
+world's transport-level faults on the wire (call it as the plant advances):
+``battery_offline`` (and a reboot's offline window) closes the battery's listener,
+``battery_stall`` delays every answer, ``battery_exception`` answers every request with an
+exception.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +126,7 @@ async def start_world_servers(
     ca_file: Path | None = None,
     button: Button | None = None,
     p1_users: dict[str, str] | None = None,
+    time_source: Callable[[], float] | None = None,
 ) -> WorldServers:
     """Serve ``world``: P1 on ``p1_port``, PV (if the world has one) on ``pv_port``, batteries
     on ``modbus_port``, ``modbus_port + 1``, ... (0 = free ports everywhere).
@@ -131,13 +134,27 @@ async def start_world_servers(
     ``pv_port=None`` leaves a world's PV meter unserved. ``p1_api`` "v2" or "both" serves API
     v2 on ``p1_tls_port`` with a certificate from ``ca`` (made here if None), the pairing
     ``button`` and the pre-paired ``p1_users``; ``ca_file`` is where its CA was written.
+
+    ``time_source`` gives the plant's time of a request (the loop's clock, or real time
+    scaled by ``mmbc-sim serve --speed``): each request first brings the world there, so it
+    sees the plant of its own instant. Without it requests see the world as last advanced.
     """
     if p1_api not in P1_APIS:
         msg = f"p1_api must be one of {', '.join(P1_APIS)}, not {p1_api!r}"
         raise ValueError(msg)
 
     def clock() -> float:
+        if time_source is not None:
+            world.advance_to(time_source())
         return world.now_s
+
+    def battery_clock(index: int) -> Callable[[], float]:
+        def now() -> float:
+            if time_source is not None:
+                world.battery_at(index, time_source())
+            return world.now_s
+
+        return now
 
     started: list[MeterServer | BatteryServer | V2MeterServer] = []
     try:
@@ -165,7 +182,9 @@ async def start_world_servers(
         batteries: list[BatteryServer] = []
         for i, firmware in enumerate(world.firmwares):
             port = modbus_port + i if modbus_port else 0
-            server = await start_battery_server(firmware, host, port, unit_id, clock=clock)
+            server = await start_battery_server(
+                firmware, host, port, unit_id, clock=battery_clock(i + 1)
+            )
             started.append(server)
             batteries.append(server)
     except BaseException:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine.adapters import marstek_registers as reg
 from sim.plant.params import BatteryParams, ScenarioBattery
-from sim.plant.world import PLANT_STEP_S, World
+from sim.plant.world import RECORD_STEP_S, World
 from sim.replay.inprocess import settings_for
 from sim.replay.serve import LIMIT_GRACE_S, RegisterWatch
 from sim.scenario import Scenario, load_scenario
@@ -46,8 +46,8 @@ def release(world: World) -> None:
 
 
 def run(world: World, watch: RegisterWatch, seconds: float) -> None:
-    for _ in range(round(seconds / PLANT_STEP_S)):
-        world.advance(PLANT_STEP_S)
+    for _ in range(round(seconds / RECORD_STEP_S)):
+        world.advance_to(world.now_s + RECORD_STEP_S)
         watch.step()
 
 
@@ -79,7 +79,7 @@ def test_a_setpoint_above_the_battery_limit_fails_at_once() -> None:
     world = World(dataclasses.replace(scenario, batteries=(small,)))
     watch = RegisterWatch(world, settings_for(world.scenario, "mmbc"))
     command_discharge(world, 1000)
-    run(world, watch, PLANT_STEP_S)
+    run(world, watch, RECORD_STEP_S)
     assert not watch.report.passed()["limits_respected"]
     assert "1000 W" in watch.report.details["limits_respected"]
 

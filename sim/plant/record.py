@@ -16,9 +16,10 @@ class RunRecord:
     Battery powers are AC side, + discharging (engine convention).
 
     What the controller saw and did is noted at each control cycle (``note_cycle``) and held
-    forward: ``meter_w[i]`` is the grid reading of the last cycle at or before step i, and
-    ``command_w[b][i]`` the last setpoint sent to battery b; NaN where there was none (no
-    cycle yet, no valid reading, a battery released to its own logic).
+    forward: ``meter_w[i]`` is the grid reading of the last cycle before the end of sample i
+    (a sample is written when its interval ends), and ``command_w[b][i]`` the last setpoint
+    sent to battery b by then; NaN where there was none (no cycle yet, no valid reading, a
+    battery released to its own logic).
     """
 
     n_batteries: int

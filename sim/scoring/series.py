@@ -1,10 +1,10 @@
 """``--series``: one run's per-step time series as CSV, to score it with other tools.
 
-One row per plant step; the columns are described in docs/scoring.md ("The time series").
-Powers in W (grid + import, battery + discharging, as inside the engine), SoC in %. What the
-controller saw and sent is held from its control cycle until the next one; an empty cell
-means there was none (no cycle yet, no valid meter reading, a battery released to its own
-logic).
+One row per record cell (0.5 s); the columns are described in docs/scoring.md ("The time
+series"). Powers in W (grid + import, battery + discharging, as inside the engine), means
+over the cell; SoC in % at its end. What the controller saw and sent is that of its last
+control cycle before the cell's end; an empty cell means there was none (no cycle yet, no
+valid meter reading, a battery released to its own logic).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _cell(value: float, fmt: str) -> str:
 
 
 def write_series(record: RunRecord, path: Path) -> None:
-    """Write ``record`` as CSV to ``path``: one header line, then one line per plant step."""
+    """Write ``record`` as CSV to ``path``: one header line, then one line per record cell."""
     n_batteries = len(record.battery_w)
     with path.open("w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, lineterminator="\n")

@@ -52,17 +52,17 @@ def test_series_holds_each_cycles_reading_and_commands_until_the_next(tmp_path: 
 
     assert header == series_columns(["battery_1", "battery_2"])
     assert len(rows) == len(result.record.t_s) == 960
-    # Before the first cycle the policy had seen nothing and sent nothing.
+    # Until the first cycle the policy had seen nothing and sent nothing.
     first_cycle_s = cycles[0][0]
-    before = [r for r in rows if float(r["t_s"]) < first_cycle_s]
+    before = [r for r in rows if float(r["t_s"]) + float(r["dt_s"]) <= first_cycle_s]
     assert before
     assert all(r["meter_w"] == r["battery_1_command_w"] == "" for r in before)
-    # From each cycle to the next, the row shows that cycle's reading and commands.
+    # Each row shows the reading and the commands of the last cycle before its end.
     sent = {"battery_1": math.nan, "battery_2": math.nan}
     k = 0
     for row in rows:
-        t_s = float(row["t_s"])
-        while k < len(cycles) and cycles[k][0] <= t_s + 1e-9:
+        end_s = float(row["t_s"]) + float(row["dt_s"])
+        while k < len(cycles) and cycles[k][0] < end_s - 1e-9:
             sent.update(cycles[k][2])
             k += 1
         if k == 0:

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from engine.core.cycle import ControlCycle, CycleResult, Release, UserInputs
+from engine.core.energy import CounterReading, EnergyLedger, EnergyTotals
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy
@@ -21,6 +22,7 @@ from engine.core.status import build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
 from engine.ports import BatteryLink, Clock, CycleObserver, MeterSource, StatusSink
+from engine.runtime.energy_store import EnergyStateFile
 from engine.runtime.event_log import describe, level
 
 _LOGGER = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ class Controller:
         inputs: UserInputs | None = None,
         observer: CycleObserver | None = None,
         latency_clock: Callable[[], float] | None = None,
+        battery_numbers: Mapping[str, int] | None = None,
+        energy_store: EnergyStateFile | None = None,
     ) -> None:
         self.clock = clock
         self.policy = policy
@@ -80,6 +84,13 @@ class Controller:
         self._pv_online: bool | None = None
         self._error_logged = False
         self.core = ControlCycle(policy, [b.name for b in self.batteries])
+        # battery/<n> follows the configured number; by default the position in the list.
+        self.battery_numbers = dict(battery_numbers or {})
+        for position, battery in enumerate(self.batteries, start=1):
+            self.battery_numbers.setdefault(battery.name, position)
+        self.energy_store = energy_store
+        self.energy = energy_store.load() if energy_store is not None else EnergyLedger()
+        self.released_ok: bool | None = None  # set by shutdown(): every battery released?
 
     # ------------------------------------------------------------------ inputs
     def set_block_discharge(self, blocked: bool) -> None:
@@ -176,14 +187,40 @@ class Controller:
     def _report(self, snap: Snapshot, plan: Plan) -> None:
         if self.observer is not None:
             self.observer.cycle_done(snap, plan)
+        try:
+            totals = self._count_energy(snap)
+        except Exception:  # reporting must never stop control
+            _LOGGER.exception("counting the energy totals failed")
+            totals = self.energy.totals
         if not self.sinks:
             return
-        status = build_status(snap, plan, self.capacities)
+        status = build_status(
+            snap, plan, self.capacities, numbers=self.battery_numbers, energy=totals
+        )
         for sink in self.sinks:
             try:
                 sink.publish(status)
             except Exception:  # reporting must never stop control
                 _LOGGER.exception("publishing the status failed")
+
+    def _count_energy(self, snap: Snapshot) -> EnergyTotals:
+        """Feed the batteries' counters to the ledger; save it now and then."""
+        totals = self.energy.observe(
+            snap.now_s,
+            (
+                CounterReading(
+                    number=self.battery_numbers[b.name],
+                    serial_number=None if b.identity is None else b.identity.serial_number,
+                    charge_wh=b.charge_total_wh,
+                    discharge_wh=b.discharge_total_wh,
+                )
+                for b in snap.batteries
+                if b.online and b.name in self.battery_numbers
+            ),
+        )
+        if self.energy_store is not None:
+            self.energy_store.maybe_save(self.energy, snap.now_s)
+        return totals
 
     async def _read_meter(self) -> float:
         """Poll the P1 meter; returns ``latency_clock`` at the response (the latency start)."""
@@ -232,10 +269,20 @@ class Controller:
         """Every battery to 0 W, then release RS485 control; bounded so exit stays < 5 s.
 
         ``release`` writes the idle setpoints before 42000 = 0x55BB. A dry run never took
-        control, so it has nothing to hand back.
+        control, so it has nothing to hand back. Then the energy state is written.
         """
+        try:
+            await self._release_all()
+        finally:
+            if self.energy_store is not None:
+                with contextlib.suppress(Exception):  # logged by the store; exit goes on
+                    await self.energy_store.close(self.energy)
+
+    async def _release_all(self) -> None:
         if self.dry_run:
+            self.released_ok = True
             return
+        self.released_ok = False
         try:
             async with asyncio.timeout(SHUTDOWN_BUDGET_S):
                 results = await asyncio.gather(*(b.release() for b in self.batteries))
@@ -248,4 +295,5 @@ class Controller:
         if failed:
             _LOGGER.error("shutdown: not released: %s", ", ".join(failed))
         else:
+            self.released_ok = True
             _LOGGER.info("shutdown: every battery at 0 W and released")

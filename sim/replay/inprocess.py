@@ -27,9 +27,9 @@ from engine.core.meter import MeterTracker
 from engine.core.model import BatteryTelemetry, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
 from engine.core.settings import BatterySpec, ControlSettings
-from engine.errors import DeviceError
+from engine.errors import DeviceError, DeviceResponseError, DeviceUnavailable
 from engine.runtime.event_log import describe
-from sim.plant.firmware import VenusFirmware
+from sim.plant.firmware import FirmwareFault, VenusFirmware
 from sim.plant.record import RunRecord
 from sim.plant.world import ErrorInjectingPolicy, World
 from sim.replay.invariants import (
@@ -106,6 +106,8 @@ class InProcessBattery:
         if self.world.transport_fault(self.index) is None:
             if self._last_io_s is None:  # connecting: the driver then waits one gap
                 self._last_io_s = self._now_s
+                self.commander.forget()
+                self.commander.on_connected()
             return True
         self._last_io_s = None  # the connection is gone; the next request reconnects
         return False
@@ -117,23 +119,25 @@ class InProcessBattery:
         return self._now_s
 
     def reading(self, now: float) -> Requests[BatteryTelemetry]:
-        """One read cycle stamped ``now`` (the cycle's start), each block at its instant."""
+        """One read cycle stamped ``now`` (the cycle's start), each block at its instant: the
+        driver's own dialogue (``VenusCommander.read_cycle``) over direct calls."""
         self._now_s = now
-        if not self._reachable():
-            self.commander.on_read_failed(now)
-            return self.commander.telemetry(now)
-        for address, count in self.commander.reads_due(now):
-            at_s = yield self._next_request_s()
+        dialogue = self.commander.read_cycle(now)
+        block = next(dialogue)
+        while True:
+            reply: list[int] | DeviceError
             if not self._reachable():
-                self.commander.on_read_failed(now)
-                break
-            self.reads += 1
-            values = self.firmware.read(address, count, at_s)
-            if not isinstance(values, list):
-                self.commander.on_read_failed(now)
-                break
-            self.commander.on_read(address, values, now)
-        return self.commander.telemetry(now)
+                reply = DeviceUnavailable("connection refused", device=self.commander.name)
+            else:
+                at_s = yield self._next_request_s()
+                self.reads += 1
+                values = self.firmware.read(*block, at_s)
+                reply = values if isinstance(values, list) else _as_error(values, self)
+            try:
+                block = dialogue.send(reply)
+            except StopIteration as done:
+                telemetry: BatteryTelemetry = done.value
+                return telemetry
 
     def writing(self, job: WriteJob, now: float) -> Requests[None]:
         """One job's writes from ``now`` on, in order, as ``MarstekBattery`` sends them."""
@@ -164,6 +168,14 @@ class InProcessBattery:
     @property
     def busy_until_s(self) -> float:
         return self._now_s
+
+
+def _as_error(fault: FirmwareFault, link: InProcessBattery) -> DeviceError:
+    """What the Modbus driver makes of the firmware's answer: silence or an exception."""
+    name = link.commander.name
+    if fault is FirmwareFault.NO_ANSWER:
+        return DeviceUnavailable("no reply", device=name)
+    return DeviceResponseError(f"Modbus exception {int(fault)}", device=name)
 
 
 def run_in_time_order(world: World, requests: list[tuple[int, Requests[_T]]]) -> list[_T]:

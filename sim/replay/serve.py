@@ -53,7 +53,7 @@ SERVED_INVARIANTS = ("limits_respected", "shutdown_safe")
 # An engine sees a limit crossed on its next cycle(s); a battery then needs its dead time.
 LIMIT_GRACE_S = 10.0
 EXIT_OK = 0
-EXIT_CANNOT_SERVE = 1
+EXIT_CANNOT_SERVE = 2  # a usage problem (port in use, bad --speed): one line on stderr
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # bind-all: advertise loopback
 P1_BUTTONS = ("signal", "always")
 PAIRED_USER = "local/mmbc"
@@ -146,7 +146,7 @@ def serve(
     speed: float = 1.0,
     p1: P1Options | None = None,
 ) -> int:
-    """Serve ``scenario`` until SIGINT/SIGTERM; 0 when stopped that way, 1 if it cannot serve.
+    """Serve ``scenario`` until SIGINT/SIGTERM; 0 when stopped that way, 2 if it cannot serve.
 
     ``pv_port=None`` serves a scenario's PV meter on a free port (printed).
     """
@@ -288,8 +288,8 @@ async def _serve_in(
             p1_users={PAIRED_USER: p1.token} if p1.token else None,
             time_source=plant_time,
         )
-    except OSError as err:
-        print(f"mmbc-sim serve: cannot listen on {host}: {err}", file=sys.stderr)
+    except OSError as err:  # ListenError names the server and the port
+        print(f"mmbc-sim serve: {err}", file=sys.stderr)
         return EXIT_CANNOT_SERVE
     if servers.p1_v2 is not None and p1.button == "signal":
         with contextlib.suppress(NotImplementedError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,20 @@ from sim.servers.tls import SimulatorCA
 
 DEFAULT_UNIT_ID = 1
 P1_APIS = ("v1", "v2", "both")
+
+
+class ListenError(OSError):
+    """A server could not listen: names what it was for and the address it wanted."""
+
+    def __init__(self, what: str, host: str, port: int, cause: OSError) -> None:
+        reason = "already in use" if cause.errno == errno.EADDRINUSE else (cause.strerror or cause)
+        super().__init__(cause.errno, f"{what}: cannot listen on {host}:{port} ({reason})")
+        self.what = what
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass
@@ -160,31 +175,43 @@ async def start_world_servers(
     try:
         p1 = None
         if p1_api in {"v1", "both"}:
-            p1 = await start_meter_server(world.meter, host, p1_port, now=clock)
+            try:
+                p1 = await start_meter_server(world.meter, host, p1_port, now=clock)
+            except OSError as exc:
+                raise ListenError("P1 meter", host, p1_port, exc) from exc
             started.append(p1)
         p1_v2 = None
         if p1_api in {"v2", "both"}:
-            p1_v2 = await start_v2_meter_server(
-                world.meter,
-                ca or SimulatorCA(),
-                host=host,
-                port=p1_tls_port,
-                now=clock,
-                button=button,
-                push_check_s=None,  # apply_faults publishes after every plant step
-                users=p1_users,
-            )
+            try:
+                p1_v2 = await start_v2_meter_server(
+                    world.meter,
+                    ca or SimulatorCA(),
+                    host=host,
+                    port=p1_tls_port,
+                    now=clock,
+                    button=button,
+                    push_check_s=None,  # apply_faults publishes after every plant step
+                    users=p1_users,
+                )
+            except OSError as exc:
+                raise ListenError("P1 meter (API v2)", host, p1_tls_port, exc) from exc
             started.append(p1_v2)
         pv: MeterServer | None = None
         if world.pv_meter is not None and pv_port is not None:
-            pv = await start_meter_server(world.pv_meter, host, pv_port, now=clock)
+            try:
+                pv = await start_meter_server(world.pv_meter, host, pv_port, now=clock)
+            except OSError as exc:
+                raise ListenError("PV meter", host, pv_port, exc) from exc
             started.append(pv)
         batteries: list[BatteryServer] = []
         for i, firmware in enumerate(world.firmwares):
             port = modbus_port + i if modbus_port else 0
-            server = await start_battery_server(
-                firmware, host, port, unit_id, clock=battery_clock(i + 1)
-            )
+            try:
+                server = await start_battery_server(
+                    firmware, host, port, unit_id, clock=battery_clock(i + 1)
+                )
+            except OSError as exc:
+                raise ListenError(f"battery_{i + 1} Modbus", host, port, exc) from exc
             started.append(server)
             batteries.append(server)
     except BaseException:

@@ -24,6 +24,7 @@ from engine.settings import meter_url_from_host
 from sim.plant.meter import KwhMeterModel, P1MeterModel
 from sim.plant.params import MeterParams
 from sim.servers.homewizard import MeterServer, start_meter_server
+from tests.adapters.meters import tick
 from tests.fakes import FakeClock
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "homewizard"
@@ -218,21 +219,14 @@ async def client(server: MeterServer) -> AsyncIterator[HomeWizardClient]:
     await hw.close()
 
 
-def _tick(model: P1MeterModel, clock: FakeClock, power_w: float) -> None:
-    """Set ``power_w`` now and let one second pass: the sample taken meanwhile is visible."""
-    model.observe(clock.t_s, power_w)
-    clock.t_s += 1.0
-    model.observe(clock.t_s, power_w)
-
-
 async def test_reads_the_live_value(
     p1: P1MeterModel, clock: FakeClock, client: HomeWizardClient
 ) -> None:
-    _tick(p1, clock, 750.0)
+    tick(p1, clock, 750.0)
     reading = await client.read()
     assert reading.active_power_w == 750.0
     assert reading.active_power_l1_w is not None
-    _tick(p1, clock, -120.0)
+    tick(p1, clock, -120.0)
     assert (await client.read()).active_power_w == -120.0
 
 
@@ -249,7 +243,7 @@ async def test_server_url_and_device_endpoint(
 async def test_base_url_is_accepted(
     server: MeterServer, p1: P1MeterModel, clock: FakeClock
 ) -> None:
-    _tick(p1, clock, 42.0)
+    tick(p1, clock, 42.0)
     url = meter_url_from_host(f"127.0.0.1:{server.port}")  # as P1_HOST=127.0.0.1:<port> gives
     async with HomeWizardClient(url, timeout_s=0.3) as hw:
         assert hw.url == server.url
@@ -328,7 +322,7 @@ async def test_wrong_path_is_a_permanent_error(server: MeterServer) -> None:
 async def test_garbage_never_yields_a_reading(
     p1: P1MeterModel, clock: FakeClock, client: HomeWizardClient
 ) -> None:
-    _tick(p1, clock, 500.0)
+    tick(p1, clock, 500.0)
     p1.set_fault("garbage")
     with pytest.raises(DeviceResponseError, match="invalid JSON"):
         await client.read()
@@ -341,20 +335,20 @@ async def test_frozen_meter_stops_advancing_updated_s(
 ) -> None:
     tracker = MeterTracker()
     for _ in range(3):
-        _tick(p1, clock, 400.0)  # constant power: only the live body's small changes differ
+        tick(p1, clock, 400.0)  # constant power: only the live body's small changes differ
         tracker.update(await client.read(), clock.t_s)
         assert tracker.updated_s == clock.t_s
     live_s = clock.t_s
     p1.set_fault("frozen")
     for _ in range(5):
-        _tick(p1, clock, 900.0)
+        tick(p1, clock, 900.0)
         tracker.update(await client.read(), clock.t_s)
     assert tracker.online
     assert tracker.updated_s == live_s
     assert tracker.grid_w == 400.0
     assert tracker.age_s(clock.t_s) == pytest.approx(5.0)
     p1.clear_fault()
-    _tick(p1, clock, 900.0)
+    tick(p1, clock, 900.0)
     tracker.update(await client.read(), clock.t_s)
     assert tracker.updated_s == clock.t_s
     assert tracker.grid_w == 900.0

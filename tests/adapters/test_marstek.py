@@ -853,7 +853,7 @@ async def test_a_battery_without_a_serial_register_stays_online() -> None:
 async def test_a_returning_battery_is_found_by_the_probe_before_the_backoff_ends(
     server: BatteryServer,
 ) -> None:
-    clock = StepClock(start_s=0.0)
+    clock = FakeClock()
     driver = _battery(
         server, clock, backoff_initial_s=30.0, backoff_max_s=30.0, probe_interval_s=1.0
     )

@@ -15,11 +15,11 @@ class RunRecord:
     Sample i describes the interval [t_s[i], t_s[i] + dt_s[i]) with the powers held over it.
     Battery powers are AC side, + discharging (engine convention).
 
-    What the controller saw and did is noted at each control cycle (``note_cycle``) and held
-    forward: ``meter_w[i]`` is the grid reading of the last cycle before the end of sample i
-    (a sample is written when its interval ends), and ``command_w[b][i]`` the last setpoint
-    sent to battery b by then; NaN where there was none (no cycle yet, no valid reading, a
-    battery released to its own logic).
+    What the controller saw and did is noted at each control cycle (``note_cycle``, after the
+    cycle's writes) and held forward: ``meter_w[i]`` is the grid reading of the last cycle
+    noted before sample i was written (when its interval ended), ``command_w[b][i]`` the last
+    setpoint sent to battery b by then; NaN where there was none (no cycle yet, no valid
+    reading, a battery released to its own logic).
     """
 
     n_batteries: int

@@ -3,8 +3,8 @@
 One row per record cell (0.5 s); the columns are described in docs/scoring.md ("The time
 series"). Powers in W (grid + import, battery + discharging, as inside the engine), means
 over the cell; SoC in % at its end. What the controller saw and sent is that of its last
-control cycle before the cell's end; an empty cell means there was none (no cycle yet, no
-valid meter reading, a battery released to its own logic).
+control cycle done (commands sent) by the cell's end; an empty cell means there was none (no
+cycle yet, no valid meter reading, a battery released to its own logic).
 """
 
 from __future__ import annotations

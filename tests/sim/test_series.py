@@ -39,11 +39,12 @@ def number(cell: str) -> float:
 def test_series_holds_each_cycles_reading_and_commands_until_the_next(tmp_path: Path) -> None:
     # Two batteries, the hob pulsing from 6 min: readings and commands change every cycle.
     scenario = trimmed(SCENARIO_DIR / "induction_hob.toml", 480.0)
-    cycles: list[tuple[float, float | None, dict[str, int]]] = []
+    # Per cycle: the first row written after its commands were sent, what it saw and sent.
+    cycles: list[tuple[int, float | None, dict[str, int]]] = []
 
     def on_cycle(world: World, snap: Snapshot, plan: Plan | None) -> None:
         assert plan is not None
-        cycles.append((snap.now_s, snap.grid_w, dict(plan.setpoints)))
+        cycles.append((len(world.record.t_s), snap.grid_w, dict(plan.setpoints)))
 
     result = run_scenario(scenario, "mmbc", on_cycle=on_cycle)
     out = tmp_path / "hob.csv"
@@ -52,17 +53,16 @@ def test_series_holds_each_cycles_reading_and_commands_until_the_next(tmp_path: 
 
     assert header == series_columns(["battery_1", "battery_2"])
     assert len(rows) == len(result.record.t_s) == 960
+    assert len(cycles) >= 470  # one a second
     # Until the first cycle the policy had seen nothing and sent nothing.
-    first_cycle_s = cycles[0][0]
-    before = [r for r in rows if float(r["t_s"]) + float(r["dt_s"]) <= first_cycle_s]
+    before = rows[: cycles[0][0]]
     assert before
     assert all(r["meter_w"] == r["battery_1_command_w"] == "" for r in before)
-    # Each row shows the reading and the commands of the last cycle before its end.
+    # Each row shows the reading and the commands of the last cycle done by its end.
     sent = {"battery_1": math.nan, "battery_2": math.nan}
     k = 0
-    for row in rows:
-        end_s = float(row["t_s"]) + float(row["dt_s"])
-        while k < len(cycles) and cycles[k][0] < end_s - 1e-9:
+    for index, row in enumerate(rows):
+        while k < len(cycles) and cycles[k][0] <= index:
             sent.update(cycles[k][2])
             k += 1
         if k == 0:

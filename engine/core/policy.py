@@ -87,6 +87,7 @@ class MmbcPolicy:
     def __init__(self, settings: ControlSettings) -> None:
         self.settings = settings
         self.period_s = settings.loop_period_s
+        self.learns_meter_phase = settings.feature_phase_learning
         self.fleet = FleetFsm(
             reselect_interval_s=settings.reselect_interval_s,
             handover_timeout_s=settings.handover_timeout_s,

@@ -248,6 +248,9 @@ class ControlSettings:
     feature_cutoff_detection: BoolSetting = True
     """A battery that delivers nothing near a SoC limit has reached its firmware cut-off: it
     sits out that direction until its SoC moves, the others carry its share."""
+    feature_phase_learning: BoolSetting = True
+    """Cycles are placed just after the meter's refresh, learnt from which polls find a new
+    reading (engine.core.schedule), so each reading is acted on as fresh as it can be."""
     feature_fast_load_hold: BoolSetting = True
     """A load component faster than the loop can follow (pulses shorter than twice the
     measured loop delay) is held at the level that costs least over its recent window, not

@@ -18,6 +18,7 @@ from engine.core.energy import CounterReading, EnergyLedger, EnergyTotals
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy
+from engine.core.schedule import CycleSchedule
 from engine.core.status import build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
@@ -84,6 +85,7 @@ class Controller:
         self._pv_online: bool | None = None
         self._error_logged = False
         self.core = ControlCycle(policy, [b.name for b in self.batteries])
+        self.schedule = CycleSchedule(policy.period_s, learn_phase=policy.learns_meter_phase)
         # battery/<n> follows the configured number; by default the position in the list.
         self.battery_numbers = dict(battery_numbers or {})
         for position, battery in enumerate(self.batteries, start=1):
@@ -101,16 +103,16 @@ class Controller:
 
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle every ``policy.period_s`` until ``stop`` is set, then shut down safely.
+        """Cycle on ``schedule`` (every ``policy.period_s``, placed just after the meter's
+        refresh when the policy learns it) until ``stop`` is set, then shut down safely.
 
         A cycle in progress when ``stop`` is set is abandoned (it may be waiting on a
         stalled battery), so the shutdown starts at once.
         """
-        period = self.policy.period_s
-        next_tick = self.clock.now()
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                started_s = self.clock.now()
                 cycle = asyncio.ensure_future(self.cycle())
                 await asyncio.wait((cycle, stop_wait), return_when=asyncio.FIRST_COMPLETED)
                 if not cycle.done():
@@ -119,12 +121,12 @@ class Controller:
                         await cycle
                     break
                 cycle.result()  # cycle() never raises; a bug here should still surface
-                next_tick += period
-                delay = next_tick - self.clock.now()
-                if delay < 0:  # fell behind (a stalled device): don't burst to catch up
-                    next_tick = self.clock.now()
-                    delay = 0.0
-                await asyncio.wait((stop_wait,), timeout=delay)
+                next_s = self.schedule.next_s(
+                    started_s,
+                    meter_updated_s=self.tracker.updated_s,
+                    busy_until_s=self.clock.now(),
+                )
+                await asyncio.wait((stop_wait,), timeout=max(0.0, next_s - self.clock.now()))
         finally:
             stop_wait.cancel()
             await self.shutdown()

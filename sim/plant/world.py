@@ -324,6 +324,7 @@ class ErrorInjectingPolicy:
         self.world = world
         self.name = policy.name
         self.period_s = policy.period_s
+        self.learns_meter_phase = policy.learns_meter_phase
 
     def decide(self, snap: Snapshot) -> Plan:
         if self.world.fault_active(FaultKind.ENGINE_ERROR):

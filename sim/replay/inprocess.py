@@ -26,6 +26,7 @@ from engine.core.cycle import ControlCycle, Release, UserInputs, WriteJob
 from engine.core.meter import MeterTracker
 from engine.core.model import BatteryTelemetry, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
+from engine.core.schedule import CycleSchedule
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError, DeviceResponseError, DeviceUnavailable
 from engine.runtime.event_log import describe
@@ -262,6 +263,7 @@ def run_scenario(
     checker = InvariantChecker.for_world(settings, world, period)
     notes: list[str] = []
     probes = shutdown_probe_times(scenario)
+    schedule = CycleSchedule(period, learn_phase=policy.learns_meter_phase)
     cycles = 0
     now = timing.first_tick_s
     while now < scenario.duration_s - 1e-9:
@@ -272,8 +274,8 @@ def run_scenario(
         if progress is not None and cycles % 100 == 0:
             progress(now, scenario.duration_s)
         cycles += 1
-        # The daemon's schedule: one cycle a period from the first, never bursting to catch up.
-        now = max(timing.first_tick_s + cycles * period, world.now_s)
+        # The daemon's own schedule (engine.core.schedule), on the same readings.
+        now = schedule.next_s(now, meter_updated_s=tracker.updated_s, busy_until_s=world.now_s)
     end = scenario.duration_s
     world.advance_to(end)
     # The daemon's shutdown: idle setpoints, then 42000 = 0x55BB, every battery at once.

@@ -17,6 +17,7 @@ class Scripted:
 
     name = "scripted"
     period_s = 1.0
+    learns_meter_phase = False
 
     def __init__(self, *plans: Plan | Exception) -> None:
         self.plans = list(plans)

@@ -187,6 +187,7 @@ class FlakyPolicy:
         self.inner = inner
         self.name = inner.name
         self.period_s = inner.period_s
+        self.learns_meter_phase = inner.learns_meter_phase
         self.failing = False
         self.calls = 0
 

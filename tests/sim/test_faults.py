@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from engine.adapters import marstek_registers as reg
 from engine.adapters.marstek import VenusCommander
 from engine.core.model import Plan, Snapshot
+from engine.core.schedule import RETRY_S
 from sim.plant.params import FAULT_KINDS, METER_FAULTS
 from sim.plant.world import World
 from sim.replay.inprocess import run_scenario
@@ -87,14 +89,15 @@ def test_there_is_a_scenario_for_every_fault_kind() -> None:
 def test_mmbc_holds_every_invariant(path: Path) -> None:
     run = replay(path.stem)
     assert run.result.invariants == dict.fromkeys(INVARIANTS, True), run.result.report.details
-    # The checks ran on every cycle: one a second, from the run's first tick to the end.
+    # The checks ran on every cycle: about one a second (a poll that found no new reading
+    # is followed up sooner), from the run's first tick to the end.
     duration_s = sum(run.result.record.dt_s)
-    first_s = run.cycles[0].t_s
-    assert first_s < 2.0
-    assert [c.t_s for c in run.cycles] == pytest.approx(
-        [first_s + i for i in range(len(run.cycles))]
-    )
-    assert duration_s - 1.0 <= run.cycles[-1].t_s < duration_s
+    times = [c.t_s for c in run.cycles]
+    assert times[0] < 2.0
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) <= 1.0 + 0.1
+    assert min(gaps) >= RETRY_S - 1e-9
+    assert duration_s - 1.1 <= times[-1] < duration_s
 
 
 # ---------------------------------------------------------------------- the baseline fails
@@ -217,8 +220,9 @@ def test_a_broker_restart_leaves_control_untouched() -> None:
 def test_an_engine_error_fails_safe_logs_once_and_runs_on() -> None:
     run = replay("engine_error")
     failing = run.during(600, 630)
-    first_s = failing[0].t_s
-    assert [c.t_s for c in failing] == pytest.approx([first_s + i for i in range(30)])
+    times = [c.t_s for c in failing]
+    assert 29 <= len(times) <= 33  # about one a second
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 1.1
     assert all(c.setpoints is None for c in failing[1:])
     assert all(c.firmware_w == {"battery_1": 0.0, "battery_2": 0.0} for c in failing[1:])
     lines = run.notes_with("control cycle failed")

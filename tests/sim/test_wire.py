@@ -72,9 +72,9 @@ def test_wire_scores_like_the_in_process_replay(kettle: Scenario) -> None:
     # Every request went over a socket, and the driver counted them.
     assert w.modbus_reads > 1000
     assert w.modbus_writes > 10
-    # One cycle per second from the meter's first reading on; each has a latency sample.
+    # About one cycle a second from the first reading on; each has a latency sample.
     assert w.cycles is not None
-    assert 1150 <= w.cycles <= 1200
+    assert 1150 <= w.cycles <= 1200 * 1.05  # a few polls are followed up sooner
     assert w.cycle_latency_median_ms is not None
     assert w.cycle_latency_p99_ms is not None
     assert 0 < w.cycle_latency_median_ms <= w.cycle_latency_p99_ms

@@ -46,6 +46,7 @@ class DemandEstimator:
         self.demand_w = 0.0  # the house's estimated demand less the grid target
         self.anticipating = False  # the target includes a predicted edge
         self.last_direction = Direction.NONE  # the fleet's last working direction
+        self.reading_age_s = period_s  # how long the last reading may have waited for its poll
 
     # ------------------------------------------------------------------ inputs
     def restart(self) -> None:
@@ -85,7 +86,9 @@ class DemandEstimator:
         elif s.feature_response_window:
             # The reading describes an instant between (seen - latency - one poll period)
             # and when it was seen: the batteries' power then lies within these bounds.
-            lo, hi = self.history.bounds(seen_s - s.meter_latency_s - self.period_s, seen_s)
+            age_s = self.period_s if snap.reading_age_s is None else snap.reading_age_s
+            self.reading_age_s = age_s
+            lo, hi = self.history.bounds(seen_s - s.meter_latency_s - age_s, seen_s)
         else:
             lo = hi = self.history.at(seen_s - s.meter_latency_s - 0.5 * self.period_s)
         est = self.filter.update(snap.now_s, snap.grid_w + lo, snap.grid_w + hi)
@@ -139,13 +142,13 @@ class DemandEstimator:
     def loop_delay_s(self) -> float:
         """From a load's change to the batteries matching it, as measured: the meter samples
         it (half its interval on average) and shows it after its latency, a poll sees it
-        (half a period on average), the batteries take their dead time and half their ramp
+        (half the poll's uncertainty), the batteries take their dead time and half their ramp
         (the response timer's lead)."""
         s = self.settings
         return (
             0.5 * self.cadence.typical_interval_s()
             + s.meter_latency_s
-            + 0.5 * self.period_s
+            + 0.5 * self.reading_age_s
             + self.response.lead_s
         )
 

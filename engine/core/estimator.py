@@ -344,7 +344,17 @@ class PulsePredictor:
         near_s = min(t_s - self._last_edge_until(t_s)[0], self._next_edge_after(t_s)[0] - t_s)
         if near_s <= guard_s:
             return
-        if seen != self._state_at(t_s):
+        expected = self._state_at(t_s)
+        expected_w = high_w if expected == 1 else self._base_w
+        if abs(value_w - expected_w) >= self.threshold_w and (
+            abs(value_w - high_w) >= self.threshold_w
+            and abs(value_w - self._base_w) >= self.threshold_w
+        ):
+            # Far from both levels: the slow part under the rhythm moved (a kettle, a heater
+            # on top of a hob's pulsing). The rhythm goes on from the new level.
+            self._base_w += value_w - expected_w
+            return
+        if seen != expected:
             self._miss(t_s)
             return
         if seen == 1:
@@ -444,33 +454,34 @@ PLL_PERIOD_GAIN = 0.05  # share of an "on" edge's timing error that corrects the
 
 
 class FastLoadHold:
-    """A load component the loop cannot follow is held at its cheapest level, not chased.
+    """A load excursion the loop cannot follow profitably is held through, not chased.
 
     From a load's edge to the batteries matching it takes the loop ``d`` (the meter's
     sampling and latency, the poll, the batteries' dead time and half their ramp: measured,
-    ``DemandEstimator.loop_delay_s``). A load that switches a component of size ``E`` on for
-    ``t_on`` and off for ``t_off`` costs, per cycle and watt of ``E``, when chased: ``d`` of
-    import at each rise and ``d`` of export at each fall; when held on: its off times as
-    export; when held off: its on times as import. Export counts ``w`` times import (the
-    worse error). The cheapest of ``(1 + w) d``, ``w t_off`` and ``t_on`` wins, from the
-    load's own recent pulses and the measured ``d``: a slow load is chased, a fast one held.
+    ``DemandEstimator.loop_delay_s``). An excursion of the load (up and back down, or down and
+    back up) that lasts ``t`` costs, chased, ``d`` at each of its two edges, one of them as
+    export; held through (the batteries stay at the level before it), ``t`` as import for an
+    excursion up and ``t`` as export for one down. Export counts ``w`` times import (the worse
+    error). So over the load's own recent excursions: excursions up are held while their mean
+    ``t`` is below ``(1 + w) d``, excursions down while their mean ``w t`` is; the one of the
+    two that saves more wins, the other is chased.
 
-    While held, the demand reads as a slow part plus the two-level fast component: edges of
-    the pulses' own size (within ``PATTERN_SPREAD``) switch the component, any other change
-    is the slow part and is followed at once (a kettle amid a hob's cycling). The target is
-    the slow part plus the component at its held level. A phase longer than the pulses' own
-    (by ``PATTERN_SPREAD``) is no pulse: the component is followed again.
+    Holding means: an edge into the held direction is not followed, the edge back is; any
+    change below the step threshold (the slow part) is followed at once. An excursion that
+    outlasts the recent ones (by ``PATTERN_SPREAD``), or is larger than any of them, is no
+    excursion of this pattern: it is followed (a kettle amid a washing machine's drum).
     """
 
     def __init__(self, *, threshold_w: float, export_weight: float) -> None:
         self.threshold_w = threshold_w
         self.export_weight = export_weight
         self._level_w: float | None = None  # the demand's current level (edges move it)
-        self._edge: tuple[float, int] | None = None  # the last edge: time, sign
-        # Recent phases: (ended at, lasted s, +1 on / -1 off, size W of their closing edge).
-        self._phases: deque[tuple[float, float, int, float]] = deque()
-        self._on = False  # the fast component is on now (by its own edges)
-        self._held_on = False
+        self._edges: deque[tuple[float, float]] = deque(maxlen=2)  # (t, signed size) recent
+        # Recent excursions: (ended at, lasted s, +1 up / -1 down, size W).
+        self._excursions: deque[tuple[float, float, int, float]] = deque()
+        self.held_direction = 0  # +1: excursions up are held, -1: down, 0: none
+        self._held_w = 0.0  # how much of the demand is held back now (+: an excursion up)
+        self._held_since_s: float | None = None
         self.active = False
 
     def observe(self, t_s: float, demand_w: float, loop_delay_s: float) -> None:
@@ -483,67 +494,78 @@ class FastLoadHold:
         else:
             self._on_edge(t_s, step_w)
             self._level_w = demand_w
-        phases = self._phases
-        longest_s = max([p[1] for p in phases], default=0.0)
+        longest_s = max([e[1] for e in self._excursions], default=0.0)
         memory_s = 4.0 * max(2.0 * loop_delay_s, longest_s)
-        while phases and t_s - phases[0][0] > memory_s:
-            phases.popleft()
-        self._decide(t_s, loop_delay_s)
+        while self._excursions and t_s - self._excursions[0][0] > memory_s:
+            self._excursions.popleft()
+        self._decide(loop_delay_s)
+        self._check_outlasting(t_s, loop_delay_s)
 
     def _on_edge(self, t_s: float, step_w: float) -> None:
         sign = 1 if step_w > 0 else -1
         size_w = abs(step_w)
-        in_pattern = self._in_pattern(size_w)
-        if self._edge is not None and self._edge[1] != sign:
-            # A phase ended: on (rise ... fall) or off (fall ... rise).
-            self._phases.append((t_s, t_s - self._edge[0], self._edge[1], size_w))
-        self._edge = (t_s, sign)
-        if in_pattern or not self.active:
-            self._on = sign > 0
-
-    def _decide(self, t_s: float, loop_delay_s: float) -> None:
-        on = [p[1] for p in self._phases if p[2] > 0]
-        off = [p[1] for p in self._phases if p[2] < 0]
-        if len(on) < 2 or len(off) < 2:
-            self.active = False
+        if self._edges and (self._edges[-1][1] > 0) != (sign > 0):
+            start_s, start_w = self._edges[-1]
+            self._excursions.append(
+                (t_s, t_s - start_s, 1 if start_w > 0 else -1, min(abs(start_w), size_w))
+            )
+        self._edges.append((t_s, step_w))
+        held = self.held_direction
+        if not self.active or held == 0:
             return
+        if sign == held:
+            largest_w = max(e[3] for e in self._excursions if e[2] == held)
+            if size_w <= PATTERN_SPREAD * largest_w:
+                if self._held_w == 0.0:
+                    self._held_since_s = t_s
+                self._held_w += held * size_w  # into the held direction: not followed
+            return
+        # The edge back: followed (what was held back is released by as much).
+        if held > 0:
+            self._held_w = max(0.0, self._held_w - size_w)
+        else:
+            self._held_w = min(0.0, self._held_w + size_w)
+        if self._held_w == 0.0:
+            self._held_since_s = None
+
+    def _decide(self, loop_delay_s: float) -> None:
         w = self.export_weight
-        on_s, off_s = sum(on) / len(on), sum(off) / len(off)
-        chase, hold_on, hold_off = (1.0 + w) * loop_delay_s, w * off_s, on_s
-        self.active = min(hold_on, hold_off) < chase
-        self._held_on = hold_on < hold_off
-        # A phase longer than the pulses' own is no pulse: the component is followed again.
-        if self._edge is not None and self.active:
-            current_s = t_s - self._edge[0]
-            usual_s = max(on) if self._on else max(off)
-            if current_s > PATTERN_SPREAD * usual_s:
-                self.active = False
+        chase = (1.0 + w) * loop_delay_s
+        saving = {}
+        for direction, weight in ((1, 1.0), (-1, w)):
+            lasted = [e[1] for e in self._excursions if e[2] == direction]
+            if len(lasted) >= MIN_EXCURSIONS:
+                saving[direction] = chase - weight * sum(lasted) / len(lasted)
+        best = max(saving, key=lambda d: saving[d], default=0)
+        self.active = best != 0 and saving[best] > 0
+        if not self.active or best != self.held_direction:
+            self._held_w = 0.0
+            self._held_since_s = None
+        self.held_direction = best if self.active else 0
 
-    def _in_pattern(self, size_w: float) -> bool:
-        size = self.amplitude_w()
-        return size > 0 and size / PATTERN_SPREAD <= size_w <= size * PATTERN_SPREAD
-
-    def amplitude_w(self) -> float:
-        """The fast component's size: the median size of its recent edges."""
-        sizes = sorted(p[3] for p in self._phases)
-        return sizes[len(sizes) // 2] if sizes else 0.0
+    def _check_outlasting(self, t_s: float, loop_delay_s: float) -> None:
+        if self._held_since_s is None:
+            return
+        lasted = [e[1] for e in self._excursions if e[2] == self.held_direction]
+        usual_s = max(lasted, default=2.0 * loop_delay_s)
+        if t_s - self._held_since_s > max(2.0 * loop_delay_s, PATTERN_SPREAD * usual_s):
+            self._held_w = 0.0  # longer than any of them: a new level, followed
+            self._held_since_s = None
 
     def target_w(self, demand_w: float) -> float:
-        """The demand with its fast component at the held level."""
-        if not self.active:
-            return demand_w
-        size_w = self.amplitude_w()
-        on_now = size_w if self._on else 0.0
-        return demand_w - on_now + (size_w if self._held_on else 0.0)
+        """The demand less what is held back."""
+        return demand_w - self._held_w if self.active else demand_w
 
     def forget(self) -> None:
         self._level_w = None
-        self._edge = None
-        self._phases.clear()
-        self._on = False
-        self._held_on = False
+        self._edges.clear()
+        self._excursions.clear()
+        self.held_direction = 0
+        self._held_w = 0.0
+        self._held_since_s = None
         self.active = False
 
 
-PATTERN_SPREAD = 1.6  # edges within this factor of the pulses' size, phases within this
-# factor of their longest, belong to the pattern
+MIN_EXCURSIONS = 2  # a pattern needs at least this many excursions of one direction
+PATTERN_SPREAD = 1.6  # excursions up to this many times the largest (in size and in length)
+# seen belong to the pattern

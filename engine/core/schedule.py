@@ -44,6 +44,7 @@ class CycleSchedule:
         # meter's interval (a single spacing is off by the polls' own creep and retries).
         self._seen: deque[float] = deque(maxlen=INTERVAL_READINGS)
         self.retries = 0  # polls that found no new reading and were followed up at once
+        self._anchored = False  # a refresh was caught between a miss and its follow-up
 
     def next_s(
         self, cycle_s: float, *, meter_updated_s: float | None, busy_until_s: float
@@ -70,6 +71,7 @@ class CycleSchedule:
             if self._missing_since_s is not None:
                 # It came between the last poll and this one: the refresh is known closely.
                 self._refresh_s = cycle_s - 0.5 * RETRY_S
+                self._anchored = True
             elif self._refresh_s is None:
                 self._refresh_s = cycle_s - MARGIN_S
             elif expected:
@@ -92,6 +94,13 @@ class CycleSchedule:
             self._missing_since_s = None
             self._lost = True
         return self._after(cycle_s, interval_s, busy_until_s)
+
+    def reading_age_bound_s(self) -> float | None:
+        """How long a new reading can at most have been visible when a poll found it: a
+        retry's span and the margin once the refresh has been caught, else unknown."""
+        if self.learn_phase and self._anchored and not self._lost:
+            return RETRY_S + MARGIN_S + CREEP_S * INTERVAL_READINGS
+        return None
 
     def interval_s(self) -> float:
         """The meter's interval between refreshes, as the polls have seen it.

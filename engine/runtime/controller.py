@@ -172,7 +172,14 @@ class Controller:
                 if task is not None:
                     task.cancel()
             raise
-        snap = ControlCycle.snapshot(now, self.tracker, telemetry, self.inputs, self._pv_w)
+        snap = ControlCycle.snapshot(
+            now,
+            self.tracker,
+            telemetry,
+            self.inputs,
+            self._pv_w,
+            reading_age_s=self.schedule.reading_age_bound_s(),
+        )
         return snap, meter_done
 
     def _failed(self, now: float, result: CycleResult) -> Plan:

@@ -267,7 +267,19 @@ def run_scenario(
     cycles = 0
     now = timing.first_tick_s
     while now < scenario.duration_s - 1e-9:
-        _cycle(world, links, tracker, core, inputs, checker, now, period, notes, on_cycle)
+        _cycle(
+            world,
+            links,
+            tracker,
+            core,
+            inputs,
+            checker,
+            now,
+            period,
+            notes,
+            on_cycle,
+            schedule.reading_age_bound_s(),
+        )
         while probes and probes[0] <= now + 1e-9:
             probes.pop(0)
             probe_shutdown(world, links, checker)
@@ -312,6 +324,7 @@ def _cycle(
     period: float,
     notes: list[str],
     on_cycle: CycleHook | None = None,
+    reading_age_s: float | None = None,
 ) -> None:
     """One cycle of the daemon's: read, decide (``ControlCycle``), write, then check."""
     world.advance_to(now)
@@ -321,7 +334,8 @@ def _cycle(
     decided_s = max([now, *(link.busy_until_s for link in links)])
     world.advance_to(decided_s)
     inputs.discharge_blocked = world.discharge_blocked_at(now)
-    result = core.run(ControlCycle.snapshot(now, tracker, telemetry, inputs))
+    snap = ControlCycle.snapshot(now, tracker, telemetry, inputs, reading_age_s=reading_age_s)
+    result = core.run(snap)
     by_name = {link.commander.name: link for link in links}
     run_in_time_order(
         world,

@@ -77,7 +77,7 @@ class World:
             else None
         )
         self._names = [battery_name(i) for i in range(1, len(self.firmwares) + 1)]
-        self.record = RunRecord(n_batteries=len(self.firmwares))
+        self.record = RunRecord(n_batteries=len(self.firmwares), names=list(self._names))
         self.record.step_events = list(self.events.step_times())
         self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
         self._next_fault = 0

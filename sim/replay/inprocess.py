@@ -41,7 +41,7 @@ from sim.replay.invariants import (
 from sim.replay.result import RunResult
 from sim.replay.timing import timing_for
 from sim.scenario import Scenario
-from sim.scoring.metrics import score
+from sim.scoring.metrics import Metrics, score
 from sim.scoring.oracle import simulate_oracle
 
 HTTP_OK = 200
@@ -345,6 +345,9 @@ def _cycle(
         ],
     )
     snap, plan = result.snapshot, result.plan
+    world.record.note_cycle(
+        now, None if result.failure else snap.grid_w, plan.setpoints, plan.release
+    )
     if result.failure is not None:
         if not checker.failing:  # the traceback once per run of failing cycles
             notes.append(
@@ -428,7 +431,7 @@ def probe_shutdown(world: World, links: list[InProcessBattery], checker: Invaria
     )
 
 
-def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> dict[str, float]:
+def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> Metrics:
     """Every metric of one finished run against the reference; ``wall_start`` from
     ``time.perf_counter()`` at the run's start (the reported wall time, not control)."""
     record.wall_seconds = time.perf_counter() - wall_start
@@ -439,7 +442,7 @@ def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> dict[
         record.discharge_blocked,
         [(b.params, b.soc_pct) for b in scenario.batteries],
     )
+    record.oracle_grid_w = oracle.grid_w
     metrics = score(record, oracle, scenario.tariff)
     record.wall_seconds = time.perf_counter() - wall_start
-    metrics["wall_seconds"] = record.wall_seconds
-    return metrics
+    return metrics.replace(wall_seconds=record.wall_seconds)

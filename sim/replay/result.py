@@ -7,13 +7,14 @@ from typing import Any
 
 from sim.plant.record import RunRecord
 from sim.replay.invariants import InvariantReport
+from sim.scoring.metrics import Metrics
 
 
 @dataclass
 class RunResult:
     scenario: str
     policy: str
-    metrics: dict[str, float]
+    metrics: Metrics
     invariants: dict[str, bool]
     report: InvariantReport
     record: RunRecord
@@ -25,7 +26,7 @@ def result_json(r: RunResult) -> dict[str, Any]:
     return {
         "scenario": r.scenario,
         "policy": r.policy,
-        "metrics": r.metrics,
+        "metrics": r.metrics.as_json(),
         "invariants": r.invariants,
         "first_violation_s": r.report.first_violation_s if r.report else {},
         "violations": r.report.details if r.report else {},

@@ -71,10 +71,12 @@ class _Observer:
     def cycle_done(self, snap: Snapshot, plan: Plan) -> None:
         for event in plan.events:
             self.notes.append(f"{snap.now_s:8.1f} s {describe(event)}")
+        self.world.record.note_cycle(snap.now_s, snap.grid_w, plan.setpoints, plan.release)
         check_cycle(self.world, self.checker, snap, plan, self.period_s)
 
     def cycle_failed(self, now_s: float, detail: str) -> None:
         # Called after the controller's safe-hold writes: the truth shows their effect.
+        self.world.record.note_cycle(now_s, None, dict.fromkeys(self.world.names, 0))
         self.checker.crashed(now_s, detail, observe_world(self.world))
 
 
@@ -83,7 +85,7 @@ def run_wire(
 ) -> RunResult:
     """Replay ``scenario`` with policy ``mmbc`` through the real engine over loopback sockets.
 
-    Same ``RunResult`` as ``sim.replay.inprocess.run_scenario``; ``metrics`` also holds
+    Same ``RunResult`` as ``sim.replay.inprocess.run_scenario``; its ``metrics`` also have
     ``cycle_latency_median_ms`` and ``cycle_latency_p99_ms`` (wall clock, see the module
     docstring) and ``cycles``. ``phase`` as for ``run_scenario``.
     """
@@ -160,16 +162,17 @@ async def _run(
     record = world.finish()
     record.modbus_reads = sum(b.reads for b in batteries)
     record.modbus_writes = sum(b.writes for b in batteries)
-    metrics = score_run(scenario, record, wall_start)
     latencies_ms = [s * 1000.0 for s in controller.stats.latencies_s]
-    metrics["cycles"] = float(controller.stats.cycles)
-    metrics["cycle_latency_median_ms"] = _median(latencies_ms)
-    metrics["cycle_latency_p99_ms"] = _percentile(latencies_ms, 99.0)
+    metrics = score_run(scenario, record, wall_start).replace(
+        cycles=controller.stats.cycles,
+        cycle_latency_median_ms=_median(latencies_ms),
+        cycle_latency_p99_ms=_percentile(latencies_ms, 99.0),
+    )
     notes = [
         f"wire: {controller.stats.cycles} cycles, cycle latency (P1 response to last Modbus"
-        f" write, wall clock) median {metrics['cycle_latency_median_ms']:.2f} ms,"
-        f" p99 {metrics['cycle_latency_p99_ms']:.2f} ms; {record.modbus_reads} Modbus reads,"
-        f" {record.modbus_writes} writes; {metrics['wall_seconds']:.1f} s wall",
+        f" write, wall clock) median {metrics.cycle_latency_median_ms:.2f} ms,"
+        f" p99 {metrics.cycle_latency_p99_ms:.2f} ms; {record.modbus_reads} Modbus reads,"
+        f" {record.modbus_writes} writes; {metrics.wall_seconds:.1f} s wall",
         *observer.notes,
     ]
     return RunResult(

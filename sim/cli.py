@@ -20,7 +20,9 @@ from sim.replay.bench import available_cores, run_bench
 from sim.replay.inprocess import run_scenario
 from sim.replay.invariants import INVARIANTS
 from sim.replay.result import RunResult, result_json
+from sim.replay.timing import swept_phases
 from sim.scenario import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, load_scenarios
+from sim.scoring.metrics import phase_mean
 from sim.scoring.series import series_paths, write_series
 from sim.scoring.tables import (
     DEFAULT_TABLE_KEYS,
@@ -31,6 +33,7 @@ from sim.scoring.tables import (
 )
 
 POLICIES = ("mmbc", "classic")
+DEFAULT_BENCH_PHASES = 4  # tick phases per scenario in the bench (mean and worst)
 SCENARIO_ROOT = Path(DEFAULT_SCENARIO).parent
 EXIT_USAGE = 2
 # The run table: the scoring's default columns less the absolute cost (the regret says more).
@@ -80,6 +83,19 @@ def _parser() -> argparse.ArgumentParser:
         help="write the per-step time series (one file per policy; see docs/scoring.md)",
     )
     run.add_argument("--wire", action="store_true", help="through real sockets (mmbc only)")
+    timing = run.add_mutually_exclusive_group()
+    timing.add_argument(
+        "--phase",
+        type=_fraction,
+        help="where the cycles fall against the meter's refresh, a fraction in [0, 1)"
+        " (default: drawn from the scenario's seed; 0 is the luckiest)",
+    )
+    timing.add_argument(
+        "--phases",
+        type=_positive_int,
+        metavar="N",
+        help="sweep N phases: one line per phase, then their mean and the worst",
+    )
     bench = sub.add_parser("bench", help="run scenarios for every policy, side by side")
     bench.add_argument("scenarios", nargs="*", type=Path)
     bench.add_argument("--json", type=Path)
@@ -89,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=available_cores(),
         help="scenarios run in parallel in this many processes (default: every core)",
+    )
+    bench.add_argument(
+        "--phases",
+        type=_positive_int,
+        metavar="N",
+        default=DEFAULT_BENCH_PHASES,
+        help="tick phases per scenario: the table shows their mean and the worst phase's"
+        f" excess (default {DEFAULT_BENCH_PHASES})",
     )
     serve = sub.add_parser("serve", help="serve the plant in real time for an external engine")
     serve.add_argument("scenario", type=Path)
@@ -114,6 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), not {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -132,30 +166,45 @@ def _default_run_args() -> argparse.Namespace:
         plot=None,
         series=None,
         wire=False,
+        phase=None,
+        phases=None,
     )
 
 
 # ---------------------------------------------------------------------- run
+def _phase_label(r: RunResult) -> str:
+    return r.scenario if r.phase is None else f"{r.scenario} @{r.phase:.2f}"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     policies = POLICIES if args.policy == "all" else (args.policy,)
+    phases: list[float | None] = (
+        [args.phase] if args.phases is None else list(swept_phases(args.phases))
+    )
     results = []
     for policy in policies:
-        if args.wire and policy == "mmbc":
-            from sim.replay.wire import run_wire
+        for phase in phases:
+            label = f"{scenario.name} {policy}" + ("" if phase is None else f" @{phase:.2f}")
+            if args.wire and policy == "mmbc":
+                from sim.replay.wire import run_wire
 
-            result = run_wire(scenario, progress=_progress(f"{scenario.name} {policy} (wire)"))
-        else:
-            result = run_scenario(scenario, policy, progress=_progress(f"{scenario.name} {policy}"))
-        results.append(result)
+                result = run_wire(scenario, progress=_progress(f"{label} (wire)"), phase=phase)
+            else:
+                result = run_scenario(scenario, policy, progress=_progress(label), phase=phase)
+            results.append(result)
     _clear_progress()
     print(f"{scenario.name}: {scenario.description}".strip())
     print()
-    print_tables(
-        run_table([(r.scenario, r.policy, r.metrics) for r in results], RUN_KEYS),
-        _invariant_table(results),
-        console=make_console(),
-    )
+    rows = [(_phase_label(r), r.policy, r.metrics) for r in results]
+    if args.phases is not None:
+        for policy in policies:
+            mean = phase_mean([r.metrics for r in results if r.policy == policy])
+            rows.append((f"{scenario.name} mean of {args.phases}", policy, mean))
+    print_tables(run_table(rows, RUN_KEYS), _invariant_table(results), console=make_console())
+    if args.phases is None:
+        for r in results:
+            print(f"  [{r.policy}] cycles at phase {r.phase:.3f} of the meter's refresh")
     for r in results:
         for note in r.notes[:20]:
             print(f"  [{r.policy}] {note}")
@@ -185,7 +234,13 @@ def _bench_paths(paths: list[Path]) -> list[Path]:
 def _cmd_bench(args: argparse.Namespace) -> int:
     scenarios = load_scenarios(_bench_paths(list(args.scenarios)))
     policies = tuple(args.policy) if args.policy else POLICIES
-    results = run_bench(scenarios, policies, jobs=args.jobs, progress=_progress("bench"))
+    results = run_bench(
+        scenarios,
+        policies,
+        jobs=args.jobs,
+        phases=swept_phases(args.phases),
+        progress=_progress("bench"),
+    )
     _clear_progress()
     print_tables(
         *bench_tables([(r.scenario, r.policy, r.metrics) for r in results]),

@@ -1,8 +1,10 @@
 """``mmbc-sim bench``: every scenario for every policy, in a process pool, with fault costs.
 
-Each run is deterministic (its own plant, seeded from its scenario; nothing shared between
-runs), so the results do not depend on how many processes run them: the pool only changes
-the wall time.
+Each scenario runs at several tick phases (``sim.replay.timing``: where the cycles fall
+against the meter's refresh) and reports their mean and its worst phase's excess; with no
+phases given each runs once, at the phase drawn from its seed. Each run is deterministic
+(its own plant, seeded from its scenario; nothing shared between runs), so the results do
+not depend on how many processes run them: the pool only changes the wall time.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from sim.replay.inprocess import run_scenario
 from sim.replay.result import RunResult
 from sim.scenario import Scenario
+from sim.scoring.metrics import phase_mean
 
 __all__ = ["NOFAULT_SUFFIX", "available_cores", "run_bench"]
 
 NOFAULT_SUFFIX = "#nofault"  # the name of a fault scenario's run without its faults
 
 ProgressFn = Callable[[float, float], None]
-_Job = tuple[Scenario, str]  # (scenario, policy)
+_Job = tuple[Scenario, str, float | None]  # (scenario, policy, phase; None: its own draw)
 
 
 def available_cores() -> int:
@@ -37,36 +40,65 @@ def run_bench(
     policies: Sequence[str],
     *,
     jobs: int = 1,
+    phases: Sequence[float] | None = None,
     progress: ProgressFn | None = None,
 ) -> list[RunResult]:
     """Every scenario for every policy, in that order, with ``jobs`` processes (1: in this
-    process). A scenario with faults is also run without them, and its result carries
-    ``fault_cost_wh``, the grid exchange the faults cost; those extra runs are not returned.
-    The results hold no ``record`` (too big to send between processes).
+    process). ``phases``: the tick phases each runs at (its result is their mean, with the
+    worst phase's excess); None: once, at its own drawn phase. A scenario with faults is
+    also run without them, and its result carries ``fault_cost_wh``, the grid exchange the
+    faults cost; those extra runs are not returned. The results hold no ``record`` (too big
+    to send between processes).
     """
+    sweep: Sequence[float | None] = [None] if phases is None else list(phases)
     work: list[_Job] = []
     for scenario in scenarios:
         for policy in policies:
-            work.append((scenario, policy))
+            variants = [scenario]
             if scenario.faults:
-                stripped = dataclasses.replace(
-                    scenario, faults=(), name=scenario.name + NOFAULT_SUFFIX
+                variants.append(
+                    dataclasses.replace(scenario, faults=(), name=scenario.name + NOFAULT_SUFFIX)
                 )
-                work.append((stripped, policy))
+            work += [(variant, policy, phase) for variant in variants for phase in sweep]
     results = _run_all(work, jobs, progress)
-    return _attach_fault_costs(results)
+    return _attach_fault_costs(_merge_phases(results, swept=phases is not None))
 
 
 def _run_one(job: _Job) -> RunResult:
-    scenario, policy = job
-    result = run_scenario(scenario, policy)
+    scenario, policy, phase = job
+    result = run_scenario(scenario, policy, phase=phase)
     result.record = None  # type: ignore[assignment]  # too big to send between processes
     return result
 
 
+def _merge_phases(results: list[RunResult], *, swept: bool) -> list[RunResult]:
+    """One result per (scenario, policy): the mean over its phases. An invariant holds only
+    if it held at every phase; the report and notes are the first failing (or first)
+    phase's."""
+    if not swept:
+        return results
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.scenario, r.policy), []).append(r)
+    merged: list[RunResult] = []
+    for runs in groups.values():
+        shown = next((r for r in runs if not all(r.invariants.values())), runs[0])
+        merged.append(
+            dataclasses.replace(
+                shown,
+                metrics=phase_mean([r.metrics for r in runs]),
+                invariants={
+                    name: all(r.invariants[name] for r in runs) for name in shown.invariants
+                },
+                phase=None,
+            )
+        )
+    return merged
+
+
 def _cost(job: _Job) -> float:
     """A run's rough cost: plant steps times the batteries (plus the house) stepped."""
-    scenario, _ = job
+    scenario = job[0]
     return scenario.duration_s * (1 + len(scenario.batteries))
 
 

@@ -19,13 +19,16 @@ class RunResult:
     report: InvariantReport
     record: RunRecord
     notes: list[str] = field(default_factory=list)
-    phase: float = 0.0  # where its cycles fell against the meter's refresh (sim.replay.timing)
+    # where its cycles fell against the meter's refresh (sim.replay.timing); None: the mean
+    # of a sweep over several phases (then metrics.worst_excess_wh is the worst one's)
+    phase: float | None = 0.0
 
 
 def result_json(r: RunResult) -> dict[str, Any]:
     return {
         "scenario": r.scenario,
         "policy": r.policy,
+        "phase": r.phase,
         "metrics": r.metrics.as_json(),
         "invariants": r.invariants,
         "first_violation_s": r.report.first_violation_s if r.report else {},

@@ -121,6 +121,9 @@ class Metrics:
     # bench only: the extra grid exchange a fault scenario's faults cost (against the same
     # scenario and policy without them)
     fault_cost_wh: float | None = _optional("fault\nWh", "+.0f")
+    # swept over tick phases (sim.replay.timing): the metrics are the phases' mean, and this
+    # the excess of the worst phase
+    worst_excess_wh: float | None = _optional("worst phase\nexcess Wh", ".0f")
 
     def get(self, key: str) -> float | None:
         """The value of metric ``key`` (None for an optional metric this run has not);
@@ -416,3 +419,22 @@ def totals(rows: Sequence[Metrics]) -> Metrics:
         crossings / sums["sim_seconds"] if sums["sim_seconds"] > 0.0 else 0.0
     )
     return Metrics(**sums)
+
+
+def phase_mean(runs: Sequence[Metrics]) -> Metrics:
+    """The mean of one scenario's runs at several tick phases, with ``worst_excess_wh``: the
+    excess of the worst phase. Counts are rounded to whole numbers; an optional metric is
+    averaged over the runs that have it."""
+    if not runs:
+        msg = "phase_mean needs at least one run"
+        raise ScoringInputError(msg)
+    means: dict[str, Any] = {}
+    for key in _ALL_KEYS:
+        present = [v for m in runs if (v := getattr(m, key)) is not None]
+        if not present:
+            means[key] = None
+            continue
+        mean = math.fsum(present) / len(present)
+        means[key] = round(mean) if key in _COUNT_KEYS else mean
+    means["worst_excess_wh"] = max(m.excess_wh for m in runs)
+    return Metrics(**means)

@@ -186,6 +186,7 @@ def format_table(
 # Side-by-side bench columns per policy: (metric key, header, format).
 _SIDE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("excess_wh", "excess Wh", ".0f"),
+    ("worst_excess_wh", "worst", ".0f"),
     ("tracking_score", "track", ".3f"),
     ("band_crossings_per_h", "X/h", ".1f"),
     ("direction_changes", "dirs", ".0f"),
@@ -225,6 +226,12 @@ def _bench_block(
     first: dict[str, Metrics],
 ) -> Table:
     lead_total = totals(list(first.values())) if first else None
+    # The worst phase's column only for a bench swept over tick phases.
+    columns = [
+        c
+        for c in _SIDE_COLUMNS
+        if c[0] != "worst_excess_wh" or any(m.worst_excess_wh is not None for m in by_key.values())
+    ]
     table = Table(
         box=box.SIMPLE,
         show_edge=False,
@@ -261,7 +268,7 @@ def _bench_block(
         table.add_column(
             _SEPARATOR + "\n" + _SEPARATOR, footer=_SEPARATOR, no_wrap=True, min_width=1
         )
-        for column, (key, header, fmt) in enumerate(_SIDE_COLUMNS):
+        for column, (key, header, fmt) in enumerate(columns):
             # The policy's name heads its first column; a long name widens that column.
             name = _shorten(policy, _POLICY_MAX_CHARS) if column == 0 else ""
             footer = _side_cell(None if total is None else total.get(key), fmt)
@@ -273,7 +280,7 @@ def _bench_block(
             cells[row].append(_SEPARATOR)
             cells[row] += [
                 _side_cell(None if metrics is None else metrics.get(k), fmt)
-                for k, _, fmt in _SIDE_COLUMNS
+                for k, _, fmt in columns
             ]
     for row_cells in cells:
         table.add_row(*(_text(c) for c in row_cells))

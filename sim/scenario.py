@@ -343,6 +343,7 @@ def _build(doc: _Document, path: Path) -> Scenario:
             latency_s=meter.latency_s,
             noise_w=meter.noise_w,
             seed=doc.seed if meter.seed is None else meter.seed,
+            api=meter.api,
         ),
         pv_meter=doc.pv_meter.enabled,
         events=_seeded(doc.event, doc.seed),

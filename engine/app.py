@@ -68,6 +68,12 @@ def _add_meter_commands(parser: argparse.ArgumentParser) -> None:
     pair.add_argument(
         "--print", action="store_true", help="print the token for P1_TOKEN instead of storing it"
     )
+    pair.add_argument(
+        "--wait-s",
+        type=float,
+        default=60.0,
+        help="how long to wait for the button (default 60 s; the meter grants 30 s from a press)",
+    )
 
 
 def _meter_command(args: argparse.Namespace) -> int:
@@ -83,7 +89,12 @@ def _meter_command(args: argparse.Namespace) -> int:
     setup_logging(LogLevel.WARNING, LogFormat.TEXT)
     if args.command == "discover":
         return asyncio.run(discover(meter))
-    return asyncio.run(pair_p1(meter, config_file=config_file, print_token=args.print))
+    if not args.wait_s > 0:
+        print("mmbc-engine pair-p1: --wait-s must be > 0", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(
+        pair_p1(meter, config_file=config_file, print_token=args.print, wait_s=args.wait_s)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,6 +57,7 @@ DEFAULT_SCENARIO = SCENARIO_DIR / "default.toml"
 FAULT_SCENARIO_DIR = SCENARIO_DIR / "faults"
 VARIANT_SCENARIO_DIR = SCENARIO_DIR / "variants"
 LONG_SCENARIO_DIR = SCENARIO_DIR / "long"
+PUSH_SCENARIO_DIR = SCENARIO_DIR / "push"  # [meter] api = "v2" variants, not in the bench
 DEFAULT_SEED = 1
 # The engine's configuration numbers batteries 1..16.
 MAX_BATTERIES = 16

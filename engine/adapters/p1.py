@@ -419,7 +419,7 @@ async def open_p1(
     devices: Sequence[FoundDevice] | None = None,
 ) -> P1Meter:
     """The P1 meter to read, as the settings say (see the module docstring). Raises
-    ``P1SetupError``; logs which meter it is (one line)."""
+    ``P1SetupError``. ``describe`` says which meter it is, for the start-up line."""
     token_file = token_file_of(settings, config_file)
     token = None if settings.api is MeterApi.V1 else stored_token(settings, token_file)
     target = await locate_p1(settings, token, devices=devices, browse_s=browse_s)
@@ -428,8 +428,6 @@ async def open_p1(
         follower = MeterFollower(
             target.endpoint, interfaces=settings.mdns_interfaces, label="P1 meter"
         )
-    meter = P1Meter(
+    return P1Meter(
         target, settings, clock=clock, token=token, token_file=token_file, follower=follower
     )
-    _LOGGER.info("P1 meter: %s", meter.describe())
-    return meter

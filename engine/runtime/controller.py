@@ -242,6 +242,14 @@ class Controller:
         now = self.clock.now()
         try:
             snap, meter_done = await self._read(now, pushed)
+            if _LOGGER.isEnabledFor(logging.DEBUG):  # the reading's age at the decision
+                _LOGGER.debug(
+                    "cycle at %.6f: decided at %.6f on the reading seen at %s (%s)",
+                    now,
+                    self.clock.now(),
+                    "none" if snap.meter_updated_s is None else f"{snap.meter_updated_s:.6f}",
+                    "pushed" if pushed else "polled" if self._polled else "unpolled",
+                )
             result = self.core.run(snap)
             await self._execute(result)
         except Exception as exc:  # a bug in the shell: fail safe, go on

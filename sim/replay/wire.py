@@ -55,7 +55,6 @@ from sim.replay.invariants import SHUTDOWN_BUDGET_S, InvariantChecker, observe_w
 from sim.replay.result import RunResult
 from sim.replay.timing import timing_for
 from sim.scenario import Scenario
-from sim.servers.homewizard_v2 import V2MeterServer
 from sim.servers.plant import WorldServers, start_world_servers
 
 _LOGGER = logging.getLogger(__name__)
@@ -68,9 +67,6 @@ WIRE_METER_TIMEOUT_S = 2.0
 # data is readable as soon as it is sent, so a few are enough; more only cost wall time.
 NOOP_CYCLES = 2
 WIRE_P1_USER = "local/mmbc"
-# A push goes out this long after its sample became visible: past the loop clock's rounding
-# (microseconds), so the device surely has the sample.
-PUSH_AFTER_S = 1e-6
 
 
 class _Observer:
@@ -188,11 +184,7 @@ async def _run(
         latency_clock=time.perf_counter,
         push=stream,
     )
-    pusher = (
-        asyncio.create_task(_push_samples(world, servers.p1_v2))
-        if servers.p1_v2 is not None
-        else None
-    )
+    pusher = asyncio.create_task(servers.push_samples()) if servers.p1_v2 is not None else None
     try:
         shutdown_s = await _drive(world, servers, controller, timing.first_tick_s, progress)
         check_shutdown(world, checker, world.now_s)
@@ -243,17 +235,6 @@ async def _run(
         notes=notes,
         phase=timing.phase,
     )
-
-
-async def _push_samples(world: World, server: V2MeterServer) -> None:
-    """Push each new P1 sample the instant it becomes visible, as the device does (the
-    plant's steps alone would push it at the next step)."""
-    loop = asyncio.get_running_loop()
-    at_s = world.meter.next_visible_s(loop.time())
-    while True:
-        await asyncio.sleep(at_s + PUSH_AFTER_S - loop.time())
-        await server.publish()
-        at_s = world.meter.next_visible_s(at_s)
 
 
 async def _drive(

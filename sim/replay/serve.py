@@ -299,9 +299,7 @@ async def _serve_in(
             loop.add_signal_handler(signal.SIGUSR1, servers.p1_v2.press_button)
     advertiser = await _advertise(world, servers) if p1.mdns else None
     _print_endpoints(scenario, servers, speed)
-    print(
-        f"plant clock   t = {warm_s:g} s at monotonic {started_s:.6f} s, x{speed:g}", flush=True
-    )
+    print(f"plant clock   t = {warm_s:g} s at monotonic {started_s:.6f} s, x{speed:g}", flush=True)
     pusher = asyncio.create_task(
         servers.push_samples(lambda t_s: started_s + (t_s - warm_s) / speed)
     )

@@ -220,7 +220,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         plot_runs(results, args.plot)
         print(f"plot written to {args.plot}")
+    elif args.series is None:
+        print(
+            f"\nSee it: mmbc-sim run {_shown_path(args.scenario)} --plot {scenario.name}.png"
+            " (pip install 'mmbc[plot]'), or --series out.csv for the time series."
+        )
     return 0
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # ---------------------------------------------------------------------- bench

@@ -53,7 +53,9 @@ from sim.plant.params import (
 from sim.plant.traces import Trace, TraceError, load_trace
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
-DEFAULT_SCENARIO = SCENARIO_DIR / "default.toml"
+# What `mmbc-sim` replays without arguments: a real house at 6-s resolution, an evening's
+# cooking with kettle bursts and fast cycling, two batteries: where control quality shows.
+DEFAULT_SCENARIO = SCENARIO_DIR / "ukdale_cooking.toml"
 FAULT_SCENARIO_DIR = SCENARIO_DIR / "faults"
 VARIANT_SCENARIO_DIR = SCENARIO_DIR / "variants"
 LONG_SCENARIO_DIR = SCENARIO_DIR / "long"

@@ -537,7 +537,7 @@ class VenusCommander:
                 "Battery %s unavailable: %s", self.name, cycle.problem or "no valid reading"
             )
         elif previous is None:
-            _LOGGER.info("Battery %s online (SoC %.0f%%)", self.name, cycle.soc_pct or 0.0)
+            _LOGGER.info("Battery %s connected (SoC %.0f%%)", self.name, cycle.soc_pct or 0.0)
         else:
             since_s = self._offline_since_s if self._offline_since_s is not None else now_s
             _LOGGER.info("Battery %s available again after %.1f s", self.name, now_s - since_s)

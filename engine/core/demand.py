@@ -157,10 +157,11 @@ class DemandEstimator:
             + self.response.lead_s
         )
 
-    def direction(self) -> Direction:
-        """The fleet's direction: idle inside the idle band; a reversal needs a clear demand."""
+    def direction(self, target_w: float | None = None) -> Direction:
+        """The fleet's direction for ``target_w`` (default: the target): idle inside the idle
+        band; a reversal needs a clear demand."""
         s = self.settings
-        target = self.target_w
+        target = self.target_w if target_w is None else target_w
         band = s.idle_band_w
         want = (
             Direction.DISCHARGE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from engine.core.events import (
+    BatteryConnected,
     BatteryLost,
     BatteryReturned,
     CutoffCleared,
@@ -35,6 +36,8 @@ _CAUSE_WORDS = {
 def describe(event: DecisionEvent) -> str:
     """One human-readable line for ``event``."""
     match event:
+        case BatteryConnected(battery=name):
+            return f"{name} connected"
         case BatteryLost(battery=name):
             return f"{name} unavailable: no valid reading; it gets no command"
         case BatteryReturned(battery=name):
@@ -68,7 +71,11 @@ def describe(event: DecisionEvent) -> str:
 
 
 def level(event: DecisionEvent) -> int:
-    """How loud ``event`` is: safety and faults warn, selection changes inform."""
-    if isinstance(event, SafeHoldEntered | BatteryLost | Excluded):
+    """How loud ``event`` is: safety and faults warn, selection changes inform. A battery's
+    availability is the driver's to log (once, with the reason: engine.adapters.marstek);
+    the core's view of it only shows in the debug log."""
+    if isinstance(event, BatteryConnected | BatteryLost | BatteryReturned):
+        return logging.DEBUG
+    if isinstance(event, SafeHoldEntered | Excluded):
         return logging.WARNING
     return logging.INFO

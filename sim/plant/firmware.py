@@ -90,8 +90,12 @@ def _u16(value: float) -> int:
     return raw if 0 <= raw <= 0xFFFF else min(max(raw, 0), 0xFFFF)
 
 
+# The converters run for every register of every read: the in-range case avoids clamping calls.
 def _i16(value: float) -> int:
-    return reg.from_i16(min(max(round(value), -0x8000), 0x7FFF))
+    raw = round(value)
+    if not -0x8000 <= raw <= 0x7FFF:
+        raw = min(max(raw, -0x8000), 0x7FFF)
+    return reg.from_i16(raw)
 
 
 def _u32(value: float) -> tuple[int, int]:
@@ -99,7 +103,10 @@ def _u32(value: float) -> tuple[int, int]:
 
 
 def _i32(value: float) -> tuple[int, int]:
-    return reg.from_i32(min(max(round(value), -0x8000_0000), 0x7FFF_FFFF))
+    raw = round(value)
+    if not -0x8000_0000 <= raw <= 0x7FFF_FFFF:
+        raw = min(max(raw, -0x8000_0000), 0x7FFF_FFFF)
+    return reg.from_i32(raw)
 
 
 def encode_name(name: str, regs: int = reg.DEVICE_NAME_REGS) -> list[int]:
@@ -111,6 +118,9 @@ def encode_name(name: str, regs: int = reg.DEVICE_NAME_REGS) -> list[int]:
 def simulated_serial_number(name: str) -> str:
     """The serial number a simulated battery reports: stable per name, at most 20 characters."""
     return f"{SERIAL_PREFIX}{name}"[: reg.SERIAL_NUMBER_REGS * 2]
+
+
+_Builder = Callable[[dict[int, int], float], None]  # fills a block's registers at an instant
 
 
 class VenusFirmware:
@@ -145,8 +155,10 @@ class VenusFirmware:
         self._month_index: int | None = None
         self._day_base = (0.0, 0.0)
         self._month_base = (0.0, 0.0)
-        # (first, last register, builder): a read computes only the blocks it touches.
-        self._blocks: tuple[tuple[int, int, Callable[[dict[int, int], float], None]], ...] = (
+        # (first, last register, builder): a read computes only the blocks it touches
+        # (remembered per (address, count) in _builders: drivers repeat their reads).
+        self._builders: dict[tuple[int, int], tuple[_Builder, ...]] = {}
+        self._blocks: tuple[tuple[int, int, _Builder], ...] = (
             (
                 reg.REG_DEVICE_NAME,
                 reg.REG_DEVICE_NAME + reg.DEVICE_NAME_REGS - 1,
@@ -285,10 +297,15 @@ class VenusFirmware:
     def _image(self, address: int, count: int, now_s: float) -> dict[int, int]:
         """The registers of every block that [address, address + count) touches."""
         image: dict[int, int] = {}
-        end = address + count
-        for first, last, build in self._blocks:
-            if address <= last and first < end:
-                build(image, now_s)
+        builders = self._builders.get((address, count))
+        if builders is None:
+            end = address + count
+            builders = tuple(
+                b for first, last, b in self._blocks if first < end and address <= last
+            )
+            self._builders[(address, count)] = builders
+        for build in builders:
+            build(image, now_s)
         return image
 
     def _block_name(self, image: dict[int, int], _now_s: float) -> None:

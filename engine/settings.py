@@ -159,6 +159,20 @@ def _existing_file(path: Path) -> Path:
     return path
 
 
+def _writable_file(path: Path) -> Path:
+    # The file may not exist yet (it is created on the first save); a directory is a mistake.
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        msg = f"not a usable file name ({reason})"
+        raise ValueError(msg) from None
+    if is_dir or not path.name:
+        msg = f"expected a file name, got the directory {str(path)!r}"
+        raise ValueError(msg)
+    return path
+
+
 def _secret_text(value: object) -> object:
     # A TOML/JSON number is a valid password once written as text; its value is never shown.
     if isinstance(value, int) and not isinstance(value, bool):
@@ -179,6 +193,7 @@ MeterUrl = Annotated[str, BeforeValidator(_text), AfterValidator(_meter_data_url
 Secret = Annotated[SecretStr, BeforeValidator(_secret_text)]
 Port = Annotated[IntSetting, Field(ge=1, le=65535)]
 SettingsFile = Annotated[Path, BeforeValidator(_text), AfterValidator(_existing_file)]
+StateFile = Annotated[Path, BeforeValidator(_text), AfterValidator(_writable_file)]
 
 
 class _Settings(BaseModel):
@@ -467,6 +482,9 @@ class EngineSettings(_Settings):
     log: LogSettings = Field(default_factory=LogSettings)
     dry_run: BoolSetting = False
     """Read and decide, but write nothing to the batteries (same as `--dry-run`)."""
+    state_file: StateFile | None = None
+    """Where the energy totals are kept across restarts (same as `--state-file`; default
+    `/data/mmbc-state.json` when `/data` is writable, else `./mmbc-state.json`)."""
     # What was read, not settings: the sources (highest precedence first) and the non-fatal
     # remarks (ignored legacy names, values that weaken a safety) to log at start-up.
     sources: tuple[str, ...] = ()
@@ -522,6 +540,7 @@ class EngineSettings(_Settings):
         ]
         lines.append(f"control: {', '.join(changed) if changed else 'defaults'}")
         lines.append(f"log: {self.log.level} {self.log.format}; dry run: {self.dry_run}")
+        lines.append(f"state file: {self.state_file or 'default'}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 

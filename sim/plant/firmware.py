@@ -174,7 +174,8 @@ class VenusFirmware:
                 reg.REG_SERIAL_NUMBER + reg.SERIAL_NUMBER_REGS - 1,
                 self._block_serial,
             ),
-            (reg.REG_BATTERY_VOLTAGE, reg.REG_CAPACITY, self._block_battery),
+            (reg.REG_BATTERY_VOLTAGE, reg.REG_BATTERY_POWER + 1, self._block_dc),
+            (reg.REG_SOC, reg.REG_CAPACITY, self._block_soc),
             (reg.REG_AC_VOLTAGE, reg.REG_AC_FREQUENCY, self._block_ac),
             (reg.REG_TOTAL_CHARGE, reg.REG_MONTHLY_DISCHARGE + 1, self._block_counters),
             (
@@ -330,15 +331,18 @@ class VenusFirmware:
         image[reg.REG_MOS1_TEMPERATURE] = _i16((internal_c + 3.0 * load) * 10.0)
         image[reg.REG_MOS2_TEMPERATURE] = _i16((internal_c + 2.0 * load) * 10.0)
 
-    def _block_battery(self, image: dict[int, int], _now_s: float) -> None:
+    def _block_dc(self, image: dict[int, int], _now_s: float) -> None:
         bat = self.battery
-        soc_pct = bat.soc_pct
         dc_w = bat.dc_power_w
-        battery_v = 48.0 + 6.0 * soc_pct / 100.0  # 16s LFP, roughly linear in the mid range
+        battery_v = 48.0 + 6.0 * bat.soc_pct / 100.0  # 16s LFP, roughly linear in mid range
         image[reg.REG_BATTERY_VOLTAGE] = _u16(battery_v * 100.0)
         image[reg.REG_BATTERY_CURRENT] = _i16(dc_w / battery_v * 100.0)
         image[reg.REG_BATTERY_POWER], image[reg.REG_BATTERY_POWER + 1] = _i32(dc_w)
-        image[reg.REG_SOC] = SOC_GARBAGE if self.soc_garbage else _u16(math.floor(soc_pct + 0.5))
+
+    def _block_soc(self, image: dict[int, int], _now_s: float) -> None:
+        bat = self.battery
+        soc_raw = _u16(math.floor(bat.soc_pct + 0.5))
+        image[reg.REG_SOC] = SOC_GARBAGE if self.soc_garbage else soc_raw
         image[reg.REG_CAPACITY] = _u16(bat.capacity_wh)
 
     def _block_ac(self, image: dict[int, int], _now_s: float) -> None:

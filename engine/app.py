@@ -114,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--state-file",
         type=Path,
-        help="where the energy totals are kept across restarts"
-        " (default: /data/mmbc-state.json if /data is writable, else ./mmbc-state.json)",
+        help="where the energy totals are kept across restarts (overrides MMBC_STATE_FILE;"
+        " default: /data/mmbc-state.json if /data is writable, else ./mmbc-state.json)",
     )
     parser.add_argument("--version", action="version", version=f"mmbc-engine {__version__}")
     _add_meter_commands(parser)
@@ -133,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         return asyncio.run(check(config))
     return asyncio.run(
-        run(config, dry_run=args.dry_run or config.dry_run, state_file=args.state_file)
+        run(
+            config,
+            dry_run=args.dry_run or config.dry_run,
+            state_file=args.state_file or config.state_file,
+        )
     )
 
 

@@ -118,6 +118,7 @@ _ENV_EXCEPTIONS: Final[dict[tuple[str, str], str]] = {
     ("battery", "host"): "IP",  # BATTERY_<n>_IP
     ("battery", "unit_id"): "ADDRESS",
 }
+USER_TOP_LEVEL: Final = frozenset({"dry_run", "state_file"})  # top-level fields that are settings
 # Model fields that are not user settings: sections, derived values, connection tuning.
 INTERNAL_FIELDS: Final = frozenset(
     {("battery", "number"), ("control", "batteries")}
@@ -125,7 +126,7 @@ INTERNAL_FIELDS: Final = frozenset(
         ("mqtt", name)
         for name in ("keepalive_s", "timeout_s", "reconnect_min_s", "reconnect_max_s")
     }
-    | {("", name) for name in EngineSettings.model_fields if name != "dry_run"}
+    | {("", name) for name in EngineSettings.model_fields if name not in USER_TOP_LEVEL}
 )
 
 

@@ -229,7 +229,7 @@ def _not_a_directory(path: Path) -> Path:
         msg = f"not a usable file name ({exc})"
         raise ValueError(msg) from None
     if directory:
-        msg = f"{path} is a directory; give a file name in it"
+        msg = f"expected a file name, got the directory {str(path)!r}"
         raise ValueError(msg)
     return path
 
@@ -256,6 +256,8 @@ Interfaces = Annotated[
 TokenPath = Annotated[
     Path, BeforeValidator(_text), AfterValidator(_non_empty_path), AfterValidator(_not_a_directory)
 ]
+# A file the engine writes: it may not exist yet (created on the first save).
+StateFile = TokenPath
 
 
 class _Settings(BaseModel):
@@ -630,6 +632,9 @@ class EngineSettings(_Settings):
     log: LogSettings = Field(default_factory=LogSettings)
     dry_run: BoolSetting = False
     """Read and decide, but write nothing to the batteries (same as `--dry-run`)."""
+    state_file: StateFile | None = None
+    """Where the energy totals are kept across restarts (same as `--state-file`; default
+    `/data/mmbc-state.json` when `/data` is writable, else `./mmbc-state.json`)."""
     # What was read, not settings: the sources (highest precedence first) and the non-fatal
     # remarks (ignored legacy names, values that weaken a safety) to log at start-up.
     sources: tuple[str, ...] = ()
@@ -687,6 +692,7 @@ class EngineSettings(_Settings):
         ]
         lines.append(f"control: {', '.join(changed) if changed else 'defaults'}")
         lines.append(f"log: {self.log.level} {self.log.format}; dry run: {self.dry_run}")
+        lines.append(f"state file: {self.state_file or 'default'}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 

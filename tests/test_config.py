@@ -310,6 +310,14 @@ def test_control_thresholds_are_read_from_the_environment() -> None:
     assert (config.log.level, config.log.format, config.dry_run) == ("DEBUG", "json", True)
 
 
+def test_the_state_file_is_a_setting(tmp_path: Path) -> None:
+    assert env_config().state_file is None  # the engine picks /data or the working directory
+    config = env_config(MMBC_STATE_FILE=str(tmp_path / "new" / "state.json"))
+    assert config.state_file == tmp_path / "new" / "state.json"  # need not exist yet
+    with pytest.raises(ConfigError, match=r"MMBC_STATE_FILE.*expected a file name"):
+        env_config(MMBC_STATE_FILE=str(tmp_path))
+
+
 # --- files ----------------------------------------------------------------------------------
 
 FULL_TOML = """

@@ -508,9 +508,10 @@ async def test_a_battery_is_published_under_its_configured_number(
             "MQTT_USERNAME": TEST_USERNAME,
             "MQTT_PASSWORD": TEST_PASSWORD,
             "MQTT_MIN_INTERVAL_S": "0",
+            "MMBC_STATE_FILE": str(tmp_path / "state" / "energy.json"),  # a new directory too
         }
-        state_file = tmp_path / "state.json"
-        engine, out = start_engine(tmp_path, env, "--state-file", str(state_file))
+        state_file = tmp_path / "state" / "energy.json"
+        engine, out = start_engine(tmp_path, env)
         try:
             async with aiomqtt.Client(
                 broker.host, broker.port, username=TEST_USERNAME, password=TEST_PASSWORD

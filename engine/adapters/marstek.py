@@ -112,6 +112,7 @@ from engine.errors import (
 from engine.ports import Clock
 
 _LOGGER = logging.getLogger(__name__)
+_NO_IDENTITY: Final = BatteryIdentity()  # nothing identified yet
 
 # A Venus E delivers at most 2500 W; anything far beyond is a garbled reply, not a reading.
 MAX_PLAUSIBLE_AC_W: Final = 5000
@@ -505,7 +506,7 @@ class VenusCommander:
         cycle = self._cycle
         online = not cycle.failed and cycle.soc_pct is not None and cycle.power_w is not None
         self._note_availability(online, cycle, now_s)
-        identity = self._identity if self._identity != BatteryIdentity() else None
+        identity = self._identity if self._identity != _NO_IDENTITY else None
         if cycle.failed:
             return BatteryTelemetry(name=self.name, online=False, identity=identity)
         diagnostics = self._diagnostics

@@ -19,6 +19,7 @@ import math
 from collections import deque
 from itertools import pairwise
 from statistics import median
+from typing import NamedTuple
 
 
 class PowerHistory:
@@ -522,6 +523,7 @@ class FastLoadHold:
         self._edges: deque[tuple[float, float]] = deque(maxlen=2)  # (t, signed size) recent
         # Recent excursions: (ended at, lasted s, +1 up / -1 down, size W).
         self._excursions: deque[tuple[float, float, int, float]] = deque()
+        self._pattern: dict[int, _Pattern] = {}  # per direction, from _excursions (cached)
         self.held_direction = 0  # +1: excursions up are held, -1: down, 0: none
         self._held_w = 0.0  # how much of the demand is held back now (+: an excursion up)
         self._held_since_s: float | None = None
@@ -537,10 +539,12 @@ class FastLoadHold:
         else:
             self._on_edge(t_s, step_w)
             self._level_w = demand_w
-        longest_s = max([e[1] for e in self._excursions], default=0.0)
+        longest_s = max([p.longest_s for p in self._pattern.values()], default=0.0)
         memory_s = 4.0 * max(2.0 * loop_delay_s, longest_s)
-        while self._excursions and t_s - self._excursions[0][0] > memory_s:
-            self._excursions.popleft()
+        if self._excursions and t_s - self._excursions[0][0] > memory_s:
+            while self._excursions and t_s - self._excursions[0][0] > memory_s:
+                self._excursions.popleft()
+            self._summarise()
         self._decide(loop_delay_s)
         self._check_outlasting(t_s, loop_delay_s)
 
@@ -552,13 +556,13 @@ class FastLoadHold:
             self._excursions.append(
                 (t_s, t_s - start_s, 1 if start_w > 0 else -1, min(abs(start_w), size_w))
             )
+            self._summarise()
         self._edges.append((t_s, step_w))
         held = self.held_direction
         if not self.active or held == 0:
             return
         if sign == held:
-            largest_w = max(e[3] for e in self._excursions if e[2] == held)
-            if size_w <= PATTERN_SPREAD * largest_w:
+            if size_w <= PATTERN_SPREAD * self._pattern[held].largest_w:
                 if self._held_w == 0.0:
                     self._held_since_s = t_s
                 self._held_w += held * size_w  # into the held direction: not followed
@@ -576,9 +580,9 @@ class FastLoadHold:
         chase = (1.0 + w) * loop_delay_s
         saving = {}
         for direction, weight in ((1, 1.0), (-1, w)):
-            lasted = [e[1] for e in self._excursions if e[2] == direction]
-            if len(lasted) >= MIN_EXCURSIONS:
-                saving[direction] = chase - weight * sum(lasted) / len(lasted)
+            pattern = self._pattern.get(direction)
+            if pattern is not None and pattern.excursions >= MIN_EXCURSIONS:
+                saving[direction] = chase - weight * pattern.mean_s
         best = max(saving, key=lambda d: saving[d], default=0)
         self.active = best != 0 and saving[best] > 0
         if not self.active or best != self.held_direction:
@@ -589,11 +593,22 @@ class FastLoadHold:
     def _check_outlasting(self, t_s: float, loop_delay_s: float) -> None:
         if self._held_since_s is None:
             return
-        lasted = [e[1] for e in self._excursions if e[2] == self.held_direction]
-        usual_s = max(lasted, default=2.0 * loop_delay_s)
+        pattern = self._pattern.get(self.held_direction)
+        usual_s = 2.0 * loop_delay_s if pattern is None else pattern.longest_s
         if t_s - self._held_since_s > max(2.0 * loop_delay_s, PATTERN_SPREAD * usual_s):
             self._held_w = 0.0  # longer than any of them: a new level, followed
             self._held_since_s = None
+
+    def _summarise(self) -> None:
+        lasted: dict[int, list[float]] = {}
+        sizes: dict[int, list[float]] = {}
+        for _end_s, lasted_s, direction, size_w in self._excursions:
+            lasted.setdefault(direction, []).append(lasted_s)
+            sizes.setdefault(direction, []).append(size_w)
+        self._pattern = {
+            d: _Pattern(len(ls), sum(ls) / len(ls), max(ls), max(sizes[d]))
+            for d, ls in lasted.items()
+        }
 
     def target_w(self, demand_w: float) -> float:
         """The demand less what is held back."""
@@ -603,10 +618,21 @@ class FastLoadHold:
         self._level_w = None
         self._edges.clear()
         self._excursions.clear()
+        self._pattern = {}
         self.held_direction = 0
         self._held_w = 0.0
         self._held_since_s = None
         self.active = False
+
+
+class _Pattern(NamedTuple):
+    """A direction's recent excursions: how many, their mean and longest duration, the
+    largest size."""
+
+    excursions: int
+    mean_s: float
+    longest_s: float
+    largest_w: float
 
 
 MIN_EXCURSIONS = 2  # a pattern needs at least this many excursions of one direction

@@ -52,6 +52,7 @@ class CycleSchedule:
         self._seen: deque[float] = deque(maxlen=INTERVAL_READINGS)
         self.retries = 0  # polls that found no new reading and were followed up at once
         self._anchored = False  # a refresh was caught between a miss and its follow-up
+        self._interval_s = period_s  # interval_s(), updated with each new reading
 
     def next_s(
         self, cycle_s: float, *, meter_updated_s: float | None, busy_until_s: float
@@ -62,7 +63,8 @@ class CycleSchedule:
         new_reading = meter_updated_s is not None and meter_updated_s >= cycle_s
         if new_reading:
             self._seen.append(cycle_s)
-        interval_s = self.interval_s()
+            self._interval_s = self._median_interval_s()
+        interval_s = self._interval_s
         if self._first_s is None:
             self._first_s = cycle_s
         if not self.learn_phase:
@@ -133,6 +135,10 @@ class CycleSchedule:
         return None
 
     def interval_s(self) -> float:
+        """The meter's interval between refreshes, as the polls have seen it."""
+        return self._interval_s
+
+    def _median_interval_s(self) -> float:
         """The meter's interval between refreshes, as the polls have seen it.
 
         The median spacing of the polls that found a new reading, to the nearest

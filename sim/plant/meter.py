@@ -391,9 +391,9 @@ class P1MeterModel(_SampledMeter):
     def _tariff(self, at_s: float) -> int:
         # Dutch double tariff: 2 (normal) on weekdays 07-23 h, else 1 (low). Constant within
         # an hour, so computed once per hour (this runs at every plant step).
-        start_hour = self._start.replace(minute=0, second=0, microsecond=0)
         hour = int((self._into_hour_s + at_s) // 3600.0)
         if hour != self._tariff_hour:
+            start_hour = self._start.replace(minute=0, second=0, microsecond=0)
             t = start_hour + timedelta(hours=hour)
             self._tariff_hour = hour
             self._tariff_value = 2 if t.weekday() < 5 and 7 <= t.hour < 23 else 1

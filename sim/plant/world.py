@@ -152,6 +152,10 @@ class World:
         Batteries are integrated as far as the last shared instant crossed; ``battery_at``
         and ``settle`` bring them the rest of the way.
         """
+        if self.now_s <= t_s < self._next_s - _EPS_S and t_s <= self.horizon_s:
+            # The common case: nothing shared happens before t_s.
+            self.now_s = t_s
+            return
         t_s = min(t_s, self.horizon_s)
         if t_s < self.now_s - _EPS_S:
             msg = f"the world is at {self.now_s} s; it cannot go back to {t_s} s"

@@ -197,22 +197,22 @@ def run_in_time_order(world: World, requests: list[tuple[int, Requests[_T]]]) ->
     """
     results: dict[int, _T] = {}
     heap: list[tuple[float, int]] = []
-
-    def step(k: int, at_s: float | None) -> None:
-        gen = requests[k][1]
+    for k, (_index, gen) in enumerate(requests):
         try:
-            next_s = next(gen) if at_s is None else gen.send(at_s)
+            heap.append((next(gen), k))
         except StopIteration as stop:
             results[k] = stop.value
-            return
-        heapq.heappush(heap, (next_s, k))
-
-    for k in range(len(requests)):
-        step(k, None)
+    heapq.heapify(heap)
+    battery_at = world.battery_at
     while heap:
-        at_s, k = heapq.heappop(heap)
-        world.battery_at(requests[k][0], at_s)
-        step(k, at_s)
+        at_s, k = heap[0]
+        index, gen = requests[k]
+        battery_at(index, at_s)
+        try:
+            heapq.heapreplace(heap, (gen.send(at_s), k))
+        except StopIteration as stop:
+            results[k] = stop.value
+            heapq.heappop(heap)
     return [results[k] for k in range(len(requests))]
 
 

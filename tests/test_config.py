@@ -32,7 +32,7 @@ from engine.config import (
 from engine.core.settings import POLICY_NAMES, BatterySpec, ControlSettings
 from engine.errors import ConfigError
 from engine.logs import QUIET_LOGGERS, setup_logging
-from engine.settings import BatterySettings, EngineSettings
+from engine.settings import BatterySettings, EngineSettings, MeterApi
 from tests.mqtt_broker import make_tls_files
 
 _R = TypeVar("_R")
@@ -661,11 +661,13 @@ def test_invalid_environment_names_the_key(extra: dict[str, str], key: str, prob
     assert str(err).startswith(f"{key}: ")
 
 
-def test_missing_p1_url_is_an_error_naming_it() -> None:
-    err = config_error(environ={"BATTERY_1_IP": "192.168.1.101"})
+def test_without_a_p1_address_the_meter_is_found_on_the_network() -> None:
+    config = build_config(environ={"BATTERY_1_IP": "192.168.1.101"})
 
-    assert err.key == "P1_API_URL"
-    assert "not set" in err.problem
+    assert (config.meter.url, config.meter.host) == (None, None)
+    assert config.meter.api is MeterApi.AUTO
+    assert config.meter.push
+    assert "found by mDNS" in config.describe()
 
 
 def test_no_battery_is_an_error_naming_battery_1_ip() -> None:

@@ -163,6 +163,13 @@ class _SampledMeter(ABC):
         self._power_w = float(power_w)
         self._sample_until(now_s, inclusive=True)
 
+    def next_visible_s(self, after_s: float) -> float:
+        """The first instant after ``after_s`` at which a new sample becomes visible (its
+        instant plus the latency): when a pushing meter sends it."""
+        interval_s, latency_s = self.params.interval_s, self.params.latency_s
+        k = math.floor((after_s - latency_s) / interval_s + 1e-9) + 1
+        return k * interval_s + latency_s
+
     def latest(self, now_s: float) -> MeterSample | None:
         """The newest reading visible at ``now_s`` (None before the first)."""
         if self._t_s is not None and now_s - self.params.latency_s >= self._t_s:

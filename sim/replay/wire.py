@@ -11,6 +11,11 @@ refresh and the driver paces its Modbus requests with the daemon's message gap
 (``sim.replay.timing``), as the in-process replay does: both give the same figures.
 Scoring and invariants are the replay's.
 
+A scenario whose meter speaks API v2 (``[meter] api = "v2"``) is served over HTTPS with a test
+CA, and the engine reads it as the daemon does with ``P1_PUSH``: the real ``HomeWizardV2Client``
+and its ``MeasurementStream`` (the websocket), the controller running a cycle on each pushed
+reading. The device pushes each new sample the instant it becomes visible.
+
 The cycle latency (P1 response to the last Modbus write) is measured in wall-clock time, since
 in virtual time it is the message gaps only; the servers run in the same process and thread,
 so the figure includes the servers' own work: it is an upper bound of the engine's.
@@ -22,18 +27,22 @@ import asyncio
 import logging
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import looptime
 
 from engine.adapters.homewizard import HomeWizardClient
+from engine.adapters.homewizard_v2 import HomeWizardV2Client, MeasurementStream
 from engine.adapters.marstek import MarstekBattery
 from engine.core.model import Plan, Snapshot
 from engine.core.policies import make_policy
-from engine.ports import LoopClock
+from engine.ports import LoopClock, MeterSource
 from engine.runtime.controller import Controller
 from engine.runtime.event_log import describe
+from sim.plant.params import MeterApi
 from sim.plant.world import RECORD_STEP_S, ErrorInjectingPolicy, World
 from sim.replay.inprocess import (
     ProgressFn,
@@ -57,6 +66,7 @@ WIRE_METER_TIMEOUT_S = 2.0
 # looptime lets the loop spin this many idle iterations before it moves the clock. Loopback
 # data is readable as soon as it is sent, so a few are enough; more only cost wall time.
 NOOP_CYCLES = 2
+WIRE_P1_USER = "local/mmbc"
 
 
 class _Observer:
@@ -92,7 +102,10 @@ def run_wire(
     wall_start = time.perf_counter()  # wall time of the run is a reported metric, not control
     loop = looptime.new_event_loop(start=0.0, noop_cycles=NOOP_CYCLES)
     try:
-        return loop.run_until_complete(_run(scenario, progress, wall_start, phase))
+        with tempfile.TemporaryDirectory(prefix="mmbc-wire-") as scratch:
+            return loop.run_until_complete(
+                _run(scenario, progress, wall_start, phase, Path(scratch))
+            )
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -101,7 +114,11 @@ def run_wire(
 
 
 async def _run(
-    scenario: Scenario, progress: ProgressFn | None, wall_start: float, phase: float | None
+    scenario: Scenario,
+    progress: ProgressFn | None,
+    wall_start: float,
+    phase: float | None,
+    scratch: Path,
 ) -> RunResult:
     settings = settings_for(scenario, POLICY)
     world = World(scenario)
@@ -109,9 +126,35 @@ async def _run(
     timing = timing_for(scenario, policy.period_s, phase)
     checker = InvariantChecker.for_world(settings, world, policy.period_s)
     observer = _Observer(world, checker, policy.period_s)
-    servers = await start_world_servers(world, time_source=asyncio.get_running_loop().time)
+    v2 = scenario.meter.api is MeterApi.V2
+    if v2:
+        from sim.servers.tls import SimulatorCA  # needs cryptography: only for v2
+
+        ca = SimulatorCA()
+        ca_file = ca.write_ca(scratch / "p1-ca.pem")
+        servers = await start_world_servers(
+            world,
+            time_source=asyncio.get_running_loop().time,
+            p1_api="v2",
+            ca=ca,
+            ca_file=ca_file,
+        )
+    else:
+        servers = await start_world_servers(world, time_source=asyncio.get_running_loop().time)
     clock = LoopClock()
-    meter = HomeWizardClient(servers.p1_url, timeout_s=WIRE_METER_TIMEOUT_S)
+    meter: MeterSource
+    stream: MeasurementStream | None = None
+    if servers.p1_v2 is not None:
+        v2_client = HomeWizardV2Client(
+            f"127.0.0.1:{servers.p1_v2.port}",
+            identifier=servers.p1_v2.identifier,
+            token=servers.p1_v2.add_user(WIRE_P1_USER),  # paired
+            ca_file=servers.ca_file,
+            timeout_s=WIRE_METER_TIMEOUT_S,
+        )
+        meter, stream = v2_client, MeasurementStream(v2_client)
+    else:
+        meter = HomeWizardClient(servers.p1_url, timeout_s=WIRE_METER_TIMEOUT_S)
     pv = (
         HomeWizardClient(servers.pv_url, timeout_s=WIRE_METER_TIMEOUT_S, name="pv")
         if servers.pv_url is not None
@@ -139,7 +182,9 @@ async def _run(
         capacities={b.name: b.capacity_wh for b in settings.batteries},
         observer=observer,
         latency_clock=time.perf_counter,
+        push=stream,
     )
+    pusher = asyncio.create_task(servers.push_samples()) if servers.p1_v2 is not None else None
     try:
         shutdown_s = await _drive(world, servers, controller, timing.first_tick_s, progress)
         check_shutdown(world, checker, world.now_s)
@@ -152,6 +197,9 @@ async def _run(
             )
         checker.finish(world.now_s)
     finally:
+        if pusher is not None:
+            pusher.cancel()
+            await asyncio.gather(pusher, return_exceptions=True)
         await meter.close()
         if pv is not None:
             await pv.close()
@@ -168,8 +216,10 @@ async def _run(
         cycle_latency_median_ms=_median(latencies_ms),
         cycle_latency_p99_ms=_percentile(latencies_ms, 99.0),
     )
+    stats = controller.stats
     notes = [
-        f"wire: {controller.stats.cycles} cycles, cycle latency (P1 response to last Modbus"
+        f"wire: {controller.stats.cycles} cycles ({stats.pushed_cycles} on pushed readings,"
+        f" {stats.polls} polls), cycle latency (P1 response to last Modbus"
         f" write, wall clock) median {metrics.cycle_latency_median_ms:.2f} ms,"
         f" p99 {metrics.cycle_latency_p99_ms:.2f} ms; {record.modbus_reads} Modbus reads,"
         f" {record.modbus_writes} writes; {metrics.wall_seconds:.1f} s wall",

@@ -36,6 +36,7 @@ from sim.scenario import (
     DEFAULT_SCENARIO,
     FAULT_SCENARIO_DIR,
     LONG_SCENARIO_DIR,
+    PUSH_SCENARIO_DIR,
     SCENARIO_DIR,
     VARIANT_SCENARIO_DIR,
     Scenario,
@@ -118,7 +119,13 @@ def test_shipped_set_covers_the_issue() -> None:
 
 def test_all_scenario_names_are_unique() -> None:
     scenarios = load_scenarios(
-        [SCENARIO_DIR, VARIANT_SCENARIO_DIR, FAULT_SCENARIO_DIR, LONG_SCENARIO_DIR]
+        [
+            SCENARIO_DIR,
+            VARIANT_SCENARIO_DIR,
+            FAULT_SCENARIO_DIR,
+            LONG_SCENARIO_DIR,
+            PUSH_SCENARIO_DIR,
+        ]
     )
     assert len({s.name for s in scenarios}) == len(ALL_SCENARIO_FILES)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,14 @@ SAME_METRICS = (
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "duration_s"),
-    [("kettle", 900.0), ("kitchen_rush_3bat", 900.0), ("refit21_cycling", 900.0)],
+    [
+        ("kettle", 900.0),
+        ("kitchen_rush_3bat", 900.0),
+        ("refit21_cycling", 900.0),
+        # The P1 over API v2: HTTPS and the websocket push against the in-process mirror.
+        ("push/kettle_push", 900.0),
+        ("push/refit21_cycling_push", 900.0),
+    ],
 )
 def test_wire_and_in_process_give_the_same_metrics_within_one_percent(
     name: str, duration_s: float
@@ -112,3 +120,15 @@ def test_progress_is_reported_in_scenario_seconds(kettle: Scenario) -> None:
     assert record.meter_w[last] == pytest.approx(record.grid_w[last], abs=150.0)
     assert record.command_w[0][last] > 0  # discharging into the night load
     assert math.isnan(record.meter_w[0])  # nothing seen before the first cycle
+
+
+def test_wire_with_push_decides_on_the_pushed_readings() -> None:
+    scenario = trimmed(SCENARIOS / "push" / "kettle_push.toml", 120.0)
+    result = run_wire(scenario)
+    assert all(result.invariants.values()), result.report.details
+    (note,) = [n for n in result.notes if n.startswith("wire: ")]
+    found = re.search(r"(\d+) cycles \((\d+) on pushed readings, (\d+) polls\)", note)
+    assert found is not None, note
+    cycles, pushed, polls = (int(x) for x in found.groups())
+    assert pushed >= 0.95 * cycles
+    assert polls <= 2  # before the stream is up

@@ -382,6 +382,7 @@ class MqttBridge:
         self._reachable: bool | None = None  # for one log line per outage
         self._backoff_s = settings.reconnect_min_s
         self._connections = 0
+        self.rejected_commands = 0  # invalid command payloads, each logged and ignored
 
     # -- public surface
 
@@ -579,6 +580,7 @@ class MqttBridge:
             _LOGGER.debug("ignoring MQTT message on %s", topic)
 
     def _reject(self, topic: str, payload: bytes, status_suffix: str) -> None:
+        self.rejected_commands += 1
         _LOGGER.warning("ignoring invalid payload %s on %s", _shorten(payload), topic)
         # Republish the state so a UI that showed the rejected value snaps back.
         if self._schedule.force(self.topic(status_suffix)):

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from engine.core.events import DecisionEvent
+from engine.core.events import MeterEvent, StatusEvent
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import VENUS_E_CAPACITY_WH
 from engine.core.states import BatteryState, FleetState
@@ -28,6 +28,7 @@ class BatteryStatus:
     power_w: float | None
     state: BatteryState | None  # the battery machine's state; None: the core did not judge it
     online: bool
+    setpoint_w: int | None = None  # what the plan commands (+ discharge); None: not commanded
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,12 @@ class FleetStatus:
     fleet_state: FleetState | None = None
     now_s: float = 0.0  # the cycle's time on the engine's clock
     meter_age_s: float | None = None  # how old the meter's reading was when the cycle ran
-    events: tuple[DecisionEvent, ...] = ()  # what the core decided this cycle worth telling
+    # What the cycle saw of the meter, then what the core decided, worth telling.
+    events: tuple[StatusEvent, ...] = ()
+    # Measured by the runtime (latency clock): the whole cycle, and from the meter's answer
+    # to the last battery write.
+    cycle_duration_s: float | None = None
+    cycle_latency_s: float | None = None
 
 
 def _finite(value: float | None) -> float | None:
@@ -101,7 +107,15 @@ def _fleet_total_wh(counters: list[float | None]) -> float | None:
     return math.fsum(value for value in counters if value is not None)
 
 
-def build_status(snapshot: Snapshot, plan: Plan, capacities: Mapping[str, float]) -> FleetStatus:
+def build_status(
+    snapshot: Snapshot,
+    plan: Plan,
+    capacities: Mapping[str, float],
+    *,
+    meter_events: tuple[MeterEvent, ...] = (),
+    cycle_duration_s: float | None = None,
+    cycle_latency_s: float | None = None,
+) -> FleetStatus:
     """The state to publish after one cycle.
 
     - ``soc_pct``: capacity-weighted mean of the online batteries with a valid SoC
@@ -109,6 +123,8 @@ def build_status(snapshot: Snapshot, plan: Plan, capacities: Mapping[str, float]
     - ``battery_power_w``: sum of the measured power of the online batteries (+ discharging).
     - totals: sums of the lifetime counters in Wh, ``None`` unless every battery reported one.
     - ``quality``: ``"safe_hold"`` while the plan holds safe, else the policy's verdict.
+    - ``setpoint_w``: the plan's setpoint; ``None`` for a battery it releases or leaves out.
+    - ``events``: ``meter_events`` (seen while reading), then the plan's.
     """
     batteries = tuple(
         BatteryStatus(
@@ -120,6 +136,7 @@ def build_status(snapshot: Snapshot, plan: Plan, capacities: Mapping[str, float]
                 battery.name, None if battery.online else BatteryState.UNAVAILABLE
             ),
             online=battery.online,
+            setpoint_w=None if battery.name in plan.release else plan.setpoints.get(battery.name),
         )
         for position, battery in enumerate(snapshot.batteries, start=1)
     )
@@ -140,5 +157,7 @@ def build_status(snapshot: Snapshot, plan: Plan, capacities: Mapping[str, float]
         meter_age_s=None
         if snapshot.meter_updated_s is None
         else snapshot.now_s - snapshot.meter_updated_s,
-        events=plan.events,
+        events=(*meter_events, *plan.events),
+        cycle_duration_s=cycle_duration_s,
+        cycle_latency_s=cycle_latency_s,
     )

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.core.events import SafeHoldCause, SafeHoldEntered
+from engine.core.events import MeterEvent, MeterLost, MeterReturned, SafeHoldCause, SafeHoldEntered
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy
@@ -48,7 +48,9 @@ class CycleStats:
 
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     cycles: int = 0
-    errors: int = 0
+    errors: int = 0  # cycles that raised: every battery to 0 W
+    error_runs: int = 0  # runs of such cycles (one fail-safe hold each)
+    meter_failures: int = 0  # meter polls that failed
 
 
 def _safe_plan(names: Sequence[str]) -> Plan:
@@ -100,6 +102,7 @@ class Controller:
         self._pv_online: bool | None = None
         self._error_logged = False
         self._released: set[str] = set()  # released by a plan; not commanded since
+        self._meter_events: list[MeterEvent] = []  # seen since the last report
 
     # ------------------------------------------------------------------ inputs
     def set_block_discharge(self, blocked: bool) -> None:
@@ -141,19 +144,22 @@ class Controller:
     async def cycle(self) -> Plan:
         """One cycle. Never raises: an unexpected error puts every battery at 0 W."""
         now = self.clock.now()
+        started = self.latency_clock()
         try:
             snap, plan, meter_done = await self._read_and_decide(now)
             await self._write(plan)
         except Exception as exc:  # the one place that catches everything: fail safe, go on
             return await self._fail_safe(now, exc)
-        self.stats.latencies_s.append(max(0.0, self.latency_clock() - meter_done))
+        done = self.latency_clock()
+        latency_s = max(0.0, done - meter_done)
+        self.stats.latencies_s.append(latency_s)
         self.stats.cycles += 1
         self._error_logged = False
         self.last_plan = plan
         self.last_snapshot = snap
         for event in plan.events:
             _LOGGER.log(level(event), "%s", describe(event))
-        self._report(snap, plan)
+        self._report(snap, plan, duration_s=max(0.0, done - started), latency_s=latency_s)
         return plan
 
     async def _read_and_decide(self, now: float) -> tuple[Snapshot, Plan, float]:
@@ -188,6 +194,7 @@ class Controller:
         if not self._error_logged:
             _LOGGER.error("control cycle failed: every battery to 0 W", exc_info=exc)
             self._error_logged = True
+            self.stats.error_runs += 1
         plan = _safe_plan([b.name for b in self.batteries])
         try:
             await self._write(plan)
@@ -198,12 +205,21 @@ class Controller:
             self.observer.cycle_failed(now, detail)
         return plan
 
-    def _report(self, snap: Snapshot, plan: Plan) -> None:
+    def _report(self, snap: Snapshot, plan: Plan, *, duration_s: float, latency_s: float) -> None:
         if self.observer is not None:
             self.observer.cycle_done(snap, plan)
+        meter_events = tuple(self._meter_events)
+        self._meter_events.clear()
         if not self.sinks:
             return
-        status = build_status(snap, plan, self.capacities)
+        status = build_status(
+            snap,
+            plan,
+            self.capacities,
+            meter_events=meter_events,
+            cycle_duration_s=duration_s,
+            cycle_latency_s=latency_s,
+        )
         for sink in self.sinks:
             try:
                 sink.publish(status)
@@ -212,14 +228,19 @@ class Controller:
 
     async def _read_meter(self) -> float:
         """Poll the P1 meter; returns ``latency_clock`` at the response (the latency start)."""
+        event: MeterEvent | None = None
         try:
             reading = await self.meter.read()
         except DeviceError as err:
+            self.stats.meter_failures += 1
             if self.tracker.failed(self.clock.now()) is Availability.LOST:
-                _LOGGER.warning("meter %s is unavailable: %s", self.tracker.name, err)
+                event = MeterLost(self.tracker.name, str(err))
         else:
             if self.tracker.update(reading, self.clock.now()) is Availability.RETURNED:
-                _LOGGER.info("meter %s is available again", self.tracker.name)
+                event = MeterReturned(self.tracker.name)
+        if event is not None:
+            _LOGGER.log(level(event), "%s", describe(event))
+            self._meter_events.append(event)
         return self.latency_clock()
 
     async def _read_pv(self) -> None:

@@ -9,16 +9,18 @@ from engine.core.events import (
     BatteryReturned,
     CutoffCleared,
     CutoffReached,
-    DecisionEvent,
     Direction,
     Excluded,
     ExclusionEnded,
     HandoverEnded,
     HandoverStarted,
     LeaderChanged,
+    MeterLost,
+    MeterReturned,
     SafeHoldCause,
     SafeHoldEntered,
     SafeHoldLeft,
+    StatusEvent,
 )
 
 _DIRECTION_WORD = {
@@ -32,7 +34,7 @@ _CAUSE_WORDS = {
 }
 
 
-def describe(event: DecisionEvent) -> str:
+def describe(event: StatusEvent) -> str:
     """One human-readable line for ``event``."""
     match event:
         case BatteryLost(battery=name):
@@ -64,11 +66,15 @@ def describe(event: DecisionEvent) -> str:
             return f"{_CAUSE_WORDS[cause]}: every battery at 0 W"
         case SafeHoldLeft(cause=cause):
             return f"{_CAUSE_WORDS[cause]} over: control resumes"
+        case MeterLost(meter=meter, reason=reason):
+            return f"meter {meter} is unavailable: {reason}"
+        case MeterReturned(meter=meter):
+            return f"meter {meter} is available again"
     raise AssertionError(f"no description for {event!r}")  # pragma: no cover - exhaustive
 
 
-def level(event: DecisionEvent) -> int:
+def level(event: StatusEvent) -> int:
     """How loud ``event`` is: safety and faults warn, selection changes inform."""
-    if isinstance(event, SafeHoldEntered | BatteryLost | Excluded):
+    if isinstance(event, SafeHoldEntered | BatteryLost | Excluded | MeterLost):
         return logging.WARNING
     return logging.INFO

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +23,11 @@ from engine.errors import ConfigError, DeviceError
 from engine.logs import setup_logging
 from engine.ports import Clock, LoopClock
 from engine.runtime.controller import SHUTDOWN_BUDGET_S, Controller
+from engine.runtime.event_log import describe, level
 
 if TYPE_CHECKING:
     from engine.adapters.mqtt import MqttBridge
+    from engine.adapters.web import DashboardServer, EngineCounters
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -131,6 +134,80 @@ def _make_bridge(config: EngineConfig, controller: Controller, clock: Clock) -> 
     )
 
 
+def _counters(
+    controller: Controller, batteries: Sequence[MarstekBattery], bridge: MqttBridge | None
+) -> EngineCounters:
+    """The counters ``/metrics`` reads at each scrape, from where the engine keeps them."""
+    from engine.adapters.web import BatteryCounters, EngineCounters
+
+    stats = controller.stats
+    return EngineCounters(
+        cycles=stats.cycles,
+        cycle_errors=stats.errors,
+        cycle_error_runs=stats.error_runs,
+        meter_failures=stats.meter_failures,
+        batteries=tuple(
+            BatteryCounters(
+                name=b.name,
+                reads=b.reads,
+                writes=b.writes,
+                errors=b.errors,
+                retries=b.retries,
+                connects=b.connects,
+                control_lost=b.commander.control_lost_count,
+            )
+            for b in batteries
+        ),
+        mqtt_connected=None if bridge is None else bridge.connected,
+        mqtt_reconnects=None if bridge is None else max(0, bridge.connections - 1),
+        mqtt_rejected_commands=None if bridge is None else bridge.rejected_commands,
+    )
+
+
+def _make_server(
+    config: EngineConfig,
+    controller: Controller,
+    batteries: Sequence[MarstekBattery],
+    bridge: MqttBridge | None,
+    clock: Clock,
+) -> DashboardServer | None:
+    if config.http is None:
+        return None
+    from engine.adapters.web import DashboardServer  # prometheus_client only when it is on
+
+    settings = config.control
+    return DashboardServer(
+        clock=clock,
+        battery_names=[b.name for b in config.batteries],
+        on_mode=controller.set_mode,
+        on_block_discharge=controller.set_block_discharge,
+        describe=describe,
+        level=level,
+        host=config.http.host,
+        port=config.http.port,
+        token=config.http.token,
+        counters=lambda: _counters(controller, batteries, bridge),
+        meter_stale_s=settings.stale_after_s,
+        # A healthy cycle takes at most a battery timeout or two beyond its period.
+        cycle_stale_s=max(10.0, 5 * settings.loop_period_s),
+        period_s=settings.loop_period_s,
+        has_pv=config.pv_meter is not None,
+        version=__version__,
+    )
+
+
+def _latency_summary(controller: Controller) -> str:
+    latencies_ms = sorted(s * 1000.0 for s in controller.stats.latencies_s)
+    if not latencies_ms:
+        return f"{controller.stats.cycles} cycles"
+    median_ms = statistics.median(latencies_ms)
+    p99_ms = latencies_ms[min(len(latencies_ms) - 1, int(0.99 * len(latencies_ms)))]
+    return (
+        f"{controller.stats.cycles} cycles, cycle latency (meter answer to last battery write)"
+        f" median {median_ms:.2f} ms, p99 {p99_ms:.2f} ms"
+    )
+
+
 async def run(config: EngineConfig, *, dry_run: bool) -> int:
     """Run until SIGTERM/SIGINT; then every battery to 0 W and released, exit 0 within 5 s."""
     stop = asyncio.Event()
@@ -164,14 +241,19 @@ async def run(config: EngineConfig, *, dry_run: bool) -> int:
     if bridge is not None:
         controller.sinks.append(bridge)
     _LOGGER.info(
-        "mmbc-engine %s: policy %s, %d batteries, meter %s, MQTT %s%s",
+        "mmbc-engine %s: policy %s, %d batteries, meter %s, MQTT %s, HTTP %s%s",
         __version__,
         policy.name,
         len(batteries),
         config.meter.url,
         "on" if bridge is not None else "off",
+        "off" if config.http is None else f"port {config.http.port}",
         " (dry run: nothing is written)" if dry_run else "",
     )
+    server = _make_server(config, controller, batteries, bridge, clock)
+    # A port in use is one log line inside start(); control goes on without the server.
+    if server is not None and await server.start():
+        controller.sinks.append(server)
     bridge_task = asyncio.create_task(bridge.run()) if bridge is not None else None
 
     async def stop_bridge() -> None:
@@ -187,6 +269,8 @@ async def run(config: EngineConfig, *, dry_run: bool) -> int:
         await controller.run(stop)
     finally:
         stop.set()
+        if server is not None:
+            await server.stop()
         await bridge_stopper
         if bridge_task is not None:
             bridge_task.cancel()
@@ -196,7 +280,7 @@ async def run(config: EngineConfig, *, dry_run: bool) -> int:
             await pv.close()
         for b in batteries:
             await b.close()
-    _LOGGER.info("mmbc-engine stopped")
+    _LOGGER.info("mmbc-engine stopped: %s", _latency_summary(controller))
     return EXIT_OK
 
 

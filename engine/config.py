@@ -47,6 +47,7 @@ __all__ = [
     "POLICIES",
     "BatteryConfig",
     "EngineConfig",
+    "HttpConfig",
     "MeterConfig",
     "MqttConfig",
     "PvMeterConfig",
@@ -64,6 +65,8 @@ METER_DATA_PATH: Final = "/api/v1/data"
 MQTT_PORT: Final = 1883
 MQTT_TLS_PORT: Final = 8883
 MODBUS_PORT: Final = 502
+HTTP_PORT: Final = 8099
+MIN_TOKEN_CHARS: Final = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,6 +137,15 @@ class MqttConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The dashboard / metrics / health server; ``token`` never appears in ``repr``."""
+
+    host: str = ""  # "": every interface (works with docker run --network host)
+    port: int = HTTP_PORT
+    token: str | None = field(default=None, repr=False)  # set: the page's controls work
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything the engine needs, validated. Built only by ``load_config``/``build_config``."""
 
@@ -142,6 +154,7 @@ class EngineConfig:
     batteries: tuple[BatteryConfig, ...]
     mqtt: MqttConfig | None
     control: ControlSettings
+    http: HttpConfig | None = HttpConfig()  # None: no HTTP server
     log_level: str = "INFO"
     log_format: str = "text"
     dry_run: bool = False
@@ -208,6 +221,11 @@ class EngineConfig:
             if getattr(self.control, name) != getattr(defaults, name)
         ]
         lines.append(f"control: {', '.join(changed) if changed else 'defaults'}")
+        if self.http is None:
+            lines.append("http: disabled")
+        else:
+            controls = "controls on (token set)" if self.http.token else "read-only (no token)"
+            lines.append(f"http: {self.http.host or '*'}:{self.http.port}, {controls}")
         lines.append(f"log: {self.log_level} {self.log_format}; dry run: {self.dry_run}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -242,6 +260,10 @@ _GLOBAL_ENV: Final[dict[str, str]] = {
     "MQTT_MIN_INTERVAL_S": "mqtt.min_interval_s",
     "MQTT_MAX_INTERVAL_S": "mqtt.max_interval_s",
     "MQTT_CLIENT_ID": "mqtt.client_id",
+    "HTTP_ENABLED": "http.enabled",
+    "HTTP_HOST": "http.host",
+    "HTTP_PORT": "http.port",
+    "HTTP_TOKEN": "http.token",
     "MMBC_LOG_LEVEL": "log.level",
     "MMBC_LOG_FORMAT": "log.format",
     "MMBC_DRY_RUN": "dry_run",
@@ -282,6 +304,7 @@ _TOML_SECTIONS: Final[dict[str, frozenset[str]]] = {
     "mqtt": frozenset(f.name for f in fields(MqttConfig)),
     "control": ControlSettings.field_names(),
     "log": frozenset({"level", "format"}),
+    "http": frozenset({"enabled", "host", "port", "token"}),
 }
 _TOML_TOP_VALUES: Final = frozenset({"dry_run"})
 
@@ -893,6 +916,33 @@ def _build_mqtt(r: _Resolver, warnings: list[str]) -> MqttConfig | None:
     )
 
 
+def _build_http(r: _Resolver, warnings: list[str]) -> HttpConfig | None:
+    port = r.get("http.port", _int_in(0, 65535), HTTP_PORT)
+    if not r.get("http.enabled", _as_bool, True) or port == 0:
+        warnings.extend(
+            f"{x.key}: ignored because the HTTP server is off"
+            for x in r.under("http.")
+            if x.canon not in {"http.enabled", "http.port"}
+        )
+        return None
+    host_raw = r.raw("http.host")
+    token_raw = r.raw("http.token")
+    token: str | None = None
+    if token_raw is not None:
+        if not isinstance(token_raw.value, str | int) or isinstance(token_raw.value, bool):
+            raise ConfigError(token_raw.key, "expected a string")
+        token = str(token_raw.value)
+        if len(token) < MIN_TOKEN_CHARS:  # a guessable token is worse than none
+            raise ConfigError(
+                token_raw.key, f"too short: use at least {MIN_TOKEN_CHARS} characters"
+            )
+    return HttpConfig(
+        host="" if host_raw is None else _as_host(host_raw),
+        port=port,
+        token=token,
+    )
+
+
 def _build_control(r: _Resolver) -> dict[str, object]:
     defaults = ControlSettings()
     overrides: dict[str, object] = {}
@@ -925,6 +975,7 @@ def _build(layers: list[_Layer], sources: tuple[str, ...], warnings: list[str]) 
     pv_meter = _build_pv(r, warnings)
     batteries = _build_batteries(r)
     mqtt = _build_mqtt(r, warnings)
+    http = _build_http(r, warnings)
     overrides = _build_control(r)
     try:
         control = ControlSettings().with_overrides(overrides)
@@ -937,6 +988,7 @@ def _build(layers: list[_Layer], sources: tuple[str, ...], warnings: list[str]) 
         batteries=batteries,
         mqtt=mqtt,
         control=control,
+        http=http,
         log_level=r.get("log.level", _choice(_LOG_LEVELS_LOWER), "info").upper(),
         log_format=r.get("log.format", _choice(LOG_FORMATS), "text"),
         dry_run=r.get("dry_run", _as_bool, False),

@@ -154,9 +154,10 @@ def build_status(
         grid_rms_w=_finite(plan.grid_rms_w),
         fleet_state=plan.fleet_state,
         now_s=snapshot.now_s,
+        # A reading that arrived during the cycle is fresh, not from the future.
         meter_age_s=None
         if snapshot.meter_updated_s is None
-        else snapshot.now_s - snapshot.meter_updated_s,
+        else max(0.0, snapshot.now_s - snapshot.meter_updated_s),
         events=(*meter_events, *plan.events),
         cycle_duration_s=cycle_duration_s,
         cycle_latency_s=cycle_latency_s,

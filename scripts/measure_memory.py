@@ -32,7 +32,7 @@ DEFAULT_SCENARIO = ROOT / "scenarios" / "default.toml"
 BIN = Path(sys.executable).parent
 TARGET_MB = 80.0
 _ENV_LINE = re.compile(r"^(P1_API_URL|PV_API_URL|BATTERY_\d+_(?:IP|PORT|ADDRESS))=(\S+)$")
-_CONFIG_PREFIXES = ("P1_", "PV_", "BATTERY_", "MQTT_", "MMBC_")
+_CONFIG_PREFIXES = ("P1_", "PV_", "BATTERY_", "MQTT_", "MMBC_", "HTTP_")
 
 
 def _command(name: str, module: str) -> list[str]:

@@ -126,7 +126,7 @@
     }));
     state.config.batteries.forEach((name, i) => series.push({
       label: `${name.replace(/_/g, " ")} SoC`, stroke: colors[i % colors.length], width: 1,
-      dash: [6, 4], scale: "%", value: (u, v) => fmtPct(v),
+      dash: [6, 4], scale: "%", points: { show: false }, value: (u, v) => fmtPct(v),
     }));
     const el = $("chart");
     const opts = {

@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", type=Path, help="write the results as JSON")
     run.add_argument("--plot", type=Path, help="draw grid, battery power and SoC to a PNG")
     run.add_argument("--wire", action="store_true", help="through real sockets (mmbc only)")
+    run.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="with --wire: the engine's HTTP server on, a dashboard open and scraped",
+    )
     bench = sub.add_parser("bench", help="run scenarios for every policy, side by side")
     bench.add_argument("scenarios", nargs="*", type=Path)
     bench.add_argument("--json", type=Path)
@@ -76,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _default_run_args() -> argparse.Namespace:
     return argparse.Namespace(
-        scenario=Path(DEFAULT_SCENARIO), policy="all", json=None, plot=None, wire=False
+        scenario=Path(DEFAULT_SCENARIO),
+        policy="all",
+        json=None,
+        plot=None,
+        wire=False,
+        dashboard=False,
     )
 
 
@@ -89,7 +99,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.wire and policy == "mmbc":
             from sim.replay.wire import run_wire
 
-            result = run_wire(scenario, progress=_progress(f"{scenario.name} {policy} (wire)"))
+            result = run_wire(
+                scenario,
+                progress=_progress(f"{scenario.name} {policy} (wire)"),
+                dashboard=args.dashboard,
+            )
         else:
             result = run_scenario(scenario, policy, progress=_progress(f"{scenario.name} {policy}"))
         results.append(result)

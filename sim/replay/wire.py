@@ -13,6 +13,10 @@ the message gap between Modbus requests is 0 (the issue's latency target exclude
 the cycle latency (P1 response to the last Modbus write) is measured in wall-clock time,
 since in virtual time it is always 0. The servers run in the same process and thread, so
 the figure includes the servers' own work: it is an upper bound of the engine's.
+
+With ``dashboard`` the engine's HTTP server runs on the same loop as in the daemon, with a
+dashboard open (its live stream read, its snapshot fetched every minute) and ``/metrics``
+scraped every 15 s of loop time, so the latency can be compared with and without it.
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ import statistics
 import time
 from collections.abc import Sequence
 
+import aiohttp
 import looptime
 
 from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.marstek import MarstekBattery
+from engine.adapters.web import DashboardServer
 from engine.core.model import Plan, Snapshot
 from engine.core.policies import make_policy
 from engine.ports import LoopClock
 from engine.runtime.controller import Controller
-from engine.runtime.event_log import describe
+from engine.runtime.event_log import describe, level
 from sim.plant.world import PLANT_STEP_S, ErrorInjectingPolicy, World
 from sim.replay.inprocess import (
     ProgressFn,
@@ -58,6 +64,8 @@ CYCLE_OFFSET_S = 0.001
 # looptime lets the loop spin this many idle iterations before it moves the clock. Loopback
 # data is readable as soon as it is sent, so a few are enough; more only cost wall time.
 NOOP_CYCLES = 2
+SCRAPE_EVERY_S = 15.0
+SNAPSHOT_EVERY_S = 60.0
 
 
 class _Observer:
@@ -79,7 +87,9 @@ class _Observer:
         self.checker.crashed(now_s, detail, observe_world(self.world))
 
 
-def run_wire(scenario: Scenario, *, progress: ProgressFn | None = None) -> RunResult:
+def run_wire(
+    scenario: Scenario, *, progress: ProgressFn | None = None, dashboard: bool = False
+) -> RunResult:
     """Replay ``scenario`` with policy ``mmbc`` through the real engine over loopback sockets.
 
     Same ``RunResult`` as ``sim.replay.inprocess.run_scenario``; ``metrics`` also holds
@@ -89,7 +99,7 @@ def run_wire(scenario: Scenario, *, progress: ProgressFn | None = None) -> RunRe
     wall_start = time.perf_counter()  # wall time of the run is a reported metric, not control
     loop = looptime.new_event_loop(start=0.0, noop_cycles=NOOP_CYCLES)
     try:
-        return loop.run_until_complete(_run(scenario, progress, wall_start))
+        return loop.run_until_complete(_run(scenario, progress, wall_start, dashboard))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -97,7 +107,40 @@ def run_wire(scenario: Scenario, *, progress: ProgressFn | None = None) -> RunRe
             loop.close()
 
 
-async def _run(scenario: Scenario, progress: ProgressFn | None, wall_start: float) -> RunResult:
+async def _dashboard_client(base: str, counts: dict[str, int]) -> None:
+    """What an open dashboard page and a Prometheus server ask of the engine."""
+
+    async def stream(session: aiohttp.ClientSession) -> None:
+        while True:  # as a browser's EventSource: reconnect when the server drops the stream
+            try:
+                async with session.get(f"{base}/api/stream") as response:
+                    async for line in response.content:
+                        if line.startswith(b"event: "):
+                            counts["events"] += 1
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            counts["reconnects"] += 1
+            await asyncio.sleep(2.0)
+
+    async def poll(session: aiohttp.ClientSession, path: str, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            async with session.get(f"{base}{path}") as response:
+                await response.read()
+                counts[path] += 1
+
+    # No total timeout: a stream stays open as long as the page does.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        await asyncio.gather(
+            stream(session),
+            poll(session, "/metrics", SCRAPE_EVERY_S),
+            poll(session, "/api/snapshot", SNAPSHOT_EVERY_S),
+        )
+
+
+async def _run(
+    scenario: Scenario, progress: ProgressFn | None, wall_start: float, dashboard: bool
+) -> RunResult:
     settings = settings_for(scenario, POLICY)
     world = World(scenario)
     policy = ErrorInjectingPolicy(make_policy(settings), world)
@@ -134,6 +177,26 @@ async def _run(scenario: Scenario, progress: ProgressFn | None, wall_start: floa
         observer=observer,
         latency_clock=time.perf_counter,
     )
+    web: DashboardServer | None = None
+    client: asyncio.Task[None] | None = None
+    counts = {"events": 0, "/metrics": 0, "/api/snapshot": 0, "reconnects": 0}
+    if dashboard:
+        web = DashboardServer(
+            clock=clock,
+            battery_names=world.names,
+            on_mode=controller.set_mode,
+            on_block_discharge=controller.set_block_discharge,
+            describe=describe,
+            level=level,
+            host="127.0.0.1",
+            port=0,
+            meter_stale_s=settings.stale_after_s,
+            period_s=settings.loop_period_s,
+        )
+        if not await web.start():
+            raise RuntimeError("the dashboard server did not start")
+        controller.sinks.append(web)
+        client = asyncio.create_task(_dashboard_client(f"http://127.0.0.1:{web.port}", counts))
     try:
         shutdown_s = await _drive(world, servers, controller, scenario, progress)
         check_shutdown(world, checker, world.now_s)
@@ -146,6 +209,11 @@ async def _run(scenario: Scenario, progress: ProgressFn | None, wall_start: floa
             )
         checker.finish(world.now_s)
     finally:
+        if client is not None:
+            client.cancel()
+            await asyncio.gather(client, return_exceptions=True)
+        if web is not None:
+            await web.stop()
         await meter.close()
         if pv is not None:
             await pv.close()
@@ -166,6 +234,14 @@ async def _run(scenario: Scenario, progress: ProgressFn | None, wall_start: floa
         f" write, wall clock) median {metrics['cycle_latency_median_ms']:.2f} ms,"
         f" p99 {metrics['cycle_latency_p99_ms']:.2f} ms; {record.modbus_reads} Modbus reads,"
         f" {record.modbus_writes} writes; {metrics['wall_seconds']:.1f} s wall",
+        *(
+            [
+                f"dashboard: {counts['events']} stream events, {counts['/metrics']} scrapes,"
+                f" {counts['/api/snapshot']} snapshots, {counts['reconnects']} stream reconnects"
+            ]
+            if dashboard
+            else []
+        ),
         *observer.notes,
     ]
     return RunResult(

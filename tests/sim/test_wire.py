@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,17 @@ def test_progress_is_reported_in_scenario_seconds(kettle: Scenario) -> None:
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
     assert result.invariants["shutdown_safe"]
     assert result.record.t_s[-1] == pytest.approx(59.5)
+
+
+@pytest.mark.slow
+def test_wire_with_the_dashboard_open_streams_every_cycle() -> None:
+    scenario = trimmed(SCENARIOS / "kettle.toml", 300.0)
+    result = run_wire(scenario, dashboard=True)
+    assert all(result.invariants.values()), result.report.details
+    note = next(n for n in result.notes if n.startswith("dashboard:"))
+    events, scrapes, snapshots, reconnects = (int(w) for w in re.findall(r"\d+", note))
+    # One status per cycle (plus the first snapshot), a scrape every 15 s, a snapshot a minute.
+    assert events >= result.metrics["cycles"]
+    assert scrapes >= 300 // 15 - 1
+    assert snapshots >= 300 // 60 - 1
+    assert reconnects == 0

@@ -187,7 +187,9 @@ def _make_server(
         port=config.http.port,
         token=config.http.token,
         counters=lambda: _counters(controller, batteries, bridge),
-        meter_stale_s=settings.stale_after_s,
+        # The core's stale verdict comes first (it knows the meter's interval); this only
+        # backstops a policy without one.
+        meter_max_age_s=max(30.0, 6 * settings.stale_after_s),
         # A healthy cycle takes at most a battery timeout or two beyond its period.
         cycle_stale_s=max(10.0, 5 * settings.loop_period_s),
         period_s=settings.loop_period_s,

@@ -190,7 +190,6 @@ async def _run(
             level=level,
             host="127.0.0.1",
             port=0,
-            meter_stale_s=settings.stale_after_s,
             period_s=settings.loop_period_s,
         )
         if not await web.start():

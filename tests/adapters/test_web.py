@@ -28,6 +28,7 @@ from engine.core.events import (
     MeterLost,
     SafeHoldCause,
     SafeHoldEntered,
+    SafeHoldLeft,
 )
 from engine.core.model import Mode
 from engine.core.states import BatteryState, FleetState
@@ -268,21 +269,37 @@ async def health(r: Running) -> tuple[int, dict[str, Any]]:
 
 
 async def test_healthz_follows_the_cycle_and_the_meter() -> None:
-    async with running(meter_stale_s=5.0, cycle_stale_s=10.0) as r:
+    stale = SafeHoldEntered(SafeHoldCause.METER_STALE)
+    async with running(meter_max_age_s=20.0, cycle_stale_s=10.0) as r:
         status, body = await health(r)
         assert (status, body["reason"]) == (503, "no control cycle completed yet")
+        r.server.publish(sample_status(meter_age_s=None))
+        status, body = await health(r)
+        assert (status, body["reason"]) == (503, "no meter reading yet")
         r.server.publish(sample_status())
         status, body = await health(r)
         assert (status, body["status"]) == (200, "ok")
-        r.server.publish(sample_status(now_s=1001.0, meter_age_s=7.0))
+        # The core's verdict: stale, every battery at 0 W.
+        r.server.publish(sample_status(now_s=1001.0, meter_age_s=6.0, events=(stale,)))
         r.clock.t_s = 1001.0
         status, body = await health(r)
         assert status == 503
-        assert "meter reading is 7 s old" in body["reason"]
-        r.server.publish(sample_status(now_s=1002.0, meter_age_s=0.2))
+        assert body["reason"] == "meter stale (reading 6 s old): every battery held at 0 W"
+        r.server.publish(sample_status(now_s=1002.0, meter_age_s=8.0))
         r.clock.t_s = 1002.0
+        assert (await health(r))[0] == 503  # still held
+        left = SafeHoldLeft(SafeHoldCause.METER_STALE)
+        r.server.publish(sample_status(now_s=1003.0, meter_age_s=0.2, events=(left,)))
+        r.clock.t_s = 1003.0
         assert (await health(r))[0] == 200
-        r.clock.t_s = 1013.0  # no cycle for 11 s: stuck
+        # The backstop, for a policy without a stale verdict.
+        r.server.publish(sample_status(now_s=1004.0, meter_age_s=25.0))
+        r.clock.t_s = 1004.0
+        status, body = await health(r)
+        assert status == 503
+        assert "meter reading is 25 s old (limit 20 s)" in body["reason"]
+        r.server.publish(sample_status(now_s=1005.0))
+        r.clock.t_s = 1016.0  # no cycle for 11 s: stuck
         status, body = await health(r)
         assert status == 503
         assert "no control cycle completed for 11 s" in body["reason"]

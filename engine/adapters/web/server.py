@@ -42,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.adapters.web.history import History, point_of
 from engine.adapters.web.metrics import CountersSource, EngineMetrics
-from engine.core.events import StatusEvent
+from engine.core.events import SafeHoldCause, SafeHoldEntered, SafeHoldLeft, StatusEvent
 from engine.core.model import Mode
 from engine.core.status import FleetStatus
 from engine.ports import Clock
@@ -127,8 +127,10 @@ class DashboardServer:
     """The HTTP server; also a ``StatusSink`` (``publish``) for the controller.
 
     ``host`` ``None`` or ``""`` listens on every interface; ``port`` 0 takes a free port
-    (see :attr:`port`). ``meter_stale_s``: ``/healthz`` fails once the meter reading the last
-    cycle used is older; ``cycle_stale_s``: once no cycle completed for that long. ``describe``
+    (see :attr:`port`). ``/healthz`` fails while the core holds every battery for a stale
+    meter (its verdict knows the meter's own update interval), once the reading the last cycle
+    used is older than ``meter_max_age_s`` (a backstop for policies without that verdict), and
+    once no cycle completed for ``cycle_stale_s``. ``describe``
     and ``level`` turn an event into its log line and log level (``engine.runtime.event_log``),
     so the page shows the words the log uses.
     """
@@ -146,7 +148,7 @@ class DashboardServer:
         port: int = 8099,
         token: str | None = None,
         counters: CountersSource | None = None,
-        meter_stale_s: float = 5.0,
+        meter_max_age_s: float = 30.0,
         cycle_stale_s: float = 10.0,
         period_s: float = 1.0,
         has_pv: bool = False,
@@ -166,7 +168,8 @@ class DashboardServer:
         self._host = host or None
         self._port = port
         self._token = token.encode() if token else None
-        self._meter_stale_s = meter_stale_s
+        self._meter_max_age_s = meter_max_age_s
+        self._meter_stale_hold = False  # the core holds every battery for a stale meter
         self._cycle_stale_s = cycle_stale_s
         self._period_s = period_s
         self._has_pv = has_pv
@@ -190,12 +193,18 @@ class DashboardServer:
     def publish(self, status: FleetStatus) -> None:
         """Store one cycle's status; never blocks and never waits for a browser."""
         self._status = status
+        for event in status.events:
+            match event:
+                case SafeHoldEntered(cause=SafeHoldCause.METER_STALE):
+                    self._meter_stale_hold = True
+                case SafeHoldLeft(cause=SafeHoldCause.METER_STALE):
+                    self._meter_stale_hold = False
         self.metrics.observe(status)
         point = point_of(status)
         self.history.add(point)
         new_events = [self._event_json(status.now_s, event) for event in status.events]
         self._events.extend(new_events)
-        self._status_payload = status_json(status)
+        self._status_payload = status_json(status) | {"meter_stale": self._meter_stale(status)}
         if not self._streams:
             return
         message = _sse(
@@ -208,6 +217,10 @@ class DashboardServer:
         )
         for stream in self._streams:
             stream.offer(message)
+
+    def _meter_stale(self, status: FleetStatus) -> bool:
+        age_s = status.meter_age_s
+        return self._meter_stale_hold or age_s is None or age_s > self._meter_max_age_s
 
     def _event_json(self, t_s: float, event: StatusEvent) -> dict[str, Any]:
         return {
@@ -297,7 +310,6 @@ class DashboardServer:
             "controls": self._token is not None,
             "modes": [mode.value for mode in Mode],
             "period_s": self._period_s,
-            "meter_stale_s": self._meter_stale_s,
             "status": self._status_payload,
             "events": list(self._events),
             "recent": self.history.recent_columns(),
@@ -370,9 +382,14 @@ class DashboardServer:
             reason = f"no control cycle completed for {cycle_age_s:.0f} s"
         elif status.meter_age_s is None:
             reason = "no meter reading yet"
-        elif status.meter_age_s > self._meter_stale_s:
+        elif self._meter_stale_hold:
             reason = (
-                f"meter reading is {status.meter_age_s:.0f} s old (limit {self._meter_stale_s:g} s)"
+                f"meter stale (reading {status.meter_age_s:.0f} s old): every battery held at 0 W"
+            )
+        elif status.meter_age_s > self._meter_max_age_s:
+            reason = (
+                f"meter reading is {status.meter_age_s:.0f} s old"
+                f" (limit {self._meter_max_age_s:g} s)"
             )
         else:
             return True, {"status": "ok", **body}

@@ -48,7 +48,7 @@
     if (state.config.has_pv) setText("pv-power", fmtW(s.pv_w), s.pv_w);
     const age = s.meter_age_s;
     setText("meter-age", age === null ? "–" : `${age.toFixed(1)} s`, age);
-    const stale = age === null || age > state.config.meter_stale_s;
+    const stale = s.meter_stale;
     $("meter-age").classList.toggle("stale", stale);
     setText("meter-note", stale ? "stale: batteries held at 0 W" : "fresh");
     setText("quality", label(s.quality), s.quality);

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 from engine import __version__
 from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.marstek import MarstekBattery
-from engine.config import EngineConfig, config_error_exit_message, load_config
+from engine.config import config_error_exit_message, load_config
 from engine.core.policies import make_policy
 from engine.errors import ConfigError, DeviceError
 from engine.logs import setup_logging
 from engine.ports import Clock, LoopClock
 from engine.runtime.controller import SHUTDOWN_BUDGET_S, Controller
 from engine.runtime.event_log import describe, level
+from engine.settings import EngineSettings, MqttSettings
 
 if TYPE_CHECKING:
     from engine.adapters.mqtt import MqttBridge
@@ -34,6 +35,7 @@ _LOGGER = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_CONFIG = 2
+MQTT_CHECK_TIMEOUT_S = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"mmbc-engine: {config_error_exit_message(err)}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log.level, config.log.format)
     for warning in config.warnings:
         _LOGGER.warning("configuration: %s", warning)
     if args.check:
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(run(config, dry_run=args.dry_run or config.dry_run))
 
 
-def build_batteries(config: EngineConfig, clock: Clock) -> list[MarstekBattery]:
+def build_batteries(config: EngineSettings, clock: Clock) -> list[MarstekBattery]:
     return [
         MarstekBattery(
             b.name,
@@ -93,10 +95,40 @@ async def _check_meter(name: str, url: str, timeout_s: float) -> bool:
     return True
 
 
-async def check(config: EngineConfig) -> int:
-    """Print the configuration, reach every device once (reads only) and say what answered.
+async def _check_mqtt(mqtt: MqttSettings) -> bool:
+    """Connect to the broker once (TLS and credentials as configured) and disconnect."""
+    import aiomqtt  # only imported when MQTT is configured
 
-    Exit status 0 when every device answered, 1 otherwise.
+    where = f"MQTT broker {mqtt.host}:{mqtt.port}"
+    how = ("TLS" if mqtt.tls else "no TLS") + (f", user {mqtt.username}" if mqtt.username else "")
+    if mqtt.tls_cert_file is not None:
+        how += ", client certificate"
+    client = aiomqtt.Client(
+        mqtt.host,
+        mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password_text(),
+        # Not the engine's own id: a running engine with that id would be kicked off.
+        identifier=f"{mqtt.client_id}-check",
+        clean_session=True,
+        timeout=MQTT_CHECK_TIMEOUT_S,
+        tls_context=mqtt.ssl_context(),
+    )
+    try:
+        async with asyncio.timeout(MQTT_CHECK_TIMEOUT_S), client:
+            pass
+    except (aiomqtt.MqttError, OSError, TimeoutError) as err:
+        reason = str(err) or f"no answer within {MQTT_CHECK_TIMEOUT_S:g} s"
+        print(f"{where}: FAILED ({how}: {reason})")
+        return False
+    print(f"{where}: OK ({how})")
+    return True
+
+
+async def check(config: EngineSettings) -> int:
+    """Print the configuration, reach every device and the broker once, say what answered.
+
+    Reads only. Exit status 0 when everything answered, 1 otherwise.
     """
     print(f"mmbc-engine {__version__}: configuration is valid")
     print(config.describe())
@@ -116,16 +148,20 @@ async def check(config: EngineConfig) -> int:
         else:
             print(f"{where}: FAILED (no valid answer)")
             results.append(False)
+    if config.mqtt is not None:
+        results.append(await _check_mqtt(config.mqtt))
     ok = all(results)
-    print("check: every device answered" if ok else "check: FAILED, see above")
+    print("check: everything answered" if ok else "check: FAILED, see above")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
-def _make_bridge(config: EngineConfig, controller: Controller, clock: Clock) -> MqttBridge:
+def _make_bridge(
+    config: EngineSettings, mqtt: MqttSettings, controller: Controller, clock: Clock
+) -> MqttBridge:
     from engine.adapters.mqtt import MqttBridge  # aiomqtt is only imported when MQTT is on
 
     return MqttBridge(
-        config.mqtt_settings(),
+        mqtt,
         clock=clock,
         on_block_discharge=controller.set_block_discharge,
         on_mode=controller.set_mode,
@@ -165,13 +201,14 @@ def _counters(
 
 
 def _make_server(
-    config: EngineConfig,
+    config: EngineSettings,
     controller: Controller,
     batteries: Sequence[MarstekBattery],
     bridge: MqttBridge | None,
     clock: Clock,
 ) -> DashboardServer | None:
-    if config.http is None:
+    http = config.http
+    if not http.serves:
         return None
     from engine.adapters.web import DashboardServer  # prometheus_client only when it is on
 
@@ -183,9 +220,9 @@ def _make_server(
         on_block_discharge=controller.set_block_discharge,
         describe=describe,
         level=level,
-        host=config.http.host,
-        port=config.http.port,
-        token=config.http.token,
+        host=http.host,
+        port=http.port,
+        token=None if http.token is None else http.token.get_secret_value(),
         counters=lambda: _counters(controller, batteries, bridge),
         # The core's stale verdict comes first (it knows the meter's interval); this only
         # backstops a policy without one.
@@ -210,7 +247,7 @@ def _latency_summary(controller: Controller) -> str:
     )
 
 
-async def run(config: EngineConfig, *, dry_run: bool) -> int:
+async def run(config: EngineSettings, *, dry_run: bool) -> int:
     """Run until SIGTERM/SIGINT; then every battery to 0 W and released, exit 0 within 5 s."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -239,7 +276,8 @@ async def run(config: EngineConfig, *, dry_run: bool) -> int:
         capacities={b.name: b.capacity_wh for b in config.batteries},
         dry_run=dry_run,
     )
-    bridge = _make_bridge(config, controller, clock) if config.mqtt is not None else None
+    mqtt = config.mqtt
+    bridge = _make_bridge(config, mqtt, controller, clock) if mqtt is not None else None
     if bridge is not None:
         controller.sinks.append(bridge)
     _LOGGER.info(
@@ -249,7 +287,7 @@ async def run(config: EngineConfig, *, dry_run: bool) -> int:
         len(batteries),
         config.meter.url,
         "on" if bridge is not None else "off",
-        "off" if config.http is None else f"port {config.http.port}",
+        f"port {config.http.port}" if config.http.serves else "off",
         " (dry run: nothing is written)" if dry_run else "",
     )
     server = _make_server(config, controller, batteries, bridge, clock)

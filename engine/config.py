@@ -1,234 +1,77 @@
-"""Engine configuration: environment, .env, TOML and Home Assistant options, validated once.
+"""Where the engine's settings come from: environment, ``.env``, TOML and Home Assistant options.
 
-The only module that reads configuration. Sources, highest precedence first:
+What a valid value is, and every default, lives in ``engine.settings``; this module only finds
+the values, under the names users write, and hands them over to be validated once. Sources,
+highest precedence first:
 
 1. the process environment (``docker run --env-file .env`` lands here),
-2. a ``.env`` file (default: ``./.env`` if present),
+2. a ``.env`` file (default: ``./.env`` if present), read with python-dotenv's parser,
 3. a TOML file (``--config`` or ``MMBC_CONFIG``),
 4. a Home Assistant add-on ``/data/options.json`` (if present),
-5. the defaults.
+5. the defaults (the models').
 
 Each setting is taken from the highest source that sets it; batteries are matched by number, so
 ``BATTERY_2_PORT`` in the environment overrides the port of the second ``[[battery]]``. An empty
 value means "not set". Every problem raises ``ConfigError(key, problem)`` naming the key as the
-user wrote it. docs/configuration.md lists every setting.
+user wrote it; the value of a secret is never shown. docs/configuration.md lists every setting.
 """
 
 from __future__ import annotations
 
 import difflib
+import io
+import ipaddress
 import json
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import EnumMeta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Final, get_args
 
-from engine.adapters.homewizard import normalise_p1_url
-from engine.core.settings import (
-    VENUS_E_CAPACITY_WH,
-    VENUS_E_MAX_POWER_W,
-    BatterySpec,
-    ControlSettings,
-)
+from annotated_types import Ge, Gt, Le, Lt
+from dotenv.parser import parse_stream
+from pydantic import SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+
+from engine.core.settings import ControlSettings, WarnAbove
 from engine.errors import ConfigError
-from engine.logs import LOG_FORMATS, LOG_LEVELS
-
-if TYPE_CHECKING:
-    from engine.adapters.mqtt import MqttSettings
+from engine.settings import (
+    MAX_BATTERY_NUMBER,
+    METER_DATA_PATH,
+    BatterySettings,
+    EngineSettings,
+    HttpSettings,
+    LogSettings,
+    MeterSettings,
+    MqttSettings,
+    PvMeterSettings,
+    meter_url_from_host,
+)
 
 __all__ = [
+    "CONFIG_FILE_ENV",
     "DEFAULT_DOTENV_FILE",
     "DEFAULT_OPTIONS_FILE",
-    "POLICIES",
-    "BatteryConfig",
-    "EngineConfig",
-    "HttpConfig",
-    "MeterConfig",
-    "MqttConfig",
-    "PvMeterConfig",
+    "INTERNAL_FIELDS",
+    "NAMES",
+    "SECTIONS",
+    "SettingName",
     "build_config",
     "config_error_exit_message",
     "env_names",
     "load_config",
     "parse_dotenv",
+    "section_fields",
 ]
 
 DEFAULT_DOTENV_FILE: Final = Path(".env")
 DEFAULT_OPTIONS_FILE: Final = Path("/data/options.json")
-POLICIES: Final = ("mmbc", "classic")
-METER_DATA_PATH: Final = "/api/v1/data"
-MQTT_PORT: Final = 1883
-MQTT_TLS_PORT: Final = 8883
-MODBUS_PORT: Final = 502
-HTTP_PORT: Final = 8099
-MIN_TOKEN_CHARS: Final = 8
-
-
-# --------------------------------------------------------------------------------------------
-# The typed result
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MeterConfig:
-    """The HomeWizard P1 meter: full URL of its ``/api/v1/data`` endpoint."""
-
-    url: str
-    timeout_s: float = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class PvMeterConfig:
-    """An optional HomeWizard kWh meter on the PV inverter (same ``/api/v1/data`` API)."""
-
-    url: str
-    negative_when_producing: bool = True  # most installs read negative while producing
-    timeout_s: float = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class BatteryConfig:
-    """One Marstek Venus E reached over Modbus TCP (directly or via an RS485 gateway)."""
-
-    name: str  # "battery_<index>"
-    index: int  # the <n> of BATTERY_<n>_IP; numbering may have gaps
-    host: str
-    port: int = MODBUS_PORT
-    unit_id: int = 1
-    max_charge_w: int = VENUS_E_MAX_POWER_W
-    max_discharge_w: int = VENUS_E_MAX_POWER_W
-    capacity_wh: float = VENUS_E_CAPACITY_WH
-    message_gap_s: float = 0.05  # pause between Modbus requests; v3 firmware wants >= 0.15
-    # Firmware can stall Modbus for ~4.5 s (cloud upload); a short timeout lets one stalled
-    # battery cost one cycle instead of freezing the whole fleet's control for seconds.
-    timeout_s: float = 1.0
-
-    def spec(self) -> BatterySpec:
-        """What the control core needs to know about this battery."""
-        return BatterySpec(
-            name=self.name,
-            max_charge_w=self.max_charge_w,
-            max_discharge_w=self.max_discharge_w,
-            capacity_wh=self.capacity_wh,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
-    """The MQTT broker and what to publish; ``password`` never appears in ``repr``."""
-
-    host: str
-    port: int = MQTT_PORT
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    tls_ca_file: str | None = None
-    topic_prefix: str = "mmbc"
-    discovery: bool = True
-    discovery_prefix: str = "homeassistant"
-    min_interval_s: float = 5.0  # publish a changed value at most this often
-    max_interval_s: float = 60.0  # republish unchanged values at least this often
-    client_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HttpConfig:
-    """The dashboard / metrics / health server; ``token`` never appears in ``repr``."""
-
-    host: str = ""  # "": every interface (works with docker run --network host)
-    port: int = HTTP_PORT
-    token: str | None = field(default=None, repr=False)  # set: the page's controls work
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Everything the engine needs, validated. Built only by ``load_config``/``build_config``."""
-
-    meter: MeterConfig
-    pv_meter: PvMeterConfig | None
-    batteries: tuple[BatteryConfig, ...]
-    mqtt: MqttConfig | None
-    control: ControlSettings
-    http: HttpConfig | None = HttpConfig()  # None: no HTTP server
-    log_level: str = "INFO"
-    log_format: str = "text"
-    dry_run: bool = False
-    sources: tuple[str, ...] = ()  # the sources that were read, highest precedence first
-    warnings: tuple[str, ...] = ()  # non-fatal remarks (ignored legacy names, ...) to log
-
-    def control_settings(self) -> ControlSettings:
-        """The control thresholds with one ``BatterySpec`` per configured battery."""
-        return replace(self.control, batteries=tuple(b.spec() for b in self.batteries))
-
-    def mqtt_settings(self) -> MqttSettings:
-        """``mqtt`` as the MQTT adapter's settings; ``ConfigError`` when MQTT is off."""
-        from engine.adapters.mqtt import MqttSettings  # aiomqtt is only imported when used
-
-        if self.mqtt is None:
-            raise ConfigError("MQTT_HOST", "not set, so MQTT is off")
-        m = self.mqtt
-        return MqttSettings(
-            host=m.host,
-            port=m.port,
-            username=m.username,
-            password=m.password,
-            tls=m.tls,
-            tls_ca_file=m.tls_ca_file,
-            topic_prefix=m.topic_prefix,
-            discovery=m.discovery,
-            discovery_prefix=m.discovery_prefix,
-            min_interval_s=m.min_interval_s,
-            max_interval_s=m.max_interval_s,
-            client_id=m.client_id or "",
-        )
-
-    def describe(self) -> str:
-        """A human-readable summary (for ``--check`` and the start-up log); no secrets."""
-        lines = [f"sources: {', '.join(self.sources) or 'defaults only'}"]
-        lines.append(f"meter: {self.meter.url} (timeout {self.meter.timeout_s:g} s)")
-        if self.pv_meter is None:
-            lines.append("pv meter: none")
-        else:
-            sign = "negative" if self.pv_meter.negative_when_producing else "positive"
-            lines.append(f"pv meter: {self.pv_meter.url} (reads {sign} while producing)")
-        for b in self.batteries:
-            lines.append(
-                f"{b.name}: {b.host}:{b.port} unit {b.unit_id}, max charge {b.max_charge_w} W,"
-                f" max discharge {b.max_discharge_w} W, capacity {_num(b.capacity_wh)} Wh,"
-                f" timeout {b.timeout_s:g} s"
-            )
-        if self.mqtt is None:
-            lines.append("mqtt: disabled")
-        else:
-            m = self.mqtt
-            auth = f"user {m.username}" if m.username else "anonymous"
-            if m.password:
-                auth += ", password set"
-            lines.append(
-                f"mqtt: {m.host}:{m.port} ({auth}, tls {'on' if m.tls else 'off'}),"
-                f" topics {m.topic_prefix}/..., discovery "
-                + (m.discovery_prefix if m.discovery else "off")
-            )
-        defaults = ControlSettings()
-        changed = [
-            f"{name}={getattr(self.control, name)!r}"
-            for name in sorted(ControlSettings.field_names())
-            if getattr(self.control, name) != getattr(defaults, name)
-        ]
-        lines.append(f"control: {', '.join(changed) if changed else 'defaults'}")
-        if self.http is None:
-            lines.append("http: disabled")
-        else:
-            controls = "controls on (token set)" if self.http.token else "read-only (no token)"
-            lines.append(f"http: {self.http.host or '*'}:{self.http.port}, {controls}")
-        lines.append(f"log: {self.log_level} {self.log_format}; dry run: {self.dry_run}")
-        lines.extend(f"warning: {w}" for w in self.warnings)
-        return "\n".join(lines)
+HOSTS_FILE: Final = Path("/etc/hosts")
+CONFIG_FILE_ENV: Final = "MMBC_CONFIG"
 
 
 def config_error_exit_message(err: ConfigError) -> str:
@@ -236,111 +79,145 @@ def config_error_exit_message(err: ConfigError) -> str:
     return f"invalid configuration: {err.key}: {err.problem} (see docs/configuration.md)"
 
 
-# --------------------------------------------------------------------------------------------
-# Names
-# --------------------------------------------------------------------------------------------
+# --- names ----------------------------------------------------------------------------------------
 
-# Canonical keys are the TOML paths ("control.deadband_w"); batteries are "battery.<n>.<field>".
-_GLOBAL_ENV: Final[dict[str, str]] = {
-    "P1_API_URL": "meter.url",
-    "P1_HOST": "meter.host",
-    "MMBC_P1_TIMEOUT_S": "meter.timeout_s",
-    "PV_API_URL": "pv_meter.url",
-    "PV_NEGATIVE_WHEN_PRODUCING": "pv_meter.negative_when_producing",
-    "MMBC_PV_TIMEOUT_S": "pv_meter.timeout_s",
-    "MQTT_HOST": "mqtt.host",
-    "MQTT_PORT": "mqtt.port",
-    "MQTT_USERNAME": "mqtt.username",
-    "MQTT_PASSWORD": "mqtt.password",
-    "MQTT_TLS": "mqtt.tls",
-    "MQTT_CA_FILE": "mqtt.tls_ca_file",
-    "MQTT_TOPIC_PREFIX": "mqtt.topic_prefix",
-    "MQTT_DISCOVERY": "mqtt.discovery",
-    "MQTT_DISCOVERY_PREFIX": "mqtt.discovery_prefix",
-    "MQTT_MIN_INTERVAL_S": "mqtt.min_interval_s",
-    "MQTT_MAX_INTERVAL_S": "mqtt.max_interval_s",
-    "MQTT_CLIENT_ID": "mqtt.client_id",
-    "HTTP_ENABLED": "http.enabled",
-    "HTTP_HOST": "http.host",
-    "HTTP_PORT": "http.port",
-    "HTTP_TOKEN": "http.token",
-    "MMBC_LOG_LEVEL": "log.level",
-    "MMBC_LOG_FORMAT": "log.format",
-    "MMBC_DRY_RUN": "dry_run",
+# The model behind each section; "" is the top level, "battery" one [[battery]] / BATTERY_<n>_*.
+SECTIONS: Final[dict[str, type[Any]]] = {
+    "meter": MeterSettings,
+    "pv_meter": PvMeterSettings,
+    "battery": BatterySettings,
+    "mqtt": MqttSettings,
+    "control": ControlSettings,
+    "log": LogSettings,
+    "http": HttpSettings,
+    "": EngineSettings,
 }
-# Older names from upstream MMBC's .env, accepted when the current name is absent.
-_ALIASES: Final[dict[str, str]] = {"MQTT_HA_DISCOVERY": "MQTT_DISCOVERY"}
+_ENV_PREFIX: Final = {
+    "meter": "MMBC_P1_",
+    "pv_meter": "MMBC_PV_",
+    "battery": "",
+    "mqtt": "MQTT_",
+    "control": "MMBC_",
+    "log": "MMBC_LOG_",
+    "http": "HTTP_",
+    "": "MMBC_",
+}
+_ENV_EXCEPTIONS: Final[dict[tuple[str, str], str]] = {
+    ("meter", "url"): "P1_API_URL",
+    ("meter", "host"): "P1_HOST",
+    ("pv_meter", "url"): "PV_API_URL",
+    ("pv_meter", "negative_when_producing"): "PV_NEGATIVE_WHEN_PRODUCING",
+    ("mqtt", "tls_ca_file"): "MQTT_CA_FILE",
+    ("mqtt", "tls_cert_file"): "MQTT_CERT_FILE",
+    ("mqtt", "tls_key_file"): "MQTT_KEY_FILE",
+    ("battery", "host"): "IP",  # BATTERY_<n>_IP
+    ("battery", "unit_id"): "ADDRESS",
+}
+# Model fields that are not user settings: sections, derived values, connection tuning.
+INTERNAL_FIELDS: Final = frozenset(
+    {("battery", "number"), ("control", "batteries")}
+    | {
+        ("mqtt", name)
+        for name in ("keepalive_s", "timeout_s", "reconnect_min_s", "reconnect_max_s")
+    }
+    | {("", name) for name in EngineSettings.model_fields if name != "dry_run"}
+)
+
+
+def section_fields(section: str) -> dict[str, FieldInfo]:
+    """The fields of a section's model (a pydantic model or dataclass) with defaults, bounds,
+    meanings."""
+    fields: dict[str, FieldInfo] = SECTIONS[section].__pydantic_fields__
+    return fields
+
+
+METER_HOST_HELP: Final = (
+    "The meter's address or base URL: `192.168.1.50`, `http://192.168.1.50` or"
+    " `http://192.168.1.50/api` all mean `http://192.168.1.50/api/v1/data`. Used when no URL is"
+    " set in the same or a higher source."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingName:
+    """One user setting under each of its names. For batteries: the part after ``<n>``."""
+
+    section: str
+    field: str
+    env: str  # "MQTT_CA_FILE"; batteries: "IP" as in BATTERY_<n>_IP
+    toml: str  # "mqtt.tls_ca_file"; batteries: the [[battery]] key "host"; top level: "dry_run"
+    option: str  # "mqtt_ca_file"; batteries: "ip" as in battery_<n>_ip
+
+    @property
+    def path(self) -> tuple[str, str]:
+        return (self.section, self.field)
+
+
+def _setting_name(section: str, field: str) -> SettingName:
+    env = _ENV_EXCEPTIONS.get((section, field)) or _ENV_PREFIX[section] + field.upper()
+    if section == "battery":
+        return SettingName(section, field, env, field, env.lower())
+    toml = f"{section}.{field}" if section else field
+    return SettingName(section, field, env, toml, env.lower().removeprefix("mmbc_"))
+
+
+def _all_names() -> tuple[SettingName, ...]:
+    names: list[SettingName] = []
+    for section in SECTIONS:
+        for field in section_fields(section):
+            if (section, field) not in INTERNAL_FIELDS:
+                names.append(_setting_name(section, field))
+            if (section, field) == ("meter", "url"):  # an alternative way to give the URL
+                names.append(_setting_name("meter", "host"))
+    return tuple(names)
+
+
+NAMES: Final = _all_names()
+_BY_ENV: Final = {n.env: n for n in NAMES if n.section != "battery"}
+_BY_OPTION: Final = {n.option: n for n in NAMES if n.section != "battery"}
+_BATTERY_BY_ENV: Final = {n.env: n for n in NAMES if n.section == "battery"}
+_BATTERY_BY_OPTION: Final = {
+    **{n.option: n for n in NAMES if n.section == "battery"},
+    **{n.field: n for n in NAMES if n.section == "battery"},  # "host", "unit_id" as well
+}
+_BATTERY_BY_TOML: Final = {n.toml: n for n in NAMES if n.section == "battery"}
+_TOML_SECTIONS: Final = {
+    section: {n.field: n for n in NAMES if n.section == section}
+    for section in SECTIONS
+    if section not in ("", "battery")
+}
+_TOML_TOP: Final = {n.field: n for n in NAMES if n.section == ""}
+# Older names from upstream MMBC's .env, read when the current name is absent.
+_ENV_ALIASES: Final = {"MQTT_HA_DISCOVERY": "MQTT_DISCOVERY"}
 # Upstream names that no longer mean anything: a warning, not an error, so old .env files work.
-_IGNORED: Final[dict[str, str]] = {
+_IGNORED: Final = {
     "INTERVAL_SECONDS": "ignored; the loop period is MMBC_LOOP_PERIOD_S",
     "SELF_CONTROL_AVAILABLE": "ignored; MMBC always returns batteries to their own mode on exit",
+    "MMBC_OFFLINE_AFTER_FAILURES": "ignored; it never had an effect",  # documented until 2.0
 }
-_CONFIG_FILE_ENV: Final = "MMBC_CONFIG"
-
-_BATTERY_FIELDS: Final[dict[str, str]] = {  # env suffix -> field
-    "IP": "host",
-    "ADDRESS": "unit_id",
-    "PORT": "port",
-    "MAX_CHARGE_W": "max_charge_w",
-    "MAX_DISCHARGE_W": "max_discharge_w",
-    "CAPACITY_WH": "capacity_wh",
-    "MESSAGE_GAP_S": "message_gap_s",
-    "TIMEOUT_S": "timeout_s",
-}
-_BATTERY_ENV_RE: Final = re.compile(r"BATTERY_([0-9]+)_(.+)")
-_BATTERY_OPTION_RE: Final = re.compile(r"battery_([0-9]+)_(.+)")
-MAX_BATTERY_NUMBER: Final = 999
-_OPTION_BATTERY_KEYS: Final[dict[str, str]] = {
-    "ip": "host",
-    "host": "host",
-    "address": "unit_id",
-    "unit_id": "unit_id",
-    **{suffix.lower(): name for suffix, name in _BATTERY_FIELDS.items() if suffix != "IP"},
-}
-_TOML_BATTERY_KEYS: Final = frozenset(_BATTERY_FIELDS.values())
-_TOML_SECTIONS: Final[dict[str, frozenset[str]]] = {
-    "meter": frozenset({"url", "host", "timeout_s"}),
-    "pv_meter": frozenset({"url", "negative_when_producing", "timeout_s"}),
-    "mqtt": frozenset(f.name for f in fields(MqttConfig)),
-    "control": ControlSettings.field_names(),
-    "log": frozenset({"level", "format"}),
-    "http": frozenset({"enabled", "host", "port", "token"}),
-}
-_TOML_TOP_VALUES: Final = frozenset({"dry_run"})
-
-
-def _env_table() -> dict[str, str]:
-    table = dict(_GLOBAL_ENV)
-    for name in sorted(ControlSettings.field_names()):
-        table[f"MMBC_{name.upper()}"] = f"control.{name}"
-    return table
-
-
-_ENV: Final[dict[str, str]] = _env_table()  # env name -> canonical key
-_OPTIONS: Final[dict[str, str]] = {  # options.json key -> env name
-    name.lower().removeprefix("mmbc_"): name for name in (*_ENV, *_ALIASES)
-}
+_BATTERY_ENV: Final = re.compile(r"BATTERY_([0-9]+)_(.+)")
+_BATTERY_OPTION: Final = re.compile(r"battery_([0-9]+)_(.+)")
 
 
 def env_names() -> frozenset[str]:
     """Every environment variable name MMBC reads (``BATTERY_1_*`` stands for any ``n``)."""
-    battery = {f"BATTERY_1_{suffix}" for suffix in _BATTERY_FIELDS}
-    return frozenset({*_ENV, *_ALIASES, _CONFIG_FILE_ENV, *battery})
+    battery = {f"BATTERY_1_{suffix}" for suffix in _BATTERY_BY_ENV}
+    return frozenset({*_BY_ENV, *_ENV_ALIASES, CONFIG_FILE_ENV, *battery})
 
 
-# --------------------------------------------------------------------------------------------
-# Raw values from the sources
-# --------------------------------------------------------------------------------------------
+# --- raw values from the sources --------------------------------------------------------------
+
+# ("meter", "url"), ("battery", 2, "host"), ("", "dry_run")
+_Path = tuple[str | int, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class _Raw:
-    canon: str  # canonical key, e.g. "control.deadband_w"
-    key: str  # the key as the user wrote it, for messages
+class _Value:
+    key: str  # as the user wrote it, for messages
     value: object  # str from the environment, any TOML/JSON value from files
 
 
-_Layer = dict[str, _Raw]
+_Layer = dict[_Path, _Value]
 
 
 def _suggest(word: str, known: Iterable[str]) -> str:
@@ -348,14 +225,7 @@ def _suggest(word: str, known: Iterable[str]) -> str:
     return f"unknown setting (did you mean {close[0]}?)" if close else "unknown setting"
 
 
-def _battery_number(key: str, digits: str) -> int:
-    if digits.startswith("0") or len(digits) > len(str(MAX_BATTERY_NUMBER)):
-        msg = f"battery numbers run from 1 to {MAX_BATTERY_NUMBER}, without leading zeros"
-        raise ConfigError(key, msg)
-    return int(digits)
-
-
-def _key_name(key: object) -> str:
+def _shown_key(key: object) -> str:
     """A key as written, quoted when it would otherwise be invisible or ambiguous."""
     text = str(key)
     if not text.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in text) or len(text) > 60:
@@ -367,39 +237,42 @@ def _is_unset(value: object) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
+def _battery_number(key: str, digits: str) -> int:
+    if digits.startswith("0") or len(digits) > len(str(MAX_BATTERY_NUMBER)):
+        msg = f"battery numbers run from 1 to {MAX_BATTERY_NUMBER}, without leading zeros"
+        raise ConfigError(key, msg)
+    return int(digits)
+
+
+def _env_path(key: str) -> _Path | None:
+    """Where an environment variable goes; ``None`` for variables that are not MMBC's."""
+    match = _BATTERY_ENV.fullmatch(key)
+    if match is not None:
+        n = _battery_number(key, match.group(1))
+        name = _BATTERY_BY_ENV.get(match.group(2))
+        if name is None:
+            raise ConfigError(key, _suggest(key, [f"BATTERY_{n}_{s}" for s in _BATTERY_BY_ENV]))
+        return ("battery", n, name.field)
+    if key in _BY_ENV:
+        return _BY_ENV[key].path
+    if key.startswith("MMBC_"):
+        raise ConfigError(key, _suggest(key, [k for k in _BY_ENV if k.startswith("MMBC_")]))
+    return None  # PATH, HOME, HOSTNAME, ...: not ours
+
+
 def _env_layer(environ: Mapping[str, str], warnings: list[str]) -> _Layer:
     layer: _Layer = {}
-    aliased: list[tuple[str, str]] = []
     for key in sorted(environ):
-        value = environ[key]
         if key in _IGNORED:
             warnings.append(f"{key}: {_IGNORED[key]}")
-            continue
-        match = _BATTERY_ENV_RE.fullmatch(key)
-        if match is not None:
-            n = _battery_number(key, match.group(1))
-            suffix = match.group(2)
-            if suffix not in _BATTERY_FIELDS:
-                known = [f"BATTERY_{n}_{s}" for s in _BATTERY_FIELDS]
-                raise ConfigError(key, _suggest(key, known))
-            canon = f"battery.{n}.{_BATTERY_FIELDS[suffix]}"
-        elif key in _ENV:
-            canon = _ENV[key]
-        elif key in _ALIASES:
-            aliased.append((key, value))
-            continue
-        elif key == _CONFIG_FILE_ENV:
-            continue  # a file name, handled by load_config
-        elif key.startswith("MMBC_"):
-            raise ConfigError(key, _suggest(key, [k for k in _ENV if k.startswith("MMBC_")]))
-        else:
-            continue  # PATH, HOME, HOSTNAME, ...: not ours
-        if not _is_unset(value):
-            layer[canon] = _Raw(canon, key, value.strip())
-    for key, value in aliased:
-        canon = _ENV[_ALIASES[key]]
-        if canon not in layer and not _is_unset(value):
-            layer[canon] = _Raw(canon, key, value.strip())
+        elif key not in _ENV_ALIASES and key != CONFIG_FILE_ENV:
+            path = _env_path(key)
+            if path is not None and not _is_unset(environ[key]):
+                layer[path] = _Value(key, environ[key].strip())
+    for alias, current in _ENV_ALIASES.items():
+        path = _BY_ENV[current].path
+        if path not in layer and not _is_unset(environ.get(alias)):
+            layer[path] = _Value(alias, environ[alias].strip())
     return layer
 
 
@@ -407,9 +280,9 @@ def _toml_layer(data: Mapping[str, object]) -> _Layer:
     layer: _Layer = {}
     for top in sorted(data):
         value = data[top]
-        if top in _TOML_TOP_VALUES:
+        if top in _TOML_TOP:
             if not _is_unset(value):
-                layer[top] = _Raw(top, top, value)
+                layer[_TOML_TOP[top].path] = _Value(top, value)
         elif top == "battery":
             if not isinstance(value, list):
                 raise ConfigError(top, "expected an array of tables ([[battery]])")
@@ -417,28 +290,26 @@ def _toml_layer(data: Mapping[str, object]) -> _Layer:
                 where = f"battery[{i}]"
                 if not isinstance(entry, dict):
                     raise ConfigError(where, "expected a table ([[battery]])")
-                for name in sorted(entry):
-                    if name not in _TOML_BATTERY_KEYS:
+                for key in sorted(entry):
+                    if key not in _BATTERY_BY_TOML:
                         raise ConfigError(
-                            f"{where}.{_key_name(name)}", _suggest(name, _TOML_BATTERY_KEYS)
+                            f"{where}.{_shown_key(key)}", _suggest(key, _BATTERY_BY_TOML)
                         )
-                    if not _is_unset(entry[name]):
-                        canon = f"battery.{i + 1}.{name}"
-                        layer[canon] = _Raw(canon, f"{where}.{name}", entry[name])
+                    if not _is_unset(entry[key]):
+                        path = ("battery", i + 1, _BATTERY_BY_TOML[key].field)
+                        layer[path] = _Value(f"{where}.{key}", entry[key])
         elif top in _TOML_SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(top, f"expected a table ([{top}])")
             known = _TOML_SECTIONS[top]
-            for name in sorted(value):
-                canon = f"{top}.{name}"
-                if name not in known:
-                    raise ConfigError(f"{top}.{_key_name(name)}", _suggest(name, known))
-                if not _is_unset(value[name]):
-                    layer[canon] = _Raw(canon, canon, value[name])
+            for key in sorted(value):
+                if key not in known:
+                    raise ConfigError(f"{top}.{_shown_key(key)}", _suggest(key, known))
+                if not _is_unset(value[key]):
+                    layer[known[key].path] = _Value(f"{top}.{key}", value[key])
         else:
-            raise ConfigError(
-                _key_name(top), _suggest(top, [*_TOML_SECTIONS, "battery", *_TOML_TOP_VALUES])
-            )
+            known_tops = [*_TOML_SECTIONS, "battery", *_TOML_TOP]
+            raise ConfigError(_shown_key(top), _suggest(top, known_tops))
     return layer
 
 
@@ -446,14 +317,16 @@ def _options_layer(data: Mapping[str, object], warnings: list[str]) -> _Layer:
     layer: _Layer = {}
     flat_battery_key: str | None = None
     list_battery_key: str | None = None
-    aliased: list[tuple[str, str, object]] = []
+    aliased: list[tuple[str, _Path, object]] = []
     for key in sorted(data):
         value = data[key]
         lower = key.lower().removeprefix("mmbc_")
-        if lower.upper() in _IGNORED:
-            warnings.append(f"{key}: {_IGNORED[lower.upper()]}")
+        match = _BATTERY_OPTION.fullmatch(lower)
+        path: _Path
+        ignored = _IGNORED.get(lower.upper()) or _IGNORED.get(f"MMBC_{lower.upper()}")
+        if ignored is not None:
+            warnings.append(f"{key}: {ignored}")
             continue
-        match = _BATTERY_OPTION_RE.fullmatch(lower)
         if lower == "batteries":
             if value:  # an add-on's empty default list does not clash with battery_<n>_* keys
                 list_battery_key = key
@@ -461,30 +334,30 @@ def _options_layer(data: Mapping[str, object], warnings: list[str]) -> _Layer:
             continue
         if match is not None:
             n = _battery_number(key, match.group(1))
-            suffix = match.group(2)
-            if suffix not in _OPTION_BATTERY_KEYS:
-                known = [f"battery_{n}_{s}" for s in _OPTION_BATTERY_KEYS]
-                raise ConfigError(_key_name(key), _suggest(lower, known))
-            canon = f"battery.{n}.{_OPTION_BATTERY_KEYS[suffix]}"
+            name = _BATTERY_BY_OPTION.get(match.group(2))
+            if name is None:
+                known = [f"battery_{n}_{s}" for s in _BATTERY_BY_OPTION]
+                raise ConfigError(_shown_key(key), _suggest(lower, known))
+            path = ("battery", n, name.field)
             flat_battery_key = key
-        elif lower in _OPTIONS and _OPTIONS[lower] in _ALIASES:
-            aliased.append((key, _ENV[_ALIASES[_OPTIONS[lower]]], value))
+        elif lower.upper() in _ENV_ALIASES:
+            aliased.append((key, _BY_ENV[_ENV_ALIASES[lower.upper()]].path, value))
             continue
-        elif lower in _OPTIONS and _OPTIONS[lower] != _CONFIG_FILE_ENV:
-            canon = _ENV[_OPTIONS[lower]]
+        elif lower in _BY_OPTION:
+            path = _BY_OPTION[lower].path
         else:
-            raise ConfigError(_key_name(key), _suggest(lower, [*_OPTIONS, "batteries"]))
-        if canon in layer and layer[canon].key != key:
-            raise ConfigError(key, f"same setting as {layer[canon].key}; give only one")
+            raise ConfigError(_shown_key(key), _suggest(lower, [*_BY_OPTION, "batteries"]))
+        if path in layer and layer[path].key != key:
+            raise ConfigError(key, f"same setting as {layer[path].key}; give only one")
         if not _is_unset(value):
-            layer[canon] = _Raw(canon, key, value)
+            layer[path] = _Value(key, value)
     if flat_battery_key is not None and list_battery_key is not None:
         raise ConfigError(
             flat_battery_key, f"give batteries either as {list_battery_key!r} or as battery_<n>_*"
         )
-    for key, canon, value in aliased:
-        if canon not in layer and not _is_unset(value):
-            layer[canon] = _Raw(canon, key, value)
+    for key, path, value in aliased:
+        if path not in layer and not _is_unset(value):
+            layer[path] = _Value(key, value)
     return layer
 
 
@@ -498,503 +371,105 @@ def _options_battery_list(key: str, value: object, layer: _Layer) -> None:
         if not isinstance(entry, dict):
             raise ConfigError(where, "expected an object such as {ip, address, port}")
         for name in sorted(entry):
-            lower = str(name).lower()
-            if lower not in _OPTION_BATTERY_KEYS:
-                raise ConfigError(
-                    f"{where}.{_key_name(name)}", _suggest(lower, _OPTION_BATTERY_KEYS)
-                )
-            canon = f"battery.{i + 1}.{_OPTION_BATTERY_KEYS[lower]}"
-            if canon in layer:
-                raise ConfigError(f"{where}.{name}", f"same setting as {layer[canon].key}")
+            setting = _BATTERY_BY_OPTION.get(str(name).lower())
+            if setting is None:
+                problem = _suggest(str(name).lower(), _BATTERY_BY_OPTION)
+                raise ConfigError(f"{where}.{_shown_key(name)}", problem)
+            path = ("battery", i + 1, setting.field)
+            if path in layer:
+                raise ConfigError(f"{where}.{name}", f"same setting as {layer[path].key}")
             if not _is_unset(entry[name]):
-                layer[canon] = _Raw(canon, f"{where}.{name}", entry[name])
+                layer[path] = _Value(f"{where}.{name}", entry[name])
 
 
-# --------------------------------------------------------------------------------------------
-# Value parsing
-# --------------------------------------------------------------------------------------------
+# --- from raw values to validated settings --------------------------------------------------
+
+_METER_URL: Final = ("meter", "url")
+_METER_HOST: Final = ("meter", "host")
 
 
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = value if len(value) <= 60 else value[:57] + "..."
-        return repr(text)
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_INT_RE: Final = re.compile(r"[+-]?[0-9]+")
-_TRUE: Final = frozenset({"true", "yes", "on", "1"})
-_FALSE: Final = frozenset({"false", "no", "off", "0"})
-
-
-def _as_int(raw: _Raw) -> int:
-    value = raw.value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()) and len(value) <= 30:
-        return int(value.strip())
-    raise ConfigError(raw.key, f"expected an integer, got {_show(value)}")
-
-
-def _as_float(raw: _Raw) -> float:
-    value = raw.value
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
+def _merge(layers: list[_Layer], warnings: list[str]) -> _Layer:
+    """Highest precedence first; the meter's URL and host are one setting."""
+    merged: _Layer = {}
+    for layer in layers:
+        if _METER_URL in layer and _METER_HOST in layer:
+            url, host = layer[_METER_URL], layer.pop(_METER_HOST)
+            warnings.append(f"{host.key}: ignored because {url.key} is set")
+        meter_taken = _METER_URL in merged or _METER_HOST in merged
+        for path, value in layer.items():
+            if not (meter_taken and path in (_METER_URL, _METER_HOST)):
+                merged.setdefault(path, value)
+    given = merged.pop(_METER_HOST, None)
+    if given is not None:
+        if not isinstance(given.value, str):
+            raise ConfigError(given.key, f"expected a string, got {_show(given.value)}")
         try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
-    if number is None or not math.isfinite(number):
-        raise ConfigError(raw.key, f"expected a number, got {_show(value)}")
-    return number
+            merged[_METER_URL] = _Value(given.key, meter_url_from_host(given.value))
+        except ValueError as exc:
+            raise ConfigError(given.key, str(exc)) from None
+    return merged
 
 
-def _as_bool(raw: _Raw) -> bool:
-    value = raw.value
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-    raise ConfigError(raw.key, f"expected true or false, got {_show(value)}")
+def _drop_switched_off(merged: _Layer, warnings: list[str]) -> None:
+    """A PV meter without URL or MQTT without host is off: their other settings are ignored."""
+    for section, needed, why in (
+        ("pv_meter", "url", "PV_API_URL is not set"),
+        ("mqtt", "host", "MQTT_HOST is not set (MQTT is off)"),
+    ):
+        if (section, needed) not in merged:
+            for path in sorted(p for p in merged if p[0] == section):
+                warnings.append(f"{merged.pop(path).key}: ignored because {why}")
 
 
-def _as_str(raw: _Raw) -> str:
-    if not isinstance(raw.value, str):
-        raise ConfigError(raw.key, f"expected a string, got {_show(raw.value)}")
-    text = raw.value.strip()
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-        raise ConfigError(raw.key, "contains control characters")
-    return text
-
-
-_N = TypeVar("_N", int, float)
-_T = TypeVar("_T")
-
-
-def _num(number: float) -> str:
-    if isinstance(number, float) and number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return str(number)
-
-
-def _check_range(raw: _Raw, number: _N, lo: _N | None, hi: _N | None, *, lo_open: bool) -> _N:
-    if lo is not None and (number <= lo if lo_open else number < lo):
-        if hi is not None and not lo_open:
-            problem = f"must be between {_num(lo)} and {_num(hi)}"
-        else:
-            problem = (
-                f"must be greater than {_num(lo)}" if lo_open else f"must be at least {_num(lo)}"
-            )
-        raise ConfigError(raw.key, f"{problem}, got {_num(number)}")
-    if hi is not None and number > hi:
-        if lo is not None and not lo_open:
-            problem = f"must be between {_num(lo)} and {_num(hi)}"
-        else:
-            problem = f"must be at most {_num(hi)}"
-        raise ConfigError(raw.key, f"{problem}, got {_num(number)}")
-    return number
-
-
-def _int_in(lo: int | None, hi: int | None) -> Callable[[_Raw], int]:
-    return lambda raw: _check_range(raw, _as_int(raw), lo, hi, lo_open=False)
-
-
-def _float_in(
-    lo: float | None, hi: float | None, *, lo_open: bool = False
-) -> Callable[[_Raw], float]:
-    return lambda raw: _check_range(raw, _as_float(raw), lo, hi, lo_open=lo_open)
-
-
-def _choice(options: Iterable[str]) -> Callable[[_Raw], str]:
-    allowed = tuple(options)
-
-    def parse(raw: _Raw) -> str:
-        text = _as_str(raw).lower()
-        if text not in allowed:
-            raise ConfigError(
-                raw.key, f"expected one of {', '.join(allowed)}, got {_show(raw.value)}"
-            )
-        return text
-
-    return parse
-
-
-_HOST_RE: Final = re.compile(r"[A-Za-z0-9._\-:%]+")
-
-
-def _as_host(raw: _Raw) -> str:
-    text = _as_str(raw)
-    if "://" in text or "/" in text:
-        raise ConfigError(raw.key, f"expected a host name or IP address, not a URL: {_show(text)}")
-    if text.count(":") == 1:  # "192.168.1.101:502"; IPv6 addresses have at least two
-        raise ConfigError(
-            raw.key,
-            f"expected a host name or IP address without a port, got {_show(text)};"
-            " the port is a setting of its own",
-        )
-    if not _HOST_RE.fullmatch(text) or len(text) > 253:
-        raise ConfigError(raw.key, f"expected a host name or IP address, got {_show(text)}")
-    return text
-
-
-def _check_http_url(text: str) -> tuple[str, str, str, str]:
-    """(scheme, netloc, path, query) of an http(s) URL, or ``ValueError`` saying what is wrong."""
-    if any(ch.isspace() for ch in text):
-        msg = "must not contain spaces"
-        raise ValueError(msg)
-    parts = urlsplit(text)
-    if parts.scheme.lower() not in ("http", "https"):
-        msg = "expected an http:// or https:// URL"
-        raise ValueError(msg)
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        msg = "has an invalid port"
-        raise ValueError(msg) from None
-    if not parts.hostname:
-        msg = "has no host"
-        raise ValueError(msg)
-    return parts.scheme.lower(), parts.netloc, parts.path, parts.query
-
-
-def _as_data_url(raw: _Raw, host_key: str) -> str:
-    text = _as_str(raw)
-    try:
-        _scheme, _netloc, path, _query = _check_http_url(text)
-    except ValueError as exc:
-        raise ConfigError(raw.key, f"{exc}, got {_show(text)}") from None
-    if path in ("", "/"):
-        raise ConfigError(
-            raw.key,
-            f"expected the full URL of the meter's {METER_DATA_PATH} endpoint"
-            f" (e.g. http://192.168.1.50{METER_DATA_PATH}), got {_show(text)};"
-            f" {host_key} takes just the address",
-        )
-    return normalise_p1_url(text, key=raw.key)
-
-
-def _as_meter_host(raw: _Raw) -> str:
-    text = _as_str(raw)
-    if any(ch.isspace() for ch in text):
-        raise ConfigError(raw.key, f"must not contain spaces, got {_show(text)}")
-    # One rule for host -> data URL, shared with the meter client.
-    return normalise_p1_url(text, key=raw.key)
-
-
-def _as_topic(raw: _Raw) -> str:
-    text = _as_str(raw)
-    if not text:
-        raise ConfigError(raw.key, "must not be empty")
-    if "+" in text or "#" in text:
-        raise ConfigError(raw.key, f"must not contain MQTT wildcards (+, #), got {_show(text)}")
-    if text.startswith("/") or text.endswith("/") or "//" in text:
-        raise ConfigError(
-            raw.key, f"must not start or end with '/' or contain '//', got {_show(text)}"
-        )
-    return text
-
-
-def _as_name(raw: _Raw) -> str:
-    text = _as_str(raw)
-    if not text:
-        raise ConfigError(raw.key, "must not be empty")
-    return text
-
-
-# --------------------------------------------------------------------------------------------
-# Building the config
-# --------------------------------------------------------------------------------------------
-
-_POWER_MAX_W: Final = 100_000  # sanity bound for fleet-level powers (40 Venus E)
-_PERIOD_MAX_S: Final = 86_400.0
-# Periods that must be strictly positive (a zero would spin or never expire).
-_LOG_LEVELS_LOWER: Final = tuple(level.lower() for level in LOG_LEVELS)
-_STRICT_PERIODS: Final = frozenset(
-    {"loop_period_s", "reselect_interval_s", "stale_after_s", "control_recheck_s"}
-)
-
-
-def _control_parser(name: str, default: object) -> Callable[[_Raw], object]:
-    """How to read a ``ControlSettings`` field, from its name's unit suffix and default type."""
-    if name == "policy":
-        return _choice(POLICIES)
-    if name == "grid_target_w":
-        return _int_in(-_POWER_MAX_W, _POWER_MAX_W)
-    if name == "noise_alpha":
-        return _float_in(0.0, 1.0, lo_open=True)
-    if isinstance(default, bool):
-        return _as_bool
-    if isinstance(default, int):
-        if name.endswith("_w"):
-            return _int_in(0, _POWER_MAX_W)
-        return _int_in(1, None)  # counts
-    if isinstance(default, float):
-        if name.endswith("_pct"):
-            return _float_in(0.0, 100.0)
-        if name.endswith("_s"):
-            return _float_in(0.0, _PERIOD_MAX_S, lo_open=name in _STRICT_PERIODS)
-        if name.endswith("_w"):
-            return _float_in(0.0, float(_POWER_MAX_W))
-        return _float_in(None, None)
-    return _as_str
-
-
-class _Resolver:
-    """Looks settings up through the layers, highest precedence first."""
-
-    def __init__(self, layers: list[_Layer]) -> None:
-        self._layers = layers
-
-    def raw(self, *canons: str) -> _Raw | None:
-        for layer in self._layers:
-            for canon in canons:
-                if canon in layer:
-                    return layer[canon]
-        return None
-
-    def get(self, canon: str, parse: Callable[[_Raw], _T], default: _T) -> _T:
-        raw = self.raw(canon)
-        return default if raw is None else parse(raw)
-
-    def opt(self, canon: str, parse: Callable[[_Raw], _T]) -> _T | None:
-        raw = self.raw(canon)
-        return None if raw is None else parse(raw)
-
-    def under(self, prefix: str) -> list[_Raw]:
-        """Every raw value whose canonical key starts with ``prefix``, highest layer first."""
-        return [
-            raw
-            for layer in self._layers
-            for canon, raw in sorted(layer.items())
-            if canon.startswith(prefix)
-        ]
-
-
-def _build_meter(r: _Resolver) -> MeterConfig:
-    raw = r.raw("meter.url", "meter.host")
-    if raw is None:
+def _check_presence(merged: _Layer) -> list[int]:
+    """The settings without a default: the meter's URL, at least one battery with its IP."""
+    if _METER_URL not in merged:
         raise ConfigError(
             "P1_API_URL",
             f"not set: give the P1 meter's data URL (P1_API_URL=http://192.168.1.50"
             f"{METER_DATA_PATH}), or its address as P1_HOST, or [meter] url in the config file",
         )
-    url = _as_data_url(raw, "P1_HOST") if raw.canon == "meter.url" else _as_meter_host(raw)
-    timeout_s = r.get("meter.timeout_s", _float_in(0.0, 60.0, lo_open=True), 2.0)
-    return MeterConfig(url=url, timeout_s=timeout_s)
-
-
-def _build_pv(r: _Resolver, warnings: list[str]) -> PvMeterConfig | None:
-    raw = r.raw("pv_meter.url")
-    if raw is None:
-        warnings.extend(
-            f"{x.key}: ignored because PV_API_URL is not set" for x in r.under("pv_meter.")
-        )
-        return None
-    return PvMeterConfig(
-        url=_as_data_url(raw, "PV_API_URL"),
-        negative_when_producing=r.get("pv_meter.negative_when_producing", _as_bool, True),
-        timeout_s=r.get("pv_meter.timeout_s", _float_in(0.0, 60.0, lo_open=True), 2.0),
-    )
-
-
-def _battery_numbers(r: _Resolver) -> list[int]:
-    numbers = {int(raw.canon.split(".")[1]) for raw in r.under("battery.")}
-    return sorted(numbers)
-
-
-def _build_batteries(r: _Resolver) -> tuple[BatteryConfig, ...]:
-    batteries: list[BatteryConfig] = []
-    seen: dict[tuple[str, int, int], str] = {}
-    for n in _battery_numbers(r):
-        p = f"battery.{n}."
-        host_raw = r.raw(p + "host")
-        if host_raw is None:
-            other = r.under(p)[0]
+    numbers = sorted({int(p[1]) for p in merged if p[0] == "battery"})
+    for n in numbers:
+        if ("battery", n, "host") not in merged:
+            key = min(v.key for p, v in merged.items() if p[:2] == ("battery", n))
             raise ConfigError(
-                other.key, f"set, but battery {n} has no IP address (BATTERY_{n}_IP / host)"
+                key, f"set, but battery {n} has no IP address (BATTERY_{n}_IP / host)"
             )
-        power = _int_in(0, VENUS_E_MAX_POWER_W)
-        battery = BatteryConfig(
-            name=f"battery_{n}",
-            index=n,
-            host=_as_host(host_raw),
-            port=r.get(p + "port", _int_in(1, 65535), MODBUS_PORT),
-            unit_id=r.get(p + "unit_id", _int_in(0, 247), 1),
-            max_charge_w=r.get(p + "max_charge_w", power, VENUS_E_MAX_POWER_W),
-            max_discharge_w=r.get(p + "max_discharge_w", power, VENUS_E_MAX_POWER_W),
-            capacity_wh=r.get(
-                p + "capacity_wh", _float_in(0.0, 1_000_000.0, lo_open=True), VENUS_E_CAPACITY_WH
-            ),
-            message_gap_s=r.get(p + "message_gap_s", _float_in(0.0, 10.0), 0.05),
-            timeout_s=r.get(p + "timeout_s", _float_in(0.0, 60.0, lo_open=True), 1.0),
-        )
-        device = (battery.host.lower(), battery.port, battery.unit_id)
-        if device in seen:
-            raise ConfigError(
-                host_raw.key,
-                f"{battery.name} is the same device as {seen[device]}"
-                f" ({battery.host}:{battery.port} unit {battery.unit_id})",
-            )
-        seen[device] = battery.name
-        batteries.append(battery)
-    if not batteries:
+    if not numbers:
         raise ConfigError(
             "BATTERY_1_IP",
             "no battery configured: set BATTERY_1_IP (and BATTERY_2_IP, ... for more),"
             " or add a [[battery]] to the config file",
         )
-    return tuple(batteries)
+    return numbers
 
 
-def _is_file(path: Path) -> bool:
+def _nested(merged: _Layer, numbers: list[int]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    batteries: dict[int, dict[str, object]] = {n: {"number": n} for n in numbers}
+    for path, raw in merged.items():
+        if path[0] == "battery":
+            batteries[int(path[1])][str(path[2])] = raw.value
+        elif path[0] == "":
+            data[str(path[1])] = raw.value
+        else:
+            data.setdefault(str(path[0]), {})[str(path[1])] = raw.value
+    data["batteries"] = [batteries[n] for n in numbers]
+    return data
+
+
+def _build(layers: list[_Layer], sources: tuple[str, ...], warnings: list[str]) -> EngineSettings:
+    merged = _merge(layers, warnings)
+    _drop_switched_off(merged, warnings)
+    numbers = _check_presence(merged)
     try:
-        return path.is_file()
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
-        return False
-
-
-def _build_mqtt(r: _Resolver, warnings: list[str]) -> MqttConfig | None:
-    host_raw = r.raw("mqtt.host")
-    if host_raw is None:
-        warnings.extend(
-            f"{x.key}: ignored because MQTT_HOST is not set (MQTT is off)" for x in r.under("mqtt.")
-        )
-        return None
-    ca_file = r.opt("mqtt.tls_ca_file", _as_name)
-    tls_raw = r.raw("mqtt.tls")
-    tls = _as_bool(tls_raw) if tls_raw is not None else ca_file is not None
-    if ca_file is not None:
-        ca_raw = r.raw("mqtt.tls_ca_file")
-        assert ca_raw is not None
-        if not tls:
-            raise ConfigError(ca_raw.key, "set, but TLS is off (MQTT_TLS=false)")
-        if not _is_file(Path(ca_file)):
-            raise ConfigError(ca_raw.key, f"file not found: {ca_file}")
-    username = r.opt("mqtt.username", _as_name)
-    password_raw = r.raw("mqtt.password")
-    password: str | None = None
-    if password_raw is not None:
-        if not isinstance(password_raw.value, (str, int)) or isinstance(password_raw.value, bool):
-            raise ConfigError(password_raw.key, "expected a string")
-        password = str(password_raw.value)
-        if username is None:
-            raise ConfigError(password_raw.key, "set without a user name (MQTT_USERNAME)")
-    min_interval_s = r.get("mqtt.min_interval_s", _float_in(0.0, 3600.0), 5.0)
-    max_interval_s = r.get("mqtt.max_interval_s", _float_in(0.0, 86_400.0, lo_open=True), 60.0)
-    if max_interval_s < min_interval_s:
-        raw = r.raw("mqtt.max_interval_s") or r.raw("mqtt.min_interval_s")
-        assert raw is not None
-        raise ConfigError(
-            raw.key,
-            f"the maximum publish interval ({max_interval_s:g} s) is below the minimum"
-            f" ({min_interval_s:g} s)",
-        )
-    return MqttConfig(
-        host=_as_host(host_raw),
-        port=r.get("mqtt.port", _int_in(1, 65535), MQTT_TLS_PORT if tls else MQTT_PORT),
-        username=username,
-        password=password,
-        tls=tls,
-        tls_ca_file=ca_file,
-        topic_prefix=r.get("mqtt.topic_prefix", _as_topic, "mmbc"),
-        discovery=r.get("mqtt.discovery", _as_bool, True),
-        discovery_prefix=r.get("mqtt.discovery_prefix", _as_topic, "homeassistant"),
-        min_interval_s=min_interval_s,
-        max_interval_s=max_interval_s,
-        client_id=r.opt("mqtt.client_id", _as_name),
-    )
-
-
-def _build_http(r: _Resolver, warnings: list[str]) -> HttpConfig | None:
-    port = r.get("http.port", _int_in(0, 65535), HTTP_PORT)
-    if not r.get("http.enabled", _as_bool, True) or port == 0:
-        warnings.extend(
-            f"{x.key}: ignored because the HTTP server is off"
-            for x in r.under("http.")
-            if x.canon not in {"http.enabled", "http.port"}
-        )
-        return None
-    host_raw = r.raw("http.host")
-    token_raw = r.raw("http.token")
-    token: str | None = None
-    if token_raw is not None:
-        if not isinstance(token_raw.value, str | int) or isinstance(token_raw.value, bool):
-            raise ConfigError(token_raw.key, "expected a string")
-        token = str(token_raw.value)
-        if len(token) < MIN_TOKEN_CHARS:  # a guessable token is worse than none
-            raise ConfigError(
-                token_raw.key, f"too short: use at least {MIN_TOKEN_CHARS} characters"
-            )
-    return HttpConfig(
-        host="" if host_raw is None else _as_host(host_raw),
-        port=port,
-        token=token,
-    )
-
-
-def _build_control(r: _Resolver) -> dict[str, object]:
-    defaults = ControlSettings()
-    overrides: dict[str, object] = {}
-    for name in sorted(ControlSettings.field_names()):
-        raw = r.raw(f"control.{name}")
-        if raw is not None:
-            overrides[name] = _control_parser(name, getattr(defaults, name))(raw)
-    min_soc = overrides.get("min_soc_pct", defaults.min_soc_pct)
-    max_soc = overrides.get("max_soc_pct", defaults.max_soc_pct)
-    numbers = (int, float)
-    if isinstance(min_soc, numbers) and isinstance(max_soc, numbers) and min_soc >= max_soc:
-        raw = r.raw("control.min_soc_pct") or r.raw("control.max_soc_pct")
-        assert raw is not None
-        raise ConfigError(
-            raw.key,
-            f"the discharge floor min_soc_pct ({min_soc:g} %) must be below the charge ceiling"
-            f" max_soc_pct ({max_soc:g} %)",
-        )
-    return overrides
-
-
-def _build(layers: list[_Layer], sources: tuple[str, ...], warnings: list[str]) -> EngineConfig:
-    r = _Resolver(layers)
-    for layer in layers:
-        if "meter.url" in layer and "meter.host" in layer:
-            warnings.append(
-                f"{layer['meter.host'].key}: ignored because {layer['meter.url'].key} is set"
-            )
-    meter = _build_meter(r)
-    pv_meter = _build_pv(r, warnings)
-    batteries = _build_batteries(r)
-    mqtt = _build_mqtt(r, warnings)
-    http = _build_http(r, warnings)
-    overrides = _build_control(r)
-    try:
-        control = ControlSettings().with_overrides(overrides)
-    except (KeyError, TypeError) as exc:  # our parsers produce the right types; belt and braces
-        raise ConfigError("control", str(exc)) from None
-    control = replace(control, batteries=tuple(b.spec() for b in batteries))
-    return EngineConfig(
-        meter=meter,
-        pv_meter=pv_meter,
-        batteries=batteries,
-        mqtt=mqtt,
-        control=control,
-        http=http,
-        log_level=r.get("log.level", _choice(_LOG_LEVELS_LOWER), "info").upper(),
-        log_format=r.get("log.format", _choice(LOG_FORMATS), "text"),
-        dry_run=r.get("dry_run", _as_bool, False),
-        sources=sources,
-        warnings=tuple(warnings),
-    )
+        settings = EngineSettings.model_validate({**_nested(merged, numbers), "sources": sources})
+    except ValidationError as exc:
+        raise _config_error(exc.errors()[0], merged, numbers) from None
+    _check_distinct_devices(settings, merged)
+    warnings.extend(_risky_values(settings, merged))
+    return settings.model_copy(update={"warnings": tuple(warnings)})
 
 
 def build_config(
@@ -1004,8 +479,8 @@ def build_config(
     toml: Mapping[str, object] | None = None,
     options: Mapping[str, object] | None = None,
     sources: tuple[str, ...] = (),
-) -> EngineConfig:
-    """Validate already-read sources (highest precedence first) into an ``EngineConfig``.
+) -> EngineSettings:
+    """Validate already-read sources (highest precedence first) into ``EngineSettings``.
 
     ``environ`` and ``dotenv`` map variable names to strings; ``toml`` is a parsed TOML
     document; ``options`` a parsed Home Assistant ``options.json``. Raises ``ConfigError``.
@@ -1023,62 +498,227 @@ def build_config(
     return _build(layers, sources, warnings)
 
 
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
-
-_ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DQ_ESCAPES: Final = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "$": "$"}
+# --- checks that need more than one value or the host ---------------------------------------------
 
 
-def _dotenv_value(text: str, where: str) -> str:
-    """The value part of a ``.env`` line (already stripped of surrounding blanks)."""
-    if text[:1] == "'":
-        end = text.find("'", 1)
-        if end < 0:
-            raise ConfigError(where, "unterminated single quote")
-        value, rest = text[1:end], text[end + 1 :]
-    elif text[:1] == '"':
-        chars: list[str] = []
-        i = 1
-        while True:
-            if i >= len(text):
-                raise ConfigError(where, "unterminated double quote")
-            ch = text[i]
-            if ch == '"':
-                break
-            if ch == "\\" and i + 1 < len(text) and text[i + 1] in _DQ_ESCAPES:
-                chars.append(_DQ_ESCAPES[text[i + 1]])
-                i += 2
-                continue
-            chars.append(ch)
-            i += 1
-        value, rest = "".join(chars), text[i + 1 :]
+def _hosts_table(path: Path) -> dict[str, frozenset[str]]:
+    """Names to addresses from the hosts file (local and instant; DNS is never asked)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    table: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) < 2:
+            continue
+        try:
+            address = str(ipaddress.ip_address(words[0].split("%", 1)[0]))
+        except ValueError:
+            continue
+        for name in words[1:]:
+            table.setdefault(name.lower().rstrip("."), set()).add(address)
+    return {name: frozenset(addresses) for name, addresses in table.items()}
+
+
+def _addresses(host: str, hosts: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    """What a battery's host resolves to locally; the name itself when it does not resolve."""
+    name = host.strip().lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(name.removeprefix("[").removesuffix("]").split("%", 1)[0])
+    except ValueError:
+        pass
     else:
-        # An unquoted value ends at " #" (an inline comment), as in python-dotenv.
-        match = re.search(r"\s#", text)
-        return (text[: match.start()] if match else text).strip()
-    rest = rest.strip()
-    if rest and not rest.startswith("#"):
-        raise ConfigError(where, f"unexpected text after the closing quote: {_show(rest)}")
-    return value
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return frozenset({str(mapped or ip)})
+    if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always the loopback
+        return frozenset({"127.0.0.1", "::1"})
+    return hosts.get(name) or frozenset({name})
+
+
+def _check_distinct_devices(settings: EngineSettings, merged: _Layer) -> None:
+    """Two batteries at the same address, port and unit id are one device configured twice."""
+    hosts = _hosts_table(HOSTS_FILE)
+    seen: list[tuple[frozenset[str], BatterySettings]] = []
+    for battery in settings.batteries:
+        addresses = _addresses(battery.host, hosts)
+        for other_addresses, other in seen:
+            same_link = (battery.port, battery.unit_id) == (other.port, other.unit_id)
+            if same_link and addresses & other_addresses:
+                alias = "" if battery.host == other.host else f", as {other.host}"
+                raise ConfigError(
+                    merged[("battery", battery.number, "host")].key,
+                    f"{battery.name} is the same device as {other.name}"
+                    f" ({battery.host}:{battery.port} unit {battery.unit_id}{alias})",
+                )
+        seen.append((addresses, battery))
+
+
+def _risky_values(settings: EngineSettings, merged: _Layer) -> list[str]:
+    """Warnings for accepted values that weaken a safety (``WarnAbove`` in the models)."""
+    remarks: list[str] = []
+    for path, raw in sorted(merged.items(), key=lambda item: item[1].key):
+        if path[0] in ("battery", ""):
+            continue
+        field = _field_info(path)
+        section: object = getattr(settings, str(path[0]))
+        value = getattr(section, str(path[1]), None)
+        for mark in field.metadata if field is not None else ():
+            if (
+                isinstance(mark, WarnAbove)
+                and isinstance(value, int | float)
+                and value > mark.limit
+            ):
+                remarks.append(
+                    f"{raw.key}: {_num(value)} is above {_num(mark.limit)}; {mark.reason}"
+                )
+    return remarks
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _num(number: object) -> str:
+    if isinstance(number, float) and number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return str(number).strip() if isinstance(number, str) else str(number)
+
+
+def _field_info(path: _Path) -> FieldInfo | None:
+    section = str(path[0])
+    return section_fields(section).get(str(path[-1])) if section in SECTIONS else None
+
+
+def _is_secret(field: FieldInfo | None) -> bool:
+    def mentions(annotation: object) -> bool:
+        return annotation is SecretStr or any(mentions(arg) for arg in get_args(annotation))
+
+    return field is not None and mentions(field.annotation)
+
+
+def _range_problem(field: FieldInfo | None, kind: str) -> str:
+    low: float | None = None
+    low_open = False
+    high: float | None = None
+    for mark in field.metadata if field is not None else ():
+        if isinstance(mark, Ge):
+            low = float(mark.ge)  # type: ignore[arg-type]
+        elif isinstance(mark, Gt):
+            low, low_open = float(mark.gt), True  # type: ignore[arg-type]
+        elif isinstance(mark, Le):
+            high = float(mark.le)  # type: ignore[arg-type]
+        elif isinstance(mark, Lt):
+            high = float(mark.lt)  # type: ignore[arg-type]
+    if low is not None and high is not None and not low_open:
+        return f"must be between {_num(low)} and {_num(high)}"
+    if kind.startswith("greater") and low is not None:
+        return f"must be greater than {_num(low)}" if low_open else f"must be at least {_num(low)}"
+    if high is not None:
+        return f"must be at most {_num(high)}"
+    return "out of range"
+
+
+def _problem(error: ErrorDetails, field: FieldInfo | None) -> str:
+    kind = error["type"]
+    ctx: dict[str, Any] = dict(error.get("ctx") or {})
+    value = error.get("input")
+    got = "" if _is_secret(field) else f", got {_show(value)}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer{got}"
+    if kind in ("float_type", "float_parsing", "finite_number"):
+        return f"expected a number{got}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false{got}"
+    if kind in ("string_type", "path_type"):
+        return f"expected a string{got}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{_range_problem(field, kind)}, got {_num(value)}"
+    if kind in ("enum", "literal_error") and field is not None:
+        choices = field.annotation if isinstance(field.annotation, EnumMeta) else ()
+        names = [str(c) for c in choices] or [str(a) for a in get_args(field.annotation)]
+        return f"expected one of {', '.join(names)}{got}"
+    if kind == "missing":
+        return "not set"
+    if kind == "value_error":
+        return str(ctx["error"])
+    return error["msg"]
+
+
+def _config_error(error: ErrorDetails, merged: _Layer, numbers: list[int]) -> ConfigError:
+    """A pydantic error as a ``ConfigError`` naming the key the user wrote."""
+    loc = error["loc"]
+    path: _Path
+    if loc[0] == "batteries" and len(loc) >= 3 and isinstance(loc[1], int):
+        path = ("battery", numbers[loc[1]], loc[2])
+    elif len(loc) >= 2 and str(loc[0]) in SECTIONS:
+        path = (str(loc[0]), loc[1])
+    else:
+        path = ("", loc[0])
+    raw = merged.get(path)
+    partner = (error.get("ctx") or {}).get("partner")
+    if raw is None and partner is not None:
+        raw = merged.get((*path[:-1], partner))
+    field = _field_info(path)
+    if raw is not None:
+        key = raw.key
+    else:  # a default the user did not write: name the setting in the environment's words
+        name = next((n for n in NAMES if n.path == (path[0], path[-1])), None)
+        key = name.env if name is not None else ".".join(str(p) for p in path if p != "")
+    return ConfigError(key, _problem(error, field))
+
+
+# --- files --------------------------------------------------------------------------------------
+
+_ENV_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LINE_START: Final = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*(=?)\s*")
+
+
+def _dotenv_problem(statement: str, where: str) -> ConfigError:
+    """Why a ``.env`` statement does not parse, without showing any of its value."""
+    text = statement.strip()
+    start = _LINE_START.match(text)
+    if start is not None and start.group(2) == "=":
+        key, rest = start.group(1), text[start.end() :]
+        if rest[:1] in ("'", '"'):
+            quote = rest[0]
+            closed = re.match(rf"{quote}(?:\\.|[^{quote}\\])*{quote}", rest, re.DOTALL)
+            if closed is None:
+                kind = "single" if quote == "'" else "double"
+                return ConfigError(f"{where} ({key})", f"unterminated {kind} quote")
+            return ConfigError(f"{where} ({key})", "unexpected text after the closing quote")
+        return ConfigError(f"{where} ({key})", "cannot read the value")
+    named = start.group(1) if start is not None else None
+    known = named is not None and (
+        named in env_names() or _BATTERY_ENV.fullmatch(named) is not None or named in _IGNORED
+    )
+    hint = f" (the line starts with {named}; its value is not shown)" if known else ""
+    return ConfigError(where, f"expected KEY=VALUE{hint}")
 
 
 def parse_dotenv(text: str, *, source: str = ".env") -> dict[str, str]:
-    """``KEY=VALUE`` lines with ``#`` comments, optional quotes and an optional ``export``."""
+    """``KEY=VALUE`` lines with ``#`` comments, optional quotes and ``export``: python-dotenv's
+    syntax, except that a line it cannot read is an error naming the file and line."""
     result: dict[str, str] = {}
-    for lineno, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        where = f"{source}:{lineno}"
-        if stripped.startswith(("export ", "export\t")):
-            stripped = stripped[len("export") :].lstrip()
-        key, sep, rest = stripped.partition("=")
-        key = key.strip()
-        if not sep or not _ENV_KEY_RE.fullmatch(key):
-            raise ConfigError(where, f"expected KEY=VALUE, got {_show(line.strip())}")
-        result[key] = _dotenv_value(rest.strip(), f"{where} ({key})")
+    for binding in parse_stream(io.StringIO(text.removeprefix("\ufeff"))):
+        statement = binding.original.string
+        if binding.key is None and not binding.error:
+            continue  # blank lines and comments
+        # A statement starts with the blank lines before it; its line is the first with text.
+        blank = len(statement) - len(statement.lstrip())
+        line = binding.original.line + statement[:blank].count("\n")
+        where = f"{source}:{line}"
+        if binding.error or binding.value is None or not _ENV_KEY.fullmatch(binding.key or ""):
+            raise _dotenv_problem(statement, where)
+        result[str(binding.key)] = binding.value
     return result
 
 
@@ -1111,6 +751,13 @@ def _read_options(path: Path) -> dict[str, object]:
     return data
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 def _pick_file(explicit: Path | None, default: Path, discover: bool) -> Path | None:
     if explicit is not None:
         return explicit
@@ -1124,7 +771,7 @@ def load_config(
     dotenv_file: Path | None = None,
     options_file: Path | None = None,
     discover_files: bool = True,
-) -> EngineConfig:
+) -> EngineSettings:
     """Read and validate every source; raises ``ConfigError(key, problem)``.
 
     ``environ`` defaults to ``os.environ``. ``config_file`` is the TOML file (``--config``); if
@@ -1141,7 +788,7 @@ def load_config(
         sources.append(str(dotenv_path))
     toml_path = config_file
     if toml_path is None:
-        named = env.get(_CONFIG_FILE_ENV, "").strip() or (dotenv or {}).get(_CONFIG_FILE_ENV, "")
+        named = env.get(CONFIG_FILE_ENV, "").strip() or (dotenv or {}).get(CONFIG_FILE_ENV, "")
         toml_path = Path(named.strip()) if named.strip() else None
     toml: dict[str, object] | None = None
     if toml_path is not None:

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.battery_fsm import BATTERY_TRANSITIONS, BatteryFsm
-from engine.core.fleet_fsm import FLEET_TRANSITIONS, FleetFsm
+from engine.core.fleet_fsm import (
+    FLEET_TRANSITIONS,
+    SELECTION_TRANSITIONS,
+    FleetFsm,
+    SelectionFsm,
+    SelectionState,
+)
 from engine.core.states import BatteryState, FleetState
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "state-machines.md"
@@ -30,9 +36,16 @@ BATTERY_NOTES: Mapping[str, str] = {
     BatteryState.BLOCKED: (
         "would discharge, but discharge is blocked (`control/block_discharge` or hold mode); 0 W"
     ),
-    BatteryState.INELIGIBLE: (
-        "at a SoC limit for the wanted direction, at its firmware cut-off, or excluded for a"
-        " while because it did not follow its commands; 0 W"
+    BatteryState.INELIGIBLE: "at a SoC limit for the fleet's direction; 0 W",
+    BatteryState.EXCLUDED: (
+        "acknowledged its commands but did not deliver (`not_following_cycles` in a row): 0 W"
+        " and left out until `not_following_exclude_s` have passed (`tick`), even across a"
+        " lost connection"
+    ),
+    BatteryState.CUTOFF: (
+        "stopped delivering near a SoC limit: its firmware's own cut-off. It sits that"
+        " direction out (0 W, the others carry its share) until its SoC has moved 1 %, and may"
+        " still work the other way"
     ),
     BatteryState.UNAVAILABLE: (
         "offline, or its SoC or power could not be read: it gets no command at all"
@@ -41,7 +54,7 @@ BATTERY_NOTES: Mapping[str, str] = {
 }
 
 FLEET_NOTES: Mapping[str, str] = {
-    FleetState.STARTING: "no cycle has run yet, or a safe hold has just ended",
+    FleetState.STARTING: "no fresh meter reading yet since start: every battery at 0 W",
     FleetState.NORMAL: "keep the meter at zero (mode `normal`)",
     FleetState.HOLD: (
         "keep the meter at zero, but never discharge (mode `hold`, or `normal` with"
@@ -52,8 +65,23 @@ FLEET_NOTES: Mapping[str, str] = {
         "RS485 control released: the batteries run their own logic (mode `selfcontrol`)"
     ),
     FleetState.SAFE_HOLD: (
-        "the meter is stale or lost: every available battery is commanded 0 W until a new"
-        " reading arrives"
+        "the meter went stale or was lost: every available battery is commanded 0 W until a"
+        " fresh reading arrives"
+    ),
+}
+
+SELECTION_NOTES: Mapping[str, str] = {
+    SelectionState.IDLE: "no battery works: the target is inside the idle band, or nothing can",
+    SelectionState.SINGLE: (
+        "below the split threshold one battery, the leader, carries the demand (charging:"
+        " lowest SoC first, discharging: highest)"
+    ),
+    SelectionState.HANDOVER: (
+        "make-before-break: the new leader is woken with 1 W while the old one carries the"
+        " demand; they swap once it reports power, or after `handover_timeout_s`"
+    ),
+    SelectionState.SPLIT: (
+        "above the split threshold (with hysteresis) several batteries share the demand"
     ),
 }
 
@@ -64,13 +92,20 @@ HEADER = """\
 engine/core/fleet_fsm.py. Do not edit by hand: run `python scripts/render_state_machines.py`.
 A test fails when this file no longer matches the transition tables. -->
 
-Each battery and the fleet are explicit state machines (`transitions`, no automatic
-`to_<state>` triggers, an invalid trigger raises `MachineError`). The policy computes the
-continuous setpoints; these machines record what each battery and the fleet are doing, and
-the battery guards refuse what must never happen (charging a full battery, discharging an
-empty or blocked one), so a bug upstream cannot become a command: a refused direction
-yields 0 W. The tables allow self-transitions (`charging --> charging`); the battery machine
-fires a trigger only when its state changes.
+Each battery, the fleet's mode and the fleet's selection are explicit state machines
+(`transitions`, no automatic `to_<state>` triggers, an invalid trigger raises `MachineError`).
+They carry the policy's whole memory between cycles and are driven by the triggers the
+design names: a P1 tick (`MmbcPolicy.decide(snapshot)` with the time passed in), timers on
+the injected clock (the 5-minute reselection, the exclusion's expiry, the hand-over's
+timeout) and availability. Each cycle the fleet machine picks its state and the policy runs
+that state's handler (`engine/core/policy.py`, `HANDLERS`); the watts come from pure
+functions (`engine/core/allocate.py`).
+
+The tables list only what can happen, without self-transitions (a trigger fires only when
+the state changes). The battery guards refuse what must never happen (charging a full
+battery, discharging an empty or blocked one, commanding one that is excluded or, in that
+direction, at its cut-off), so a bug upstream cannot become a command: a refused direction
+yields 0 W, and commanding an unavailable battery raises.
 """
 
 
@@ -129,14 +164,24 @@ def render() -> str:
     fleet = _section(
         "Fleet",
         "One for the whole fleet (`engine/core/fleet_fsm.py`, `FLEET_TRANSITIONS`): the"
-        " operating mode and the fail-safe hold. A safe hold ends through `starting` into the"
-        " requested mode within the same cycle (`FleetFsm.apply_mode`).",
+        " operating mode and the fail-safe hold. `FleetFsm.tick` follows the user's mode while"
+        " the meter is fresh and holds safe while it is stale; self-control needs no meter.",
         list(FleetState),
         FleetFsm().state,
         FLEET_TRANSITIONS,
         FLEET_NOTES,
     )
-    return f"{HEADER}\n{battery}\n{fleet}"
+    selection = _section(
+        "Selection",
+        "Part of the fleet (`engine/core/fleet_fsm.py`, `SELECTION_TRANSITIONS`): which"
+        " batteries carry the demand. It also holds the leader order and its 5-minute"
+        " reselection timer (kept through idle gaps), the hand-over's timer and the last split.",
+        list(SelectionState),
+        SelectionFsm(reselect_interval_s=300.0, handover_timeout_s=20.0).state,
+        SELECTION_TRANSITIONS,
+        SELECTION_NOTES,
+    )
+    return f"{HEADER}\n{battery}\n{fleet}\n{selection}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--modbus-port", type=int, default=5020)
     serve.add_argument("--json", type=Path)
     serve.add_argument("--speed", type=float, default=1.0, help="plant speed (1 = real time)")
+    serve.add_argument(
+        "--p1-api", choices=("v1", "v2", "both"), default="v1", help="the P1 meter's API(s)"
+    )
+    serve.add_argument("--p1-tls-port", type=int, default=8443, help="API v2 (HTTPS) port")
+    serve.add_argument(
+        "--p1-button",
+        choices=("signal", "always"),
+        default="signal",
+        help="v2 pairing button: SIGUSR1 presses it, or always held down",
+    )
+    serve.add_argument("--p1-token", help="v2: a token already paired (as local/mmbc)")
+    serve.add_argument("--tls-dir", type=Path, help="v2: where to write the test CA")
+    serve.add_argument("--mdns", action="store_true", help="advertise the meters on loopback")
     return parser
 
 
@@ -196,7 +209,7 @@ def _attach_fault_costs(results: list[RunResult]) -> list[RunResult]:
 
 # ---------------------------------------------------------------------- serve
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from sim.replay.serve import serve
+    from sim.replay.serve import P1Options, serve
 
     scenario = load_scenario(args.scenario)
     status: int = serve(
@@ -207,6 +220,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         modbus_port=args.modbus_port,
         json_path=args.json,
         speed=args.speed,
+        p1=P1Options(
+            api=args.p1_api,
+            tls_port=args.p1_tls_port,
+            button=args.p1_button,
+            token=args.p1_token,
+            tls_dir=args.tls_dir,
+            mdns=args.mdns,
+        ),
     )
     return status
 

@@ -1,33 +1,56 @@
-"""Scenario files: strictly validated TOML naming a trace, batteries, meter, events and faults.
+"""Scenario files: TOML naming a trace, batteries, meter, events and faults, validated by pydantic.
 
 Every problem raises ``ScenarioError`` whose message names the file and the key path
-(``battery[2].capacity_wh: unknown key``, ``trace.file: missing``); nothing is guessed.
-The format is documented in ``scenarios/README.md``.
+(``battery[2].soc_pct: must be <= 100, got 101``, ``trace.file: missing``); nothing is guessed,
+and every problem of a file is listed at once. The tables are validated against the plant's own
+dataclasses (``sim.plant.params``, ``sim.plant.events``: one default and one range per key);
+what needs the whole scenario (an event after the trace's end, a fault's battery index) is
+checked once the trace is loaded. The format is documented in ``scenarios/README.md``.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import difflib
+import hashlib
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from annotated_types import Ge, Gt, Le, MaxLen, MinLen
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    create_model,
+    with_config,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from engine.core.settings import ControlSettings
+from sim.plant.events import EVENT_TYPES, Cycling, Event, EventKind, EventTimeline
 from sim.plant.params import (
-    BATTERY_FAULTS,
-    EVENT_KINDS,
-    FAULT_KINDS,
+    TABLE_CONFIG,
     BatteryParams,
-    Event,
     Fault,
     MeterParams,
+    NonNegative,
+    Number,
+    Percent,
+    Positive,
     ScenarioBattery,
+    Seed,
     Tariff,
+    Text,
 )
-from sim.plant.traces import EventTimeline, Trace, TraceError, load_trace
+from sim.plant.traces import Trace, TraceError, load_trace
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 DEFAULT_SCENARIO = SCENARIO_DIR / "default.toml"
@@ -35,45 +58,61 @@ FAULT_SCENARIO_DIR = SCENARIO_DIR / "faults"
 VARIANT_SCENARIO_DIR = SCENARIO_DIR / "variants"
 LONG_SCENARIO_DIR = SCENARIO_DIR / "long"
 DEFAULT_SEED = 1
-
-# Registers 42020/42021 accept 0-2500 W: a model above that could never be commanded.
-_MAX_BATTERY_POWER_W = 2500.0
-# The device name lives in 10 registers of 2 ASCII characters (31000).
-_MAX_BATTERY_NAME_CHARS = 20
-_MAX_BATTERIES = 16
-# Beyond this a number is not a plausible power, time or price; it also keeps int -> float
-# conversion exact and away from OverflowError.
-_MAX_ABS_NUMBER = 1e12
+# The engine's configuration numbers batteries 1..16.
+MAX_BATTERIES = 16
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-_TOP_REQUIRED = ("name", "description", "trace", "battery")
-_TOP_OPTIONAL = ("meter", "pv_meter", "event", "fault", "block", "control", "tariff", "seed")
-_TRACE_KEYS = ("file", "pv_file", "pv_scale", "load_scale", "start_s", "duration_s")
-_EVENT_REQUIRED = ("at_s", "kind", "power_w", "duration_s")
-_EVENT_OPTIONAL = ("on_s", "off_s", "ramp_s", "label")
-_FAULT_KEYS = ("at_s", "kind", "duration_s", "battery")
+# The arrays of tables (``[[battery]]``), for messages.
+_TABLE_ARRAYS = ("battery", "event", "fault", "block")
 
 
 class ScenarioError(ValueError):
-    """A scenario file cannot be used; ``key`` is the TOML key path of the problem."""
+    """A scenario file cannot be used; ``key`` is the TOML key path of the (first) problem.
 
-    def __init__(self, path: Path | str, key: str, problem: str) -> None:
-        super().__init__(f"{path}: {key}: {problem}")
+    ``problems`` holds every (key, problem) found; the message lists them one per line.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        key: str,
+        problem: str,
+        *,
+        more: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.path = str(path)
         self.key = key
         self.problem = problem
+        self.problems: tuple[tuple[str, str], ...] = ((key, problem), *more)
+        super().__init__("\n".join(f"{path}: {k}: {p}" for k, p in self.problems))
 
 
-@dataclass(frozen=True, slots=True)
+def _path_text(value: object) -> object:
+    # A path is written as a string; anything else is refused before pydantic makes a Path.
+    if not isinstance(value, str):
+        raise PydanticCustomError("scenario", f"must be a string, got {_type_name(value)}")
+    if not value.strip():
+        raise PydanticCustomError("scenario", "must not be empty")
+    if "\x00" in value:
+        raise PydanticCustomError("scenario", "must not contain NUL characters")
+    return value
+
+
+TracePath = Annotated[Path, BeforeValidator(_path_text)]
+
+
+@with_config(TABLE_CONFIG)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TraceSpec:
     """Where a scenario's house demand comes from (paths resolved against the scenario file)."""
 
-    file: Path
-    pv_file: Path | None = None
-    load_scale: float = 1.0
-    pv_scale: float = 1.0
-    start_s: float | None = None
-    duration_s: float | None = None
+    file: TracePath
+    pv_file: TracePath | None = None
+    load_scale: NonNegative = 1.0
+    pv_scale: NonNegative = 1.0
+    start_s: NonNegative | None = None
+    duration_s: Positive | None = None
+    # The largest gap allowed between two rows inside the window (None: 3 median spacings).
+    max_gap_s: Positive | None = None
 
     def load(self) -> Trace:
         """A fresh ``Trace`` (own cursor) of the window; raises ``TraceError``."""
@@ -84,6 +123,7 @@ class TraceSpec:
             pv_scale=self.pv_scale,
             start_s=self.start_s,
             duration_s=self.duration_s,
+            max_gap_s=self.max_gap_s,
         )
 
 
@@ -127,395 +167,229 @@ class Scenario:
         return any(at_s <= t_s < at_s + length_s for at_s, length_s in self.blocks)
 
 
-class _Parser:
-    """Validates one decoded TOML document; ``fail`` raises with the key path."""
+# -- the tables ----------------------------------------------------------------------------
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
-    def fail(self, key: str, problem: str) -> ScenarioError:
-        return ScenarioError(self.path, key, problem)
+@with_config(TABLE_CONFIG)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _BatteryTable(BatteryParams):
+    """``[[battery]]``: the starting SoC and any ``BatteryParams`` field."""
 
-    # -- structure -------------------------------------------------------------------------
+    soc_pct: Percent
 
-    def table(self, value: object, key: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a table, got {_type_name(value)}")
-        return value
 
-    def tables(self, value: object, key: str) -> list[dict[str, Any]]:
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise self.fail(key, f"must be an array of tables ([[{key}]])")
-        return value
+@with_config(TABLE_CONFIG)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _MeterTable(MeterParams):
+    """``[meter]``: ``MeterParams``, with the noise seed defaulting to the scenario's."""
 
-    def keys(
-        self,
-        table: Mapping[str, Any],
-        where: str,
-        required: Iterable[str],
-        optional: Iterable[str] = (),
-    ) -> None:
-        required = tuple(required)
-        known = set(required) | set(optional)
-        for key in table:
-            if key not in known:
-                raise self.fail(_join(where, str(key)), "unknown key")
-        for key in required:
-            if key not in table:
-                raise self.fail(_join(where, key), "missing")
+    # Narrower in the file than in the plant: absent means "the scenario's seed".
+    seed: Seed | None = None  # type: ignore[assignment]
 
-    # -- scalars ---------------------------------------------------------------------------
 
-    def number(
-        self,
-        value: object,
-        key: str,
-        *,
-        gt: float | None = None,
-        ge: float | None = None,
-        le: float | None = None,
-        lt: float | None = None,
-    ) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"must be a number, got {_type_name(value)}")
-        if isinstance(value, int) and abs(value) > _MAX_ABS_NUMBER:
-            raise self.fail(key, f"{value} is out of range")
-        number = float(value)
-        if not math.isfinite(number) or abs(number) > _MAX_ABS_NUMBER:
-            raise self.fail(key, f"must be a finite number, got {value!r}")
-        if gt is not None and not number > gt:
-            raise self.fail(key, f"must be > {gt:g}, got {number:g}")
-        if ge is not None and not number >= ge:
-            raise self.fail(key, f"must be >= {ge:g}, got {number:g}")
-        if le is not None and not number <= le:
-            raise self.fail(key, f"must be <= {le:g}, got {number:g}")
-        if lt is not None and not number < lt:
-            raise self.fail(key, f"must be < {lt:g}, got {number:g}")
-        return number
+@with_config(TABLE_CONFIG)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PvMeterTable:
+    enabled: Annotated[bool, Strict()]
 
-    def integer(self, value: object, key: str, *, ge: int, le: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, got {_type_name(value)}")
-        if not ge <= value <= le:
-            raise self.fail(key, f"must be in {ge}..{le}, got {value}")
-        return value
 
-    def string(self, value: object, key: str) -> str:
-        if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {_type_name(value)}")
-        if not value.strip():
-            raise self.fail(key, "must not be empty")
-        return value
+@with_config(TABLE_CONFIG)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _BlockTable:
+    at_s: NonNegative
+    duration_s: Positive
 
-    def boolean(self, value: object, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {_type_name(value)}")
-        return value
 
-    def choice(self, value: object, key: str, options: Iterable[str]) -> str:
-        allowed = sorted(options)
-        if not isinstance(value, str) or value not in allowed:
-            raise self.fail(key, f"must be one of {', '.join(allowed)}; got {value!r}")
-        return value
+def _control_type(name: str, default: object) -> object:
+    """The type a ``[control]`` key takes: its default's, with the ranges its unit makes sure.
 
-    # -- sections --------------------------------------------------------------------------
+    Only what the units in the names make certain: times and counts are not negative,
+    percentages lie in 0..100. Meanings beyond that belong to ControlSettings.
+    """
+    ranges: list[object] = []
+    if name.endswith("_pct"):
+        ranges = [Ge(0.0), Le(100.0)]
+    elif name.endswith("_period_s"):
+        ranges = [Gt(0.0)]
+    elif name.endswith(("_s", "_cycles", "_failures")):
+        ranges = [Ge(0.0)]
+    if isinstance(default, bool):
+        return Annotated[bool, Strict()]
+    if isinstance(default, int):
+        return Annotated[int, Strict(), Ge(-(2**31)), Le(2**31 - 1), *ranges]
+    if isinstance(default, float):
+        return Annotated[Number, *ranges] if ranges else Number
+    if type(default) is str:
+        return Text
+    return type(default)  # an enum: one of its values
 
-    def parse(self, data: Mapping[str, Any]) -> Scenario:
-        doc = self.table(data, "(document)")
-        self.keys(doc, "", _TOP_REQUIRED, _TOP_OPTIONAL)
-        name = self.string(doc["name"], "name")
-        if _NAME_RE.fullmatch(name) is None:
-            raise self.fail("name", "use letters, digits, '_', '.' and '-' only")
-        description = self.string(doc["description"], "description")
-        seed = self.integer(doc.get("seed", DEFAULT_SEED), "seed", ge=0, le=2**63 - 1)
 
-        spec, trace = self.trace(self.table(doc["trace"], "trace"))
-        duration_s = trace.duration_s
-        batteries = self.batteries(doc["battery"])
-        meter = self.meter(self.table(doc.get("meter", {}), "meter"), seed)
-        pv_meter = self.pv_meter(self.table(doc.get("pv_meter", {"enabled": False}), "pv_meter"))
-        if pv_meter and not trace.has_pv:
-            raise self.fail("pv_meter.enabled", "the trace has no pv_w column and no pv_file")
-        events = tuple(
-            self.event(table, f"event[{i}]", duration_s)
-            for i, table in enumerate(self.tables(doc.get("event", []), "event"), start=1)
+def _control_table() -> type[BaseModel]:
+    defaults = ControlSettings()
+    fields: dict[str, Any] = {
+        name: (_control_type(name, getattr(defaults, name)), None)
+        for name in sorted(ControlSettings.field_names())
+    }
+    model: type[BaseModel] = create_model("control", __config__=TABLE_CONFIG, **fields)
+    return model
+
+
+_ControlTable = _control_table()
+
+
+def _scenario_name(value: str) -> str:
+    if _NAME_RE.fullmatch(value) is None:
+        raise PydanticCustomError("scenario", "use letters, digits, '_', '.' and '-' only")
+    return value
+
+
+class _Document(BaseModel):
+    """A whole scenario file as written."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: Annotated[Text, AfterValidator(_scenario_name)]
+    description: Text
+    seed: Seed = DEFAULT_SEED
+    trace: TraceSpec
+    battery: Annotated[list[_BatteryTable], MinLen(1), MaxLen(MAX_BATTERIES)]
+    meter: _MeterTable = Field(default_factory=_MeterTable)
+    pv_meter: _PvMeterTable = Field(default_factory=lambda: _PvMeterTable(enabled=False))
+    event: list[Event] = Field(default_factory=list)
+    fault: list[Fault] = Field(default_factory=list)
+    block: list[_BlockTable] = Field(default_factory=list)
+    if TYPE_CHECKING:  # built from ControlSettings at import: a model mypy cannot see
+        control: BaseModel
+    else:
+        control: _ControlTable = Field(default_factory=_ControlTable)
+    tariff: Tariff = Field(default_factory=Tariff)
+
+
+# -- from the document to a Scenario ---------------------------------------------------------
+
+
+def _event_seed(scenario_seed: int, index: int) -> int:
+    """A seed of its own for the ``index``-th event: independent of the meter noise's."""
+    digest = hashlib.sha256(f"{scenario_seed}/event[{index}]".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _seeded(events: Iterable[Event], scenario_seed: int) -> tuple[Event, ...]:
+    return tuple(
+        dataclasses.replace(event, seed=_event_seed(scenario_seed, i))
+        if isinstance(event, Cycling) and event.seed is None
+        else event
+        for i, event in enumerate(events, start=1)
+    )
+
+
+def _build(doc: _Document, path: Path) -> Scenario:
+    base = path.parent
+    spec = dataclasses.replace(
+        doc.trace,
+        file=base / doc.trace.file,
+        pv_file=None if doc.trace.pv_file is None else base / doc.trace.pv_file,
+    )
+    try:
+        trace = spec.load()
+    except TraceError as exc:
+        raise ScenarioError(path, f"trace.{exc.key}", str(exc)) from None
+    end_s = trace.duration_s
+    problems: list[tuple[str, str]] = []
+
+    def before_end(key: str, at_s: float) -> None:
+        if at_s >= end_s:
+            problems.append((key, f"{at_s:g} s is not before the scenario's end ({end_s:g} s)"))
+
+    if doc.pv_meter.enabled and not trace.has_pv:
+        problems.append(("pv_meter.enabled", "the trace has no pv_w column and no pv_file"))
+    for i, event in enumerate(doc.event, start=1):
+        before_end(f"event[{i}].at_s", event.at_s)
+    n = len(doc.battery)
+    for i, fault in enumerate(doc.fault, start=1):
+        before_end(f"fault[{i}].at_s", fault.at_s)
+        if fault.battery is not None and not 1 <= fault.battery <= n:
+            has = f"{n} batteries" if n > 1 else "1 battery"
+            problem = f"{fault.battery} is out of range (the scenario has {has})"
+            problems.append((f"fault[{i}].battery", problem))
+    for i, block in enumerate(doc.block, start=1):
+        before_end(f"block[{i}].at_s", block.at_s)
+    control = doc.control.model_dump(exclude_unset=True)
+    try:
+        ControlSettings().with_overrides(control)
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(("control", f"rejected by ControlSettings: {exc}"))
+    if problems:
+        (key, problem), *more = problems
+        raise ScenarioError(path, key, problem, more=more)
+
+    param_names = BatteryParams.field_names()
+    batteries = tuple(
+        ScenarioBattery(
+            soc_pct=table.soc_pct,
+            params=BatteryParams(**{name: getattr(table, name) for name in param_names}),
         )
-        faults = tuple(
-            self.fault(table, f"fault[{i}]", duration_s, len(batteries))
-            for i, table in enumerate(self.tables(doc.get("fault", []), "fault"), start=1)
-        )
-        blocks = tuple(
-            sorted(
-                self.block(table, f"block[{i}]", duration_s)
-                for i, table in enumerate(self.tables(doc.get("block", []), "block"), start=1)
-            )
-        )
-        control = self.control(self.table(doc.get("control", {}), "control"))
-        tariff = self.tariff(self.table(doc.get("tariff", {}), "tariff"))
-        return Scenario(
-            name=name,
-            description=description,
-            path=self.path,
-            trace=spec,
-            batteries=batteries,
-            meter=meter,
-            pv_meter=pv_meter,
-            events=events,
-            faults=faults,
-            blocks=blocks,
-            control=control,
-            tariff=tariff,
-            seed=seed,
-            duration_s=duration_s,
-        )
-
-    def trace(self, table: dict[str, Any]) -> tuple[TraceSpec, Trace]:
-        self.keys(table, "trace", ("file",), _TRACE_KEYS[1:])
-        base = self.path.parent
-        file = base / self.path_string(table["file"], "trace.file")
-        pv_file = None
-        if "pv_file" in table:
-            pv_file = base / self.path_string(table["pv_file"], "trace.pv_file")
-        spec = TraceSpec(
-            file=file,
-            pv_file=pv_file,
-            load_scale=self.number(table.get("load_scale", 1.0), "trace.load_scale", ge=0.0),
-            pv_scale=self.number(table.get("pv_scale", 1.0), "trace.pv_scale", ge=0.0),
-            start_s=(
-                self.number(table["start_s"], "trace.start_s", ge=0.0)
-                if "start_s" in table
-                else None
-            ),
-            duration_s=(
-                self.number(table["duration_s"], "trace.duration_s", gt=0.0)
-                if "duration_s" in table
-                else None
-            ),
-        )
-        try:
-            trace = spec.load()
-        except TraceError as exc:
-            raise self.fail(f"trace.{exc.key}", str(exc)) from None
-        return spec, trace
-
-    def path_string(self, value: object, key: str) -> str:
-        text = self.string(value, key)
-        if "\x00" in text:
-            raise self.fail(key, "must not contain NUL characters")
-        return text
-
-    def batteries(self, value: object) -> tuple[ScenarioBattery, ...]:
-        tables = self.tables(value, "battery")
-        if not tables:
-            raise self.fail("battery", "at least one [[battery]] is needed")
-        if len(tables) > _MAX_BATTERIES:
-            raise self.fail("battery", f"at most {_MAX_BATTERIES} batteries")
-        return tuple(
-            self.battery(table, f"battery[{i}]") for i, table in enumerate(tables, start=1)
-        )
-
-    def battery(self, table: dict[str, Any], where: str) -> ScenarioBattery:
-        optional = sorted(BatteryParams.field_names())
-        self.keys(table, where, ("soc_pct",), optional)
-        soc_pct = self.number(table["soc_pct"], f"{where}.soc_pct", ge=0.0, le=100.0)
-        values: dict[str, Any] = {}
-        for key in optional:
-            if key in table:
-                values[key] = self.battery_value(key, table[key], f"{where}.{key}")
-        params = BatteryParams(**values)
-        if params.discharge_cutoff_pct >= params.charge_cutoff_pct:
-            raise self.fail(
-                f"{where}.discharge_cutoff_pct",
-                f"must be below charge_cutoff_pct ({params.charge_cutoff_pct:g})",
-            )
-        return ScenarioBattery(soc_pct=soc_pct, params=params)
-
-    def battery_value(self, name: str, value: object, key: str) -> object:
-        checks: dict[str, Callable[[], object]] = {
-            "capacity_wh": lambda: self.number(value, key, gt=0.0),
-            "max_charge_w": lambda: self.number(value, key, gt=0.0, le=_MAX_BATTERY_POWER_W),
-            "max_discharge_w": lambda: self.number(value, key, gt=0.0, le=_MAX_BATTERY_POWER_W),
-            "dead_time_s": lambda: self.number(value, key, ge=0.0),
-            "ramp_w_per_s": lambda: self.number(value, key, gt=0.0),
-            "relay_delay_s": lambda: self.number(value, key, ge=0.0),
-            "standby_w": lambda: self.number(value, key, ge=0.0),
-            "charge_cutoff_pct": lambda: self.number(value, key, gt=0.0, le=100.0),
-            "discharge_cutoff_pct": lambda: self.number(value, key, ge=0.0, lt=100.0),
-            "charge_efficiency": lambda: self.efficiency(value, key),
-            "discharge_efficiency": lambda: self.efficiency(value, key),
-            "unit_id": lambda: self.integer(value, key, ge=1, le=247),
-            "name": lambda: self.battery_name(value, key),
-        }
-        check = checks.get(name)
-        if check is None:
-            # A BatteryParams field added later without a check here: refuse, don't guess.
-            raise self.fail(key, "no validation rule for this parameter")
-        return check()
-
-    def efficiency(self, value: object, key: str) -> tuple[tuple[float, float], ...]:
-        if not isinstance(value, list) or not value:
-            raise self.fail(key, "must be a non-empty array of [power_w, efficiency] pairs")
-        points: list[tuple[float, float]] = []
-        for i, point in enumerate(value, start=1):
-            where = f"{key}[{i}]"
-            if not isinstance(point, list) or len(point) != 2:
-                raise self.fail(where, "must be a [power_w, efficiency] pair")
-            power_w = self.number(point[0], where, gt=0.0)
-            efficiency = self.number(point[1], where, gt=0.0, le=1.0)
-            if points and power_w <= points[-1][0]:
-                raise self.fail(where, "power_w must increase from one point to the next")
-            points.append((power_w, efficiency))
-        return tuple(points)
-
-    def battery_name(self, value: object, key: str) -> str:
-        name = self.string(value, key)
-        if not name.isascii() or not name.isprintable() or len(name) > _MAX_BATTERY_NAME_CHARS:
-            raise self.fail(
-                key, f"must be printable ASCII, at most {_MAX_BATTERY_NAME_CHARS} chars"
-            )
-        return name
-
-    def meter(self, table: dict[str, Any], seed: int) -> MeterParams:
-        self.keys(table, "meter", (), sorted(MeterParams.field_names()))
-        defaults = MeterParams()
-        return MeterParams(
-            interval_s=self.number(
-                table.get("interval_s", defaults.interval_s), "meter.interval_s", gt=0.0
-            ),
-            latency_s=self.number(
-                table.get("latency_s", defaults.latency_s), "meter.latency_s", ge=0.0
-            ),
-            noise_w=self.number(table.get("noise_w", defaults.noise_w), "meter.noise_w", ge=0.0),
-            seed=self.integer(table.get("seed", seed), "meter.seed", ge=0, le=2**63 - 1),
-        )
-
-    def pv_meter(self, table: dict[str, Any]) -> bool:
-        self.keys(table, "pv_meter", ("enabled",))
-        return self.boolean(table["enabled"], "pv_meter.enabled")
-
-    def event(self, table: dict[str, Any], where: str, duration_s: float) -> Event:
-        self.keys(table, where, _EVENT_REQUIRED, _EVENT_OPTIONAL)
-        kind = self.choice(table["kind"], f"{where}.kind", EVENT_KINDS)
-        shape_keys = {"pulse": ("on_s", "off_s"), "ramp": ("ramp_s",)}.get(kind, ())
-        for key in ("on_s", "off_s", "ramp_s"):
-            if key in table and key not in shape_keys:
-                raise self.fail(f"{where}.{key}", f"not used by kind {kind!r}")
-            if key not in table and key in shape_keys:
-                raise self.fail(f"{where}.{key}", f"missing (required by kind {kind!r})")
-        at_s = self.at(table["at_s"], f"{where}.at_s", duration_s)
-        length_s = self.number(table["duration_s"], f"{where}.duration_s", gt=0.0)
-        on_s = self.number(table.get("on_s", 0.0), f"{where}.on_s", ge=0.0)
-        off_s = self.number(table.get("off_s", 0.0), f"{where}.off_s", ge=0.0)
-        ramp_s = self.number(table.get("ramp_s", 0.0), f"{where}.ramp_s", ge=0.0)
-        if kind == "pulse" and not on_s > 0.0:
-            raise self.fail(f"{where}.on_s", "must be > 0 for a pulse")
-        if kind == "pulse" and not off_s > 0.0:
-            raise self.fail(f"{where}.off_s", "must be > 0 for a pulse")
-        if kind == "ramp" and not 0.0 < 2.0 * ramp_s <= length_s:
-            raise self.fail(f"{where}.ramp_s", "must be > 0 and at most half of duration_s")
-        label = self.string(table["label"], f"{where}.label") if "label" in table else ""
-        return Event(
-            at_s=at_s,
-            kind=kind,
-            power_w=self.number(table["power_w"], f"{where}.power_w"),
-            duration_s=length_s,
-            on_s=on_s,
-            off_s=off_s,
-            ramp_s=ramp_s,
-            label=label,
-        )
-
-    def at(self, value: object, key: str, duration_s: float) -> float:
-        at_s = self.number(value, key, ge=0.0)
-        if at_s >= duration_s:
-            raise self.fail(key, f"{at_s:g} s is not before the scenario's end ({duration_s:g} s)")
-        return at_s
-
-    def fault(self, table: dict[str, Any], where: str, duration_s: float, n: int) -> Fault:
-        self.keys(table, where, ("at_s", "kind", "duration_s"), ("battery",))
-        kind = self.choice(table["kind"], f"{where}.kind", FAULT_KINDS)
-        battery: int | None = None
-        if kind in BATTERY_FAULTS:
-            if "battery" not in table:
-                raise self.fail(f"{where}.battery", f"missing (required by kind {kind!r})")
-            value = table["battery"]
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise self.fail(f"{where}.battery", f"must be an integer, got {_type_name(value)}")
-            if not 1 <= value <= n:
-                raise self.fail(
-                    f"{where}.battery", f"{value} is out of range (the scenario has {n} batteries)"
-                )
-            battery = value
-        elif "battery" in table:
-            raise self.fail(f"{where}.battery", f"not used by kind {kind!r}")
-        return Fault(
-            at_s=self.at(table["at_s"], f"{where}.at_s", duration_s),
-            kind=kind,
-            duration_s=self.number(table["duration_s"], f"{where}.duration_s", gt=0.0),
-            battery=battery,
-        )
-
-    def block(self, table: dict[str, Any], where: str, duration_s: float) -> tuple[float, float]:
-        self.keys(table, where, ("at_s", "duration_s"))
-        at_s = self.at(table["at_s"], f"{where}.at_s", duration_s)
-        length_s = self.number(table["duration_s"], f"{where}.duration_s", gt=0.0)
-        return (at_s, length_s)
-
-    def control(self, table: dict[str, Any]) -> dict[str, object]:
-        known = ControlSettings.field_names()
-        defaults = ControlSettings()
-        overrides: dict[str, object] = {}
-        for key, value in table.items():
-            where = f"control.{key}"
-            if key not in known:
-                raise self.fail(where, f"unknown key (known: {', '.join(sorted(known))})")
-            current = getattr(defaults, key)
-            if isinstance(current, bool):
-                overrides[key] = self.boolean(value, where)
-            elif isinstance(current, str):
-                overrides[key] = self.string(value, where)
-            elif isinstance(current, int):
-                overrides[key] = self.integer(value, where, ge=-(2**31), le=2**31 - 1)
-            elif isinstance(current, float):
-                overrides[key] = self.number(value, where)
-            else:
-                raise self.fail(where, "cannot be set from a scenario")
-            number = overrides[key]
-            if isinstance(number, (int, float)) and not isinstance(number, bool):
-                self.control_range(key, float(number), where)
-        try:
-            defaults.with_overrides(overrides)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise self.fail("control", f"rejected by ControlSettings: {exc}") from None
-        return overrides
-
-    def control_range(self, key: str, number: float, where: str) -> None:
-        # Only what the units in the names make certain: times and counts are not negative,
-        # percentages lie in 0..100. Meanings beyond that belong to ControlSettings.
-        if key.endswith("_pct") and not 0.0 <= number <= 100.0:
-            raise self.fail(where, f"must be in 0..100, got {number:g}")
-        if key.endswith(("_s", "_cycles", "_failures")) and number < 0.0:
-            raise self.fail(where, f"must be >= 0, got {number:g}")
-        if key.endswith("_period_s") and number <= 0.0:
-            raise self.fail(where, f"must be > 0, got {number:g}")
-
-    def tariff(self, table: dict[str, Any]) -> Tariff:
-        self.keys(table, "tariff", (), ("import_eur_per_kwh", "export_eur_per_kwh"))
-        defaults = Tariff()
-        return Tariff(
-            import_eur_per_kwh=self.number(
-                table.get("import_eur_per_kwh", defaults.import_eur_per_kwh),
-                "tariff.import_eur_per_kwh",
-            ),
-            export_eur_per_kwh=self.number(
-                table.get("export_eur_per_kwh", defaults.export_eur_per_kwh),
-                "tariff.export_eur_per_kwh",
-            ),
-        )
+        for table in doc.battery
+    )
+    meter = doc.meter
+    return Scenario(
+        name=doc.name,
+        description=doc.description,
+        path=path,
+        trace=spec,
+        batteries=batteries,
+        meter=MeterParams(
+            interval_s=meter.interval_s,
+            latency_s=meter.latency_s,
+            noise_w=meter.noise_w,
+            seed=doc.seed if meter.seed is None else meter.seed,
+        ),
+        pv_meter=doc.pv_meter.enabled,
+        events=_seeded(doc.event, doc.seed),
+        faults=tuple(doc.fault),
+        blocks=tuple(sorted((b.at_s, b.duration_s) for b in doc.block)),
+        control=control,
+        tariff=doc.tariff,
+        seed=doc.seed,
+        duration_s=end_s,
+    )
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+# -- messages --------------------------------------------------------------------------------
+
+_EVENT_TAGS = frozenset(EventKind)
+_EVENT_KEYS = frozenset(f.name for t in EVENT_TYPES.values() for f in dataclasses.fields(t))
+_COMMON_EVENT_KEYS = frozenset.intersection(
+    *(frozenset(f.name for f in dataclasses.fields(t)) for t in EVENT_TYPES.values())
+)
+
+
+def _keys_of(table: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(table))
+
+
+# The keys each table knows, by the first key of its path ("" is the top level).
+_TABLE_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset(_Document.model_fields),
+    "trace": _keys_of(TraceSpec),
+    "battery": _keys_of(_BatteryTable),
+    "meter": _keys_of(_MeterTable),
+    "pv_meter": _keys_of(_PvMeterTable),
+    "fault": _keys_of(Fault),
+    "block": _keys_of(_BlockTable),
+    "control": ControlSettings.field_names(),
+    "tariff": _keys_of(Tariff),
+}
+
+
+def _did_you_mean(loc: Sequence[str | int], tag: str | None) -> str:
+    """`` (did you mean 'seed'?)`` for a misspelt key, or nothing."""
+    if tag is not None:
+        known = _keys_of(EVENT_TYPES[EventKind(tag)])
+    else:
+        known = _TABLE_KEYS.get(str(loc[0]) if len(loc) > 1 else "", frozenset())
+    close = difflib.get_close_matches(str(loc[-1]), sorted(known), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _type_name(value: object) -> str:
@@ -525,9 +399,116 @@ def _type_name(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _key_path(loc: Sequence[str | int]) -> tuple[str, str | None]:
+    """``('battery', 1, 'soc_pct')`` -> ``battery[2].soc_pct`` (1-based, as the file reads).
+
+    An event's kind, which pydantic puts in the path of the union member it chose, is left out
+    and returned beside the path.
+    """
+    key = ""
+    tag: str | None = None
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            key += f"[{part + 1}]"
+        elif i == 2 and loc[0] == "event" and part in _EVENT_TAGS:
+            tag = part
+        else:
+            key = f"{key}.{part}" if key else part
+    return key or "(document)", tag
+
+
+# pydantic's comparison errors: (how the message reads, which bound its context holds)
+_COMPARISONS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
+def _bound(ctx: Mapping[str, Any], name: str) -> str:
+    value = ctx.get(name)
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _got(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+def _describe(error: ErrorDetails) -> tuple[str, str]:
+    """(key path, problem) of one pydantic error, worded for someone editing the TOML."""
+    loc = error["loc"]
+    key, tag = _key_path(loc)
+    kind = error["type"]
+    value = error["input"]
+    ctx = error.get("ctx", {})
+    last = loc[-1] if loc else ""
+    got = _got(value)
+    if kind in _COMPARISONS:
+        symbol, bound = _COMPARISONS[kind]
+        return key, f"must be {symbol} {_bound(ctx, bound)}" + (f", got {got}" if got else "")
+    if kind in {"missing", "missing_keyword_only_argument", "missing_argument"}:
+        if tag is not None and last not in _COMMON_EVENT_KEYS:
+            return key, f"missing (required by kind {tag!r})"
+        return key, "missing"
+    if kind in {"extra_forbidden", "unexpected_keyword_argument"}:
+        if tag is not None and last in _EVENT_KEYS:
+            return key, f"not used by kind {tag!r}"
+        return key, "unknown key" + _did_you_mean(loc, tag)
+    if kind == "union_tag_invalid":
+        kinds = ", ".join(sorted(_EVENT_TAGS))
+        return f"{key}.kind", f"must be one of {kinds}; got {ctx.get('tag')!r}"
+    if kind == "union_tag_not_found":
+        if not isinstance(value, dict):
+            return key, f"must be a table, got {_type_name(value)}"
+        return f"{key}.kind", "missing"
+    if kind == "enum":
+        choices = ", ".join(sorted(re.findall(r"'([^']*)'", str(ctx.get("expected", "")))))
+        return key, f"must be one of {choices}; got {value!r}"
+    simple = {
+        "float_type": f"must be a number, got {_type_name(value)}",
+        "int_type": f"must be an integer, got {_type_name(value)}",
+        "string_type": f"must be a string, got {_type_name(value)}",
+        "bool_type": f"must be true or false, got {_type_name(value)}",
+        "finite_number": f"must be a finite number, got {value!r}",
+        "dict_type": f"must be a table, got {_type_name(value)}",
+        "model_type": f"must be a table, got {_type_name(value)}",
+        "model_attributes_type": f"must be a table, got {_type_name(value)}",
+        "dataclass_type": f"must be a table, got {_type_name(value)}",
+        "tuple_type": f"must be an array, got {_type_name(value)}",
+    }
+    if kind in simple:
+        return key, simple[kind]
+    if kind == "list_type":
+        if len(loc) == 1 and last in _TABLE_ARRAYS:
+            return key, f"must be an array of tables ([[{last}]]), got {_type_name(value)}"
+        return key, f"must be an array, got {_type_name(value)}"
+    if kind == "too_short":
+        if len(loc) == 1 and last in _TABLE_ARRAYS:
+            return key, f"at least {ctx['min_length']} [[{last}]] needed"
+        return key, f"needs at least {ctx['min_length']} items"
+    if kind == "too_long":
+        return key, f"at most {_bound(ctx, 'max_length')} items, got {ctx.get('actual_length')}"
+    return key, error["msg"]
+
+
+def _scenario_error(path: Path, exc: ValidationError) -> ScenarioError:
+    problems = [_describe(error) for error in exc.errors(include_url=False)]
+    (key, problem), *more = problems
+    return ScenarioError(path, key, problem, more=more)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
 def parse_scenario(data: Mapping[str, Any], path: Path | str) -> Scenario:
     """Validate decoded TOML ``data``; relative trace paths resolve against ``path``'s folder."""
-    return _Parser(Path(path)).parse(data)
+    path = Path(path)
+    try:
+        doc = _Document.model_validate(data)
+    except ValidationError as exc:
+        raise _scenario_error(path, exc) from None
+    return _build(doc, path)
 
 
 def load_scenario(path: Path | str) -> Scenario:

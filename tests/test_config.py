@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
@@ -10,25 +11,29 @@ import string
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.adapters.mqtt import MqttSettings as AdapterMqttSettings
 from engine.config import (
-    POLICIES,
-    BatteryConfig,
-    EngineConfig,
+    INTERNAL_FIELDS,
+    NAMES,
+    SECTIONS,
     build_config,
     config_error_exit_message,
     env_names,
     load_config,
     parse_dotenv,
+    section_fields,
 )
-from engine.core.settings import BatterySpec, ControlSettings
+from engine.core.settings import POLICY_NAMES, BatterySpec, ControlSettings
 from engine.errors import ConfigError
 from engine.logs import QUIET_LOGGERS, setup_logging
+from engine.settings import BatterySettings, EngineSettings
+from tests.mqtt_broker import make_tls_files
 
 _R = TypeVar("_R")
 
@@ -51,7 +56,7 @@ MINIMAL_ENV: dict[str, str] = {
 }
 
 
-def env_config(**extra: str) -> EngineConfig:
+def env_config(**extra: str) -> EngineSettings:
     return build_config(environ={**MINIMAL_ENV, **extra})
 
 
@@ -66,7 +71,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def load(**kwargs: object) -> EngineConfig:
+def load(**kwargs: object) -> EngineSettings:
     """load_config that never picks up a stray ./.env or /data/options.json."""
     args: dict[str, object] = {"environ": {}, "discover_files": False}
     args.update(kwargs)
@@ -86,13 +91,13 @@ def test_product_brief_env_gives_two_batteries_and_the_virtual_prefix() -> None:
     assert config.mqtt.topic_prefix == "mmbc/virtual"
     assert config.mqtt.tls is False
     assert config.mqtt.discovery is True
-    assert [(b.name, b.index, b.host, b.port, b.unit_id) for b in config.batteries] == [
+    assert [(b.name, b.number, b.host, b.port, b.unit_id) for b in config.batteries] == [
         ("battery_1", 1, "192.168.1.101", 502, 1),
         ("battery_2", 2, "192.168.1.102", 502, 1),
     ]
     assert config.pv_meter is None
     assert config.dry_run is False
-    assert (config.log_level, config.log_format) == ("INFO", "text")
+    assert (config.log.level, config.log.format) == ("INFO", "text")
     assert config.warnings == ()
 
 
@@ -120,7 +125,6 @@ def test_control_settings_carry_one_spec_per_battery() -> None:
         BatterySpec("battery_1", 2500, 2500, 5120.0),
         BatterySpec("battery_2", 1200, 800, 2560.0),
     )
-    assert config.control.batteries == specs
 
 
 def test_any_battery_number_works() -> None:
@@ -134,7 +138,7 @@ def test_any_battery_number_works() -> None:
     )
 
     assert config.batteries == (
-        BatteryConfig(name="battery_7", index=7, host="192.168.1.107", port=8899, unit_id=3),
+        BatterySettings(number=7, host="192.168.1.107", port=8899, unit_id=3),
     )
 
 
@@ -227,7 +231,7 @@ def test_mqtt_settings_are_read() -> None:
 
     mqtt = config.mqtt
     assert mqtt is not None
-    assert (mqtt.host, mqtt.port, mqtt.username, mqtt.password) == (
+    assert (mqtt.host, mqtt.port, mqtt.username, mqtt.password_text()) == (
         "broker.lan",
         1883,
         "mmbc",
@@ -240,13 +244,17 @@ def test_mqtt_settings_are_read() -> None:
 
 
 def test_mqtt_ca_file_turns_tls_on_and_defaults_the_port_to_8883(tmp_path: Path) -> None:
-    ca = write(tmp_path / "ca.pem", "-----BEGIN CERTIFICATE-----\n")
+    tls = make_tls_files(tmp_path)
+    if tls is None:
+        pytest.skip("needs the openssl command to make a CA certificate")
 
-    config = env_config(MQTT_HOST="broker.lan", MQTT_CA_FILE=str(ca))
+    config = env_config(MQTT_HOST="broker.lan", MQTT_CA_FILE=tls.certfile)
     explicit = env_config(MQTT_HOST="broker.lan", MQTT_TLS="true", MQTT_PORT="8884")
 
     assert config.mqtt is not None
-    assert (config.mqtt.tls, config.mqtt.port, config.mqtt.tls_ca_file) == (True, 8883, str(ca))
+    assert (config.mqtt.tls, config.mqtt.port) == (True, 8883)
+    assert config.mqtt.tls_ca_file == Path(tls.certfile)
+    assert config.mqtt.ssl_context() is not None
     assert explicit.mqtt is not None
     assert (explicit.mqtt.tls, explicit.mqtt.port) == (True, 8884)
 
@@ -299,7 +307,7 @@ def test_control_thresholds_are_read_from_the_environment() -> None:
     assert (c.split_threshold_w, c.min_soc_pct, c.max_soc_pct) == (3000, 15.0, 95.5)
     assert (c.reselect_interval_s, c.loop_period_s) == (120.0, 0.5)
     assert (c.deadband_w, c.grid_target_w, c.policy) == (40, -50, "classic")
-    assert (config.log_level, config.log_format, config.dry_run) == ("DEBUG", "json", True)
+    assert (config.log.level, config.log.format, config.dry_run) == ("DEBUG", "json", True)
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -353,11 +361,11 @@ def test_toml_file_sets_everything(tmp_path: Path) -> None:
         ("battery_2", "192.168.1.102", 5020, 1, 1500),
     ]
     assert config.mqtt is not None
-    assert (config.mqtt.topic_prefix, config.mqtt.password) == ("home/mmbc", "pw")
+    assert (config.mqtt.topic_prefix, config.mqtt.password_text()) == ("home/mmbc", "pw")
     assert config.control.split_threshold_w == 2000
     assert config.control.min_soc_pct == 20.0
     assert config.control.deadband_w == 25
-    assert (config.log_level, config.log_format, config.dry_run) == ("WARNING", "json", True)
+    assert (config.log.level, config.log.format, config.dry_run) == ("WARNING", "json", True)
     assert config.sources == ("environment", str(tmp_path / "mmbc.toml"))
 
 
@@ -403,7 +411,7 @@ def test_upstream_dotenv_file_is_read(tmp_path: Path) -> None:
     assert config.meter.url == "http://192.168.1.50/api/v1/data"
     assert [(b.host, b.port, b.unit_id) for b in config.batteries] == [("192.168.1.101", 502, 1)]
     assert config.mqtt is not None
-    assert (config.mqtt.username, config.mqtt.password) == ("mmbc", 'p#ss "word"')
+    assert (config.mqtt.username, config.mqtt.password_text()) == ("mmbc", 'p#ss "word"')
     assert config.mqtt.topic_prefix == "mmbc/virtual"
     assert config.control.deadband_w == 30
     assert any(w.startswith("INTERVAL_SECONDS") for w in config.warnings)
@@ -487,7 +495,7 @@ def test_home_assistant_options_json(tmp_path: Path) -> None:
     assert config.mqtt.username is None  # "" is "not set"
     assert config.mqtt.topic_prefix == "mmbc/virtual"
     assert config.control.split_threshold_w == 2000
-    assert config.log_level == "DEBUG"
+    assert config.log.level == "DEBUG"
 
 
 def test_options_json_empty_battery_list_and_flat_keys_work_together() -> None:
@@ -590,7 +598,7 @@ ENV_ERRORS: list[tuple[dict[str, str], str, str]] = [
     ({"MMBC_DEADBAND_W": "2.5"}, "MMBC_DEADBAND_W", "expected an integer"),
     ({"MMBC_LOOP_PERIOD_S": "fast"}, "MMBC_LOOP_PERIOD_S", "expected a number"),
     ({"MMBC_LOOP_PERIOD_S": "nan"}, "MMBC_LOOP_PERIOD_S", "expected a number"),
-    ({"MMBC_LOOP_PERIOD_S": "0"}, "MMBC_LOOP_PERIOD_S", "greater than 0"),
+    ({"MMBC_LOOP_PERIOD_S": "0"}, "MMBC_LOOP_PERIOD_S", "between 0.1 and 60, got 0"),
     ({"MMBC_RESELECT_INTERVAL_S": "-5"}, "MMBC_RESELECT_INTERVAL_S", "greater than 0"),
     ({"MMBC_MIN_SOC_PCT": "101"}, "MMBC_MIN_SOC_PCT", "between 0 and 100"),
     ({"MMBC_MIN_SOC_PCT": "60", "MMBC_MAX_SOC_PCT": "50"}, "MMBC_MIN_SOC_PCT", "below"),
@@ -790,14 +798,14 @@ def test_password_never_appears_in_repr_or_describe() -> None:
     config = env_config(MQTT_HOST="broker", MQTT_USERNAME="mmbc", MQTT_PASSWORD="hunter2-secret")
 
     assert config.mqtt is not None
-    assert config.mqtt.password == "hunter2-secret"
+    assert config.mqtt.password_text() == "hunter2-secret"
     assert "hunter2-secret" not in repr(config)
     assert "hunter2-secret" not in str(config.mqtt)
     assert "hunter2-secret" not in config.describe()
     assert "password set" in config.describe()
 
 
-def test_mqtt_settings_for_the_adapter_carry_every_field() -> None:
+def test_the_mqtt_settings_are_the_adapters_own() -> None:
     config = env_config(
         MQTT_HOST="broker.lan",
         MQTT_USERNAME="mmbc",
@@ -806,19 +814,18 @@ def test_mqtt_settings_for_the_adapter_carry_every_field() -> None:
         MQTT_MIN_INTERVAL_S="2",
     )
 
-    settings = config.mqtt_settings()
+    settings = config.mqtt
 
-    assert (settings.host, settings.port, settings.username, settings.password) == (
+    assert isinstance(settings, AdapterMqttSettings)
+    assert (settings.host, settings.port, settings.username, settings.password_text()) == (
         "broker.lan",
         1883,
         "mmbc",
         "pw",
     )
     assert (settings.topic_prefix, settings.min_interval_s) == ("mmbc/virtual", 2.0)
-    assert settings.client_id  # the adapter derives one when none is configured
-    with pytest.raises(ConfigError) as info:
-        env_config().mqtt_settings()
-    assert info.value.key == "MQTT_HOST"
+    assert settings.client_id == "mmbc-engine-mmbc_virtual"  # derived from the prefix
+    assert env_config().mqtt is None
 
 
 def test_describe_lists_the_changed_thresholds() -> None:
@@ -841,6 +848,65 @@ def test_every_variable_is_documented(doc: str) -> None:
     assert missing == []
 
 
+def _render_module() -> Any:
+    path = REPO / "scripts" / "render_config_reference.py"
+    spec = importlib.util.spec_from_file_location("render_config_reference", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_setting_tables_are_generated_from_the_models() -> None:
+    committed = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+
+    expected = _render_module().render(committed)
+
+    assert committed.count("<!-- generated: ") == 7
+    assert committed == expected, "run: python scripts/render_config_reference.py"
+
+
+def test_every_model_field_is_a_documented_setting_or_internal() -> None:
+    docs = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    named = {name.path for name in NAMES}
+
+    unnamed = [
+        (section, field)
+        for section in SECTIONS
+        for field in section_fields(section)
+        if (section, field) not in named and (section, field) not in INTERNAL_FIELDS
+    ]
+    undocumented = [n.env for n in NAMES if f"`{n.env}`" not in docs.replace("BATTERY_<n>_", "")]
+
+    assert unnamed == []
+    assert undocumented == []
+    assert all(section_fields(n.section)[n.field].description for n in NAMES if n.field != "host"
+               or n.section != "meter")  # fmt: skip
+
+
+def test_env_example_shows_each_default() -> None:
+    """A commented ``#KEY=value`` with a default: setting it changes nothing."""
+    text = (REPO / ".env.example").read_text(encoding="utf-8")
+    base = parse_dotenv(text)
+    plain = build_config(environ=base)
+    defaults = {
+        name.env if name.section != "battery" else f"BATTERY_1_{name.env}": name
+        for name in NAMES
+        if name.path != ("meter", "host")
+        and section_fields(name.section)[name.field].get_default(call_default_factory=True)
+        is not None
+    }
+    checked = []
+    for key, value in re.findall(r"^#([A-Z0-9_]+)=(\S*)$", text, re.MULTILINE):
+        if key in defaults and not key.startswith("PV_") and key != "MMBC_PV_TIMEOUT_S":
+            config = build_config(environ={**base, key: value})
+            assert config == plain, key
+            checked.append(key)
+
+    assert len(checked) > 40
+
+
 def test_env_example_is_a_valid_configuration() -> None:
     """.env.example, as docker --env-file would pass it (no quotes, no inline comments)."""
     text = (REPO / ".env.example").read_text(encoding="utf-8")
@@ -855,7 +921,7 @@ def test_env_example_is_a_valid_configuration() -> None:
     assert len(config.batteries) == 2
 
 
-# --- fuzz: anything in, EngineConfig or ConfigError out ------------------------------------
+# --- fuzz: anything in, EngineSettings or ConfigError out ------------------------------------
 
 _KNOWN_ENV = sorted(n for n in env_names() if not n.startswith("BATTERY_1_") and n != "MMBC_CONFIG")
 _BATTERY_SUFFIXES = ["IP", "ADDRESS", "PORT", "MAX_CHARGE_W", "MAX_DISCHARGE_W", "CAPACITY_WH",
@@ -922,7 +988,7 @@ def _accepts_or_config_error(**kwargs: object) -> None:
         return
     assert outcome.batteries
     assert outcome.control.min_soc_pct < outcome.control.max_soc_pct
-    assert outcome.control.policy in POLICIES
+    assert outcome.control.policy in POLICY_NAMES
 
 
 @settings(max_examples=300, deadline=None)
@@ -967,7 +1033,7 @@ def test_any_config_file_text_gives_a_config_or_a_config_error(text: str) -> Non
                           ("dotenv_file", ".env")):  # fmt: skip
             path = Path(tmp) / name
             outcome = _outcome(lambda: load(environ=MINIMAL_ENV, **{arg: path}))  # noqa: B023
-            assert isinstance(outcome, EngineConfig) or outcome.key
+            assert isinstance(outcome, EngineSettings) or outcome.key
 
 
 @settings(max_examples=100, deadline=None)
@@ -983,9 +1049,7 @@ def test_valid_battery_values_are_kept_exactly(port: int, unit_id: int, n: int) 
     )
 
     assert config.batteries == (
-        BatteryConfig(
-            name=f"battery_{n}", index=n, host="192.168.1.101", port=port, unit_id=unit_id
-        ),
+        BatterySettings(number=n, host="192.168.1.101", port=port, unit_id=unit_id),
     )
 
 
@@ -1056,7 +1120,7 @@ def test_setup_logging_rejects_unknown_level_or_format(level: str, fmt: str) -> 
 
 def test_http_server_is_on_by_default_on_every_interface() -> None:
     http = env_config().http
-    assert http is not None
+    assert http.serves
     assert (http.host, http.port, http.token) == ("", 8099, None)
     assert "http: *:8099, read-only (no token)" in env_config().describe()
 
@@ -1064,9 +1128,8 @@ def test_http_server_is_on_by_default_on_every_interface() -> None:
 @pytest.mark.parametrize("off", [{"HTTP_PORT": "0"}, {"HTTP_ENABLED": "false"}])
 def test_http_server_can_be_turned_off(off: dict[str, str]) -> None:
     config = env_config(**off, HTTP_HOST="127.0.0.1")
-    assert config.http is None
+    assert not config.http.serves
     assert "http: disabled" in config.describe()
-    assert any(w.startswith("HTTP_HOST: ignored") for w in config.warnings)
 
 
 def test_http_settings_from_the_environment_and_toml() -> None:
@@ -1074,15 +1137,15 @@ def test_http_settings_from_the_environment_and_toml() -> None:
         environ={**MINIMAL_ENV, "HTTP_PORT": "18099"},
         toml={"http": {"host": "127.0.0.1", "token": "toml-secret-1"}},
     )
-    assert config.http is not None
     assert (config.http.host, config.http.port) == ("127.0.0.1", 18099)
-    assert config.http.token == "toml-secret-1"
+    assert config.http.token is not None
+    assert config.http.token.get_secret_value() == "toml-secret-1"
 
 
 def test_http_token_never_appears_in_repr_or_describe() -> None:
     config = env_config(HTTP_TOKEN="s3cret-token-value")
-    assert config.http is not None
-    assert config.http.token == "s3cret-token-value"
+    assert config.http.token is not None
+    assert config.http.token.get_secret_value() == "s3cret-token-value"
     assert "s3cret" not in repr(config)
     assert "s3cret" not in config.describe()
     assert "controls on (token set)" in config.describe()
@@ -1095,9 +1158,15 @@ def test_http_token_never_appears_in_repr_or_describe() -> None:
         ({"HTTP_PORT": "web"}, "HTTP_PORT"),
         ({"HTTP_ENABLED": "maybe"}, "HTTP_ENABLED"),
         ({"HTTP_HOST": "http://x"}, "HTTP_HOST"),
-        ({"HTTP_TOKEN": "short"}, "HTTP_TOKEN"),
     ],
 )
 def test_bad_http_settings_name_their_key(env: dict[str, str], key: str) -> None:
     err = config_error(environ={**MINIMAL_ENV, **env})
     assert err.key == key
+
+
+def test_a_short_token_is_refused_without_showing_it() -> None:
+    err = config_error(environ={**MINIMAL_ENV, "HTTP_TOKEN": "abc1234"})
+    assert err.key == "HTTP_TOKEN"
+    assert "at least 8 characters" in err.problem
+    assert "abc1234" not in str(err)

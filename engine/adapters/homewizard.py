@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from engine.adapters.meter_json import CANONICAL_JSON, energy_counter_kwh, finite_number
 from engine.core.meter import P1Reading
-from engine.errors import ConfigError, DeviceResponseError, DeviceUnavailable
+from engine.errors import DeviceResponseError, DeviceUnavailable
 
-DATA_PATH = "/api/v1/data"
 DEVICE_PATH = "/api"
 # A P1 body is ~1 kB; anything far larger is not a meter talking.
 _MAX_BODY_BYTES = 256 * 1024
@@ -27,33 +26,11 @@ class MeterApiDisabledError(DeviceResponseError):
     """
 
 
-# Canonical JSON text of a decoded body. A decoded body cannot be circular, so the circular-
-# reference check (a third of the cost, paid on every poll) is skipped.
-_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
-
-
-def _number(value: object) -> float | None:
-    """A finite JSON number as float, else None (bool is not a number in JSON)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        result = float(value)
-    except OverflowError:  # an int beyond float range
-        return None
-    return result if math.isfinite(result) else None
-
-
 def _counter(body: dict[str, object], direction: str) -> float | None:
-    """``total_power_<direction>_kwh``, else the sum of the tariff registers (T1+T2 is the total).
-
-    Some firmware (the minimal / single-phase variants) sends only the tariff registers.
-    """
-    total = _number(body.get(f"total_power_{direction}_kwh"))
-    if total is not None:
-        return total
-    parts = [_number(body.get(f"total_power_{direction}_t{i}_kwh")) for i in range(1, 5)]
-    present = [p for p in parts if p is not None]
-    return round(sum(present), 3) if present else None
+    """``total_power_<direction>_kwh``, else the sum of the tariff registers."""
+    return energy_counter_kwh(
+        body, f"total_power_{direction}_kwh", f"total_power_{direction}_t{{t}}_kwh"
+    )
 
 
 def parse_data(body: object, *, device: str = "p1") -> P1Reading:
@@ -62,13 +39,13 @@ def parse_data(body: object, *, device: str = "p1") -> P1Reading:
         msg = f"{device}: body is {type(body).__name__}, not a JSON object"
         raise DeviceResponseError(msg, device=device)
     raw_power = body.get("active_power_w")
-    power_w = _number(raw_power)
+    power_w = finite_number(raw_power)
     if power_w is None:
         # No fallback to the phase sum: a body without the total is not a reading.
         msg = f"{device}: active_power_w missing or invalid ({raw_power!r:.40})"
         raise DeviceResponseError(msg, device=device)
     try:
-        fingerprint = _CANONICAL_JSON.encode(body)
+        fingerprint = CANONICAL_JSON.encode(body)
     except (TypeError, ValueError, RecursionError) as exc:
         msg = f"{device}: body is not plain JSON ({exc})"
         raise DeviceResponseError(msg, device=device) from exc
@@ -76,36 +53,11 @@ def parse_data(body: object, *, device: str = "p1") -> P1Reading:
         active_power_w=power_w,
         total_power_import_kwh=_counter(body, "import"),
         total_power_export_kwh=_counter(body, "export"),
-        active_power_l1_w=_number(body.get("active_power_l1_w")),
-        active_power_l2_w=_number(body.get("active_power_l2_w")),
-        active_power_l3_w=_number(body.get("active_power_l3_w")),
+        active_power_l1_w=finite_number(body.get("active_power_l1_w")),
+        active_power_l2_w=finite_number(body.get("active_power_l2_w")),
+        active_power_l3_w=finite_number(body.get("active_power_l3_w")),
         fingerprint=fingerprint,
     )
-
-
-def normalise_p1_url(value: str, *, key: str = "P1_API_URL") -> str:
-    """``192.168.1.5``, ``host:8080`` or ``http://host`` -> ``http://host/api/v1/data``.
-
-    A URL with a path other than ``/`` or ``/api`` is kept as given (a proxy, a full URL).
-    """
-    text = value.strip()
-    if not text:
-        raise ConfigError(key, "empty; give the meter's IP address or its /api/v1/data URL")
-    if "://" not in text:
-        text = f"http://{text}"
-    parts = urlsplit(text)
-    if parts.scheme not in {"http", "https"}:
-        raise ConfigError(key, f"scheme {parts.scheme!r} is not http or https")
-    try:
-        _ = parts.port  # raises on a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise ConfigError(key, f"bad port in {value!r}") from exc
-    if not parts.hostname:
-        raise ConfigError(key, f"no host in {value!r}")
-    path = parts.path.rstrip("/")
-    if path in {"", DEVICE_PATH}:
-        path = DATA_PATH
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 class HomeWizardClient:
@@ -119,7 +71,7 @@ class HomeWizardClient:
         session: aiohttp.ClientSession | None = None,
         name: str = "p1",
     ) -> None:
-        self.url = normalise_p1_url(url)
+        self.url = url  # a ready data URL (engine.settings builds it from what the user wrote)
         self.name = name
         self._timeout_s = timeout_s
         self._session = session

@@ -44,19 +44,18 @@ import contextlib
 import json
 import logging
 import math
-import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import aiomqtt
 
-from engine.adapters.ha_discovery import discovery_messages, node_id
+from engine.adapters.ha_discovery import discovery_messages
 from engine.core.model import MODE_BY_NUMBER, Mode
 from engine.core.status import FleetStatus
 from engine.core.units import battery_power_for_mqtt
-from engine.errors import ConfigError
 from engine.ports import Clock
+from engine.settings import MqttSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -78,78 +77,6 @@ _STATUS_QOS: Final = 1
 _MAX_QUEUED_COMMANDS: Final = 100  # a flood of commands is dropped, not buffered
 _LOGGED_PAYLOAD_BYTES: Final = 64
 _STOP_GRACE_S: Final = 5.0
-_RECONNECT_CAP_S: Final = 30.0
-
-
-def _check_topic_root(key: str, value: str) -> str:
-    root = value.strip().strip("/")
-    if not root or any(char in root for char in "+#\0"):
-        raise ConfigError(key, f"{value!r} is not a valid MQTT topic root")
-    return root
-
-
-@dataclass(frozen=True, slots=True)
-class MqttSettings:
-    """How to reach the broker and what to publish. Invalid values raise ``ConfigError``.
-
-    ``topic_prefix`` and ``discovery_prefix`` are normalised (no leading/trailing ``/``).
-    ``client_id`` defaults to a stable id derived from the prefix (``mmbc-engine`` for
-    ``mmbc``): the persistent session that keeps commands across reconnects hangs on it.
-    TLS is used when ``tls`` is set or ``tls_ca_file`` is given (system CAs otherwise).
-    """
-
-    host: str
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    tls_ca_file: str | None = None
-    topic_prefix: str = "mmbc"
-    discovery: bool = True
-    discovery_prefix: str = "homeassistant"
-    min_interval_s: float = 5.0
-    max_interval_s: float = 60.0
-    client_id: str = ""
-    keepalive_s: int = 60
-    timeout_s: float = 10.0  # per broker operation (connect, subscribe, publish)
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = _RECONNECT_CAP_S
-
-    def __post_init__(self) -> None:
-        if not self.host.strip():
-            raise ConfigError("MQTT_HOST", "must not be empty")
-        if not 1 <= self.port <= 65535:
-            raise ConfigError("MQTT_PORT", f"{self.port} is not a TCP port")
-        prefix = _check_topic_root("MQTT_TOPIC_PREFIX", self.topic_prefix)
-        object.__setattr__(self, "topic_prefix", prefix)
-        object.__setattr__(
-            self,
-            "discovery_prefix",
-            _check_topic_root("MQTT_DISCOVERY_PREFIX", self.discovery_prefix),
-        )
-        if not (math.isfinite(self.min_interval_s) and self.min_interval_s >= 0):
-            raise ConfigError("MQTT_MIN_INTERVAL_S", f"{self.min_interval_s} must be >= 0")
-        if not (math.isfinite(self.max_interval_s) and self.max_interval_s >= self.min_interval_s):
-            raise ConfigError("MQTT_MAX_INTERVAL_S", "must be finite and >= the min interval")
-        if self.max_interval_s <= 0:
-            raise ConfigError("MQTT_MAX_INTERVAL_S", "must be > 0")
-        if self.keepalive_s <= 0:
-            raise ConfigError("keepalive_s", f"{self.keepalive_s} must be > 0")
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ConfigError("timeout_s", f"{self.timeout_s} must be > 0")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s <= _RECONNECT_CAP_S:
-            raise ConfigError(
-                "reconnect_min_s",
-                f"need 0 < reconnect_min_s <= reconnect_max_s <= {_RECONNECT_CAP_S:g}",
-            )
-        if not self.client_id:
-            node = node_id(prefix)
-            derived = "mmbc-engine" if node == "mmbc" else f"mmbc-engine-{node}"
-            object.__setattr__(self, "client_id", derived)
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.tls or self.tls_ca_file is not None
 
 
 # --- payloads (pure) ---------------------------------------------------------------------
@@ -367,7 +294,7 @@ class MqttBridge:
         self._has_pv = has_pv
         self._battery_names = tuple(battery_names)
         self._prefix = settings.topic_prefix
-        self._tls_context = _tls_context(settings)
+        self._tls_context = settings.ssl_context()  # files were checked when validated
         self._schedule = PublishSchedule(
             min_interval_s=settings.min_interval_s, max_interval_s=settings.max_interval_s
         )
@@ -451,7 +378,7 @@ class MqttBridge:
             settings.host,
             settings.port,
             username=settings.username,
-            password=settings.password,
+            password=settings.password_text(),
             identifier=settings.client_id,
             clean_session=False,
             keepalive=settings.keepalive_s,
@@ -626,15 +553,6 @@ def _payload_bytes(payload: object) -> bytes:
     if isinstance(payload, str):
         return payload.encode("utf-8")
     return b"" if payload is None else str(payload).encode("utf-8")
-
-
-def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
-    if not settings.uses_tls:
-        return None
-    try:
-        return ssl.create_default_context(cafile=settings.tls_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("MQTT_CA_FILE", f"cannot load {settings.tls_ca_file}: {exc}") from exc
 
 
 __all__ = [

@@ -14,6 +14,7 @@ SoC eligibility of upstream are honoured.
 from __future__ import annotations
 
 from engine.core.battery_fsm import BatteryFsm
+from engine.core.events import DecisionEvent
 from engine.core.fleet_fsm import FleetFsm
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.settings import ControlSettings
@@ -44,31 +45,30 @@ class ClassicPolicy:
     def decide(self, snap: Snapshot) -> Plan:
         if snap.grid_w is not None:
             self._last_grid_w = snap.grid_w
+        events: list[DecisionEvent] = []
+        seen = {tel.name: tel for tel in snap.batteries}
+        blocked = snap.discharge_blocked or snap.mode is Mode.HOLD
         soc: dict[str, float] = {}
         measured = 0.0
-        for tel in snap.batteries:
-            fsm = self._fsms.get(tel.name)
-            if fsm is None:
-                continue
-            ok = tel.online and tel.soc_pct is not None and tel.power_w is not None
-            if not ok:
-                if fsm.available:
-                    fsm.lose()
-                continue
-            if not fsm.available:
-                fsm.recover()
-            assert tel.soc_pct is not None
-            assert tel.power_w is not None
-            fsm.soc_pct = tel.soc_pct
-            fsm.discharge_blocked = snap.discharge_blocked or snap.mode is Mode.HOLD
-            soc[tel.name] = tel.soc_pct
-            measured += tel.power_w
+        for name, fsm in self._fsms.items():
+            fsm.discharge_blocked = blocked
+            fsm.observe(seen.get(name), snap.now_s, events, checks=False)
+            tel = fsm.telemetry
+            if fsm.available and tel is not None:
+                assert tel.soc_pct is not None
+                assert tel.power_w is not None
+                soc[name] = tel.soc_pct
+                measured += tel.power_w
 
-        self.fleet.apply_mode(snap.mode, discharge_blocked=snap.discharge_blocked)
+        # Upstream reuses the last meter value however old it is: never a fail-safe hold.
+        self.fleet.tick(
+            snap.mode, discharge_blocked=snap.discharge_blocked, meter_fresh=True, events=events
+        )
+        now = snap.now_s
         if self.fleet.state is FleetState.SELFCONTROL:
             for name in soc:
-                self._fsms[name].follow(0)
-            return self._plan({}, release=tuple(soc))
+                self._fsms[name].command(0, now)
+            return self._plan({}, events, release=tuple(soc))
         adjusted = self._last_grid_w + measured
         setpoints = dict.fromkeys(soc, 0)
         discharging = adjusted > 0
@@ -82,15 +82,15 @@ class ClassicPolicy:
                 eligible = [n for n, s in soc.items() if s > self.settings.min_soc_pct]
             else:
                 eligible = [n for n, s in soc.items() if s < 100.0]
-            order = self._priority(snap.now_s, eligible, soc, discharging)
+            order = self._priority(now, eligible, soc, discharging)
             count = min(int(power // CLASSIC_LIMIT_W) + 1, len(order))
             if count:
                 share = min(power // count, CLASSIC_LIMIT_W)  # upstream: floor division
                 sign = 1 if discharging else -1
                 for name in order[:count]:
                     setpoints[name] = int(sign * share)
-        out = {n: self._fsms[n].follow(p) for n, p in setpoints.items()}
-        return self._plan(out)
+        out = {n: self._fsms[n].command(p, now) for n, p in setpoints.items()}
+        return self._plan(out, events)
 
     def _priority(
         self, now: float, eligible: list[str], soc: dict[str, float], discharging: bool
@@ -104,10 +104,16 @@ class ClassicPolicy:
         self._cache = (order, now)
         return order
 
-    def _plan(self, setpoints: dict[str, int], release: tuple[str, ...] = ()) -> Plan:
+    def _plan(
+        self,
+        setpoints: dict[str, int],
+        events: list[DecisionEvent],
+        release: tuple[str, ...] = (),
+    ) -> Plan:
         return Plan(
             setpoints=setpoints,
             fleet_state=self.fleet.state,
             battery_states={n: f.state for n, f in self._fsms.items()},
+            events=tuple(events),
             release=release,
         )

@@ -1,51 +1,64 @@
-"""The fleet state machine: the operating mode, the fail-safe hold, and the battery selection."""
+"""The fleet as two state machines: its mode (with the fail-safe hold) and its selection.
+
+The mode machine follows the user's mode and the meter: a stale meter puts it in
+``safe_hold`` (every battery at 0 W) until fresh readings return; the policy dispatches each
+cycle to the handler of its state. The selection machine holds which batteries carry the
+demand: none (``idle``), one leader (``single``), a make-before-break hand-over between two
+leaders (``handover``), or several sharing it (``split``); with it the leader order and the
+5-minute reselection timer, the hand-over's timer and the last split.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Final
 
 from transitions import Machine
 
+from engine.core.events import (
+    DecisionEvent,
+    Direction,
+    HandoverEnded,
+    HandoverStarted,
+    SafeHoldCause,
+    SafeHoldEntered,
+    SafeHoldLeft,
+)
 from engine.core.model import Mode
 from engine.core.states import FleetState
 
-_MODES: Final = [
-    FleetState.STARTING,
-    FleetState.NORMAL,
-    FleetState.HOLD,
-    FleetState.CHARGE,
-    FleetState.SELFCONTROL,
-]
-
-FLEET_TRANSITIONS: Final[list[dict[str, Any]]] = [
-    {"trigger": "run_normal", "source": _MODES, "dest": FleetState.NORMAL},
-    {"trigger": "run_hold", "source": _MODES, "dest": FleetState.HOLD},
-    {"trigger": "run_charge", "source": _MODES, "dest": FleetState.CHARGE},
-    {"trigger": "run_selfcontrol", "source": _MODES, "dest": FleetState.SELFCONTROL},
-    {"trigger": "fail_safe", "source": _MODES, "dest": FleetState.SAFE_HOLD},
-    {"trigger": "resume", "source": FleetState.SAFE_HOLD, "dest": FleetState.STARTING},
-]
+F = FleetState
 
 _MODE_STATE: Final = {
-    Mode.NORMAL: FleetState.NORMAL,
-    Mode.HOLD: FleetState.HOLD,
-    Mode.CHARGE: FleetState.CHARGE,
-    Mode.SELFCONTROL: FleetState.SELFCONTROL,
+    Mode.NORMAL: F.NORMAL,
+    Mode.HOLD: F.HOLD,
+    Mode.CHARGE: F.CHARGE,
+    Mode.SELFCONTROL: F.SELFCONTROL,
 }
 
 
-@dataclass(slots=True)
-class Selection:
-    """Which battery leads, in which direction, since when (the 5-minute reselection cache)."""
+def _all_but(state: FleetState) -> list[FleetState]:
+    return [s for s in FleetState if s is not state]
 
-    direction: int = 0  # +1 discharging, -1 charging, 0 none yet
-    order: tuple[str, ...] = ()
-    chosen_s: float = float("-inf")
+
+# Reviewed like code, rendered in docs/state-machines.md. Nothing returns to ``starting``;
+# the fail-safe hold is entered only from a state that controls the batteries.
+FLEET_TRANSITIONS: Final[list[dict[str, Any]]] = [
+    {"trigger": "run_normal", "source": _all_but(F.NORMAL), "dest": F.NORMAL},
+    {"trigger": "run_hold", "source": _all_but(F.HOLD), "dest": F.HOLD},
+    {"trigger": "run_charge", "source": _all_but(F.CHARGE), "dest": F.CHARGE},
+    {"trigger": "run_selfcontrol", "source": _all_but(F.SELFCONTROL), "dest": F.SELFCONTROL},
+    {
+        "trigger": "fail_safe",
+        "source": [F.NORMAL, F.HOLD, F.CHARGE, F.SELFCONTROL],
+        "dest": F.SAFE_HOLD,
+    },
+]
 
 
 class FleetFsm:
-    """The fleet's mode and safety state. Triggers are attached by ``transitions``."""
+    """The fleet's mode and safety state, and its selection. Triggers by ``transitions``."""
 
     state: FleetState
 
@@ -64,31 +77,186 @@ class FleetFsm:
     def fail_safe(self) -> bool:
         raise NotImplementedError
 
-    def resume(self) -> bool:
-        raise NotImplementedError
-
-    def __init__(self) -> None:
-        self.selection = Selection()
+    def __init__(self, *, reselect_interval_s: float = 300.0, handover_timeout_s: float = 20.0):
+        self.selection = SelectionFsm(
+            reselect_interval_s=reselect_interval_s, handover_timeout_s=handover_timeout_s
+        )
         self._machine = Machine(
             model=self,
             states=FleetState,
             transitions=FLEET_TRANSITIONS,
-            initial=FleetState.STARTING,
+            initial=F.STARTING,
+            auto_transitions=False,
+            model_override=True,
+            ignore_invalid_triggers=False,
+        )
+        self._run = {
+            F.NORMAL: self.run_normal,
+            F.HOLD: self.run_hold,
+            F.CHARGE: self.run_charge,
+            F.SELFCONTROL: self.run_selfcontrol,
+        }
+
+    @staticmethod
+    def wanted(mode: Mode, *, discharge_blocked: bool) -> FleetState:
+        """The state the user's mode asks for; a blocked discharge turns normal into hold."""
+        target = _MODE_STATE[mode]
+        return F.HOLD if target is F.NORMAL and discharge_blocked else target
+
+    def tick(
+        self,
+        mode: Mode,
+        *,
+        discharge_blocked: bool,
+        meter_fresh: bool,
+        events: list[DecisionEvent],
+    ) -> FleetState:
+        """One cycle: follow the user's mode, or hold safe while the meter is stale."""
+        target = self.wanted(mode, discharge_blocked=discharge_blocked)
+        if target is not F.SELFCONTROL and not meter_fresh:
+            if self.state is not F.STARTING and self.state is not F.SAFE_HOLD:
+                self.fail_safe()
+                events.append(SafeHoldEntered(SafeHoldCause.METER_STALE))
+            return self.state
+        if self.state is not target:
+            leaving_safe_hold = self.state is F.SAFE_HOLD
+            self._run[target]()
+            if leaving_safe_hold:
+                events.append(SafeHoldLeft(SafeHoldCause.METER_STALE))
+        return self.state
+
+    @property
+    def holds_at_zero(self) -> bool:
+        """Starting or holding safe: every battery at 0 W, no control law."""
+        return self.state in (F.STARTING, F.SAFE_HOLD)
+
+
+# ---------------------------------------------------------------------------- selection
+class SelectionState(StrEnum):
+    IDLE = "idle"  # no battery works: the demand is inside the idle band, or nothing can
+    SINGLE = "single"  # one battery, the leader, carries the demand
+    HANDOVER = "handover"  # make-before-break: the new leader is woken, the old one carries
+    SPLIT = "split"  # several batteries share a demand above the split threshold
+
+
+S = SelectionState
+
+SELECTION_TRANSITIONS: Final[list[dict[str, Any]]] = [
+    {"trigger": "lead", "source": [S.IDLE, S.SPLIT], "dest": S.SINGLE},
+    {"trigger": "share", "source": [S.IDLE, S.SINGLE, S.HANDOVER], "dest": S.SPLIT},
+    {"trigger": "stop", "source": [S.SINGLE, S.HANDOVER, S.SPLIT], "dest": S.IDLE},
+    {"trigger": "hand_over", "source": S.SINGLE, "dest": S.HANDOVER},
+    {"trigger": "finish_handover", "source": S.HANDOVER, "dest": S.SINGLE},
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    outgoing: str
+    incoming: str
+    since_s: float
+
+
+class SelectionFsm:
+    """Which batteries carry the demand, and the timers that govern changing them."""
+
+    state: SelectionState
+
+    def lead(self) -> bool:
+        raise NotImplementedError
+
+    def share(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> bool:
+        raise NotImplementedError
+
+    def hand_over(self) -> bool:
+        raise NotImplementedError
+
+    def finish_handover(self) -> bool:
+        raise NotImplementedError
+
+    def __init__(self, *, reselect_interval_s: float, handover_timeout_s: float) -> None:
+        self.reselect_interval_s = reselect_interval_s
+        self.handover_timeout_s = handover_timeout_s
+        # The leader order and the direction it was chosen for; chosen_s starts the
+        # reselection timer (the product rule: re-evaluated every reselect_interval_s).
+        self.direction = Direction.NONE
+        self.order: tuple[str, ...] = ()
+        self.chosen_s = float("-inf")
+        self.handover: Handover | None = None
+        # While split: how many batteries share, and the last split (magnitudes, W).
+        self.active_n = 0
+        self.split_w: dict[str, float] = {}
+        self.split_direction = Direction.NONE
+        self._machine = Machine(
+            model=self,
+            states=SelectionState,
+            transitions=SELECTION_TRANSITIONS,
+            initial=S.IDLE,
             auto_transitions=False,
             model_override=True,
             ignore_invalid_triggers=False,
         )
 
-    def apply_mode(self, mode: Mode, *, discharge_blocked: bool) -> None:
-        """Follow the requested mode; a blocked discharge turns normal into hold."""
-        target = _MODE_STATE[mode]
-        if target is FleetState.NORMAL and discharge_blocked:
-            target = FleetState.HOLD
-        if self.state is FleetState.SAFE_HOLD:
-            self.resume()
-        if self.state is not target:
-            getattr(self, f"run_{target.value}")()
+    # ------------------------------------------------------------------ timers
+    def reselection_due(self, now_s: float, direction: Direction, names: set[str]) -> bool:
+        """The 5-minute timer ran out, the direction changed, or the leader dropped out."""
+        return (
+            self.direction is not direction
+            or now_s - self.chosen_s >= self.reselect_interval_s
+            or not self.order
+            or self.order[0] not in names
+        )
 
-    def enter_safe_hold(self) -> None:
-        if self.state is not FleetState.SAFE_HOLD:
-            self.fail_safe()
+    def handover_over(self, now_s: float) -> bool:
+        """The hand-over's timer: past ``handover_timeout_s`` it ends whatever happened."""
+        ho = self.handover
+        return ho is not None and now_s - ho.since_s > self.handover_timeout_s
+
+    # ------------------------------------------------------------------ moves
+    def choose(self, order: tuple[str, ...], direction: Direction, now_s: float) -> None:
+        """A new leader order for ``direction``; restarts the reselection timer."""
+        self.direction = direction
+        self.order = order
+        self.chosen_s = now_s
+
+    def begin_handover(
+        self, outgoing: str, incoming: str, now_s: float, events: list[DecisionEvent]
+    ) -> None:
+        self.end_handover(events, completed=False)
+        if self.state is S.IDLE or self.state is S.SPLIT:
+            self.lead()
+        self.handover = Handover(outgoing, incoming, now_s)
+        self.hand_over()
+        events.append(HandoverStarted(outgoing, incoming))
+
+    def end_handover(self, events: list[DecisionEvent], *, completed: bool) -> None:
+        ho = self.handover
+        if ho is None:
+            return
+        self.handover = None
+        if self.state is S.HANDOVER:
+            self.finish_handover()
+        events.append(HandoverEnded(ho.outgoing, ho.incoming, completed=completed))
+
+    def go_single(self, events: list[DecisionEvent]) -> None:
+        """One battery leads (a hand-over in progress carries on)."""
+        self.active_n = 1
+        self.split_w = {}
+        if self.state is S.IDLE or self.state is S.SPLIT:
+            self.lead()
+
+    def go_split(self, events: list[DecisionEvent]) -> None:
+        """Several share: a hand-over in progress is moot."""
+        self.end_handover(events, completed=False)
+        if self.state is not S.SPLIT:
+            self.share()
+
+    def go_idle(self, events: list[DecisionEvent]) -> None:
+        """Nothing to carry. The leader order and its timer are kept for the next demand."""
+        self.split_w = {}
+        self.end_handover(events, completed=False)
+        if self.state is not S.IDLE:
+            self.stop()

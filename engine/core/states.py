@@ -10,7 +10,9 @@ class BatteryState(StrEnum):
     CHARGING = "charging"
     DISCHARGING = "discharging"
     BLOCKED = "blocked"  # would discharge, but discharge is blocked (MQTT or hold mode)
-    INELIGIBLE = "ineligible"  # SoC limit reached, or excluded for not following
+    INELIGIBLE = "ineligible"  # at a SoC limit for the fleet's direction
+    EXCLUDED = "excluded"  # acknowledged commands but did not deliver: left out for a while
+    CUTOFF = "cutoff"  # stopped at its firmware's own SoC cut-off: sits that direction out
     UNAVAILABLE = "unavailable"  # offline, stalled or reporting garbage: gets no command
 
 

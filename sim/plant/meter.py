@@ -3,8 +3,10 @@
 Pure models (no I/O, no clock): the replay harness feeds the true power at every plant step with
 ``observe(now_s, power_w)``; the model samples it every ``interval_s`` (the instantaneous value at
 the sample instant, plus Gaussian noise), and a sample becomes visible ``latency_s`` after the
-instant it describes. ``respond_data``/``respond_device`` decide what the HTTP API answers,
-including scripted faults; ``sim.servers.homewizard`` only puts that on the wire.
+instant it describes. ``respond_data``/``respond_device`` decide what the HTTP API v1 answers,
+``respond_measurement``/``respond_device_v2`` what API v2 answers (the same sample under v2's
+names), including scripted faults; ``sim.servers.homewizard`` and ``sim.servers.homewizard_v2``
+only put that on the wire.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from sim.plant.params import MeterParams
 FAULT_MODES = frozenset({"outage", "http_error", "garbage", "frozen", "api_disabled"})
 # The real device's answer when the local API is switched off (docs/v1/error-handling.mdx).
 API_DISABLED_BODY = '{"error":{"id":202,"description":"API not enabled"}}'
+# API v2 has no switch for the local API; the nearest fault is the user's token being removed in
+# the app, answered with 401 (docs/v2/authorization.mdx).
+UNAUTHORIZED_BODY = '{"error":"user:unauthorized"}'
+V2_FIRMWARE = "6.00"
+V2_API_VERSION = "2.0.0"
 QUARTER_S = 900.0  # capacity-tariff averaging window (Belgian meters' active_power_average_w)
 GAS_INTERVAL_S = 300.0  # DSMR 5 gas reading period
 NOMINAL_V = 230.0
@@ -31,6 +38,8 @@ NOMINAL_V = 230.0
 DEFAULT_START = datetime(2024, 6, 3, tzinfo=UTC)
 # How a three-phase house's power splits over L1/L2/L3 (the sim has no per-phase model).
 PHASE_SPLIT = (0.5, 0.3, 0.2)
+_V1 = "v1"
+_V2 = "v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,11 @@ def _stamp(start: datetime, at_s: float) -> int:
     Cached: the gas and peak timestamps change every few minutes, not every reading.
     """
     return int((start + timedelta(seconds=at_s)).strftime("%y%m%d%H%M%S"))
+
+
+def _iso(start: datetime, at_s: float) -> str:
+    """API v2's timestamps: ISO 8601 local meter time without a zone, whole seconds."""
+    return (start + timedelta(seconds=at_s)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _walk(rng: random.Random, value: float, centre: float, step: float, digits: int) -> float:
@@ -122,9 +136,11 @@ class _SampledMeter(ABC):
         self._visible: MeterSample | None = None
         self._fault: str | None = None
         self._garbage_n = 0
-        self._last_body: str | None = None
-        self._frozen_body: str | None = None
-        self._rendered: tuple[MeterSample | None, str] | None = None
+        # Per API ("v1", "v2"): the last healthy body, the body a frozen dongle keeps serving,
+        # and the rendering of the visible sample.
+        self._last_body: dict[str, str] = {}
+        self._frozen_body: dict[str, str] = {}
+        self._rendered: dict[str, tuple[MeterSample | None, str]] = {}
         self.data_requests = 0
 
     # -- plant side ------------------------------------------------------------------------
@@ -230,35 +246,51 @@ class _SampledMeter(ABC):
             raise ValueError(msg)
         self._fault = mode
         self._garbage_n = 0
-        self._frozen_body = None
+        self._frozen_body = {}
 
     def clear_fault(self) -> None:
         self._fault = None
-        self._frozen_body = None
+        self._frozen_body = {}
 
     def respond_data(self, now_s: float) -> MeterResponse | None:
         """What ``GET /api/v1/data`` answers at ``now_s``; None = no answer (outage)."""
-        self.data_requests += 1
+        return self._respond(now_s, _V1)
+
+    def respond_measurement(self, now_s: float, *, pushed: bool = False) -> MeterResponse | None:
+        """What API v2's ``GET /api/measurement`` answers at ``now_s``; None = no answer.
+
+        The same faults as v1, but ``api_disabled`` (v1's 403) becomes v2's 401: v2 cannot be
+        switched off, only the token withdrawn. ``pushed``: the body is for the websocket
+        push, not a request (``data_requests`` counts requests only).
+        """
+        return self._respond(now_s, _V2, count=not pushed)
+
+    def _respond(self, now_s: float, api: str, *, count: bool = True) -> MeterResponse | None:
+        if count:
+            self.data_requests += 1
         if self._fault == "outage":
             return None
         if self._fault == "http_error":
             return MeterResponse(500, "Internal Server Error", "text/plain")
         if self._fault == "api_disabled":
-            return MeterResponse(403, API_DISABLED_BODY)
+            if api == _V1:
+                return MeterResponse(403, API_DISABLED_BODY)
+            return MeterResponse(401, UNAUTHORIZED_BODY)
+        power_key = "active_power_w" if api == _V1 else "power_w"
         if self._fault == "garbage":
             self._garbage_n += 1
             if self._garbage_n % 2:
-                return MeterResponse(200, '{"wifi_ssid":"My Wi-Fi","active_power_w":-5')
-            body = self.data_json(now_s)
-            body.pop("active_power_w", None)
+                return MeterResponse(200, f'{{"unique_id":"4D4D42432D5031","{power_key}":-5')
+            body = self.data_json(now_s) if api == _V1 else self.measurement_json(now_s)
+            body.pop(power_key, None)
             return MeterResponse(200, json.dumps(body, separators=(",", ":")))
         if self._fault == "frozen":
             # The dongle stops updating: it keeps serving the body it last had, byte for byte.
-            if self._frozen_body is None:
-                self._frozen_body = self._last_body or self._render(now_s)
-            return MeterResponse(200, self._frozen_body)
-        self._last_body = self._render(now_s)
-        return MeterResponse(200, self._last_body)
+            if api not in self._frozen_body:
+                self._frozen_body[api] = self._last_body.get(api) or self._render(now_s, api)
+            return MeterResponse(200, self._frozen_body[api])
+        self._last_body[api] = self._render(now_s, api)
+        return MeterResponse(200, self._last_body[api])
 
     def respond_device(self, now_s: float) -> MeterResponse | None:
         """What ``GET /api`` answers; it stays reachable while only the data API is disabled."""
@@ -268,12 +300,50 @@ class _SampledMeter(ABC):
             return MeterResponse(500, "Internal Server Error", "text/plain")
         return MeterResponse(200, json.dumps(self.device_json(), separators=(",", ":")))
 
-    def _render(self, now_s: float) -> str:
-        # The body depends only on the visible sample: render each sample once.
+    def respond_device_v2(self, now_s: float) -> MeterResponse | None:
+        """What API v2's ``GET /api`` answers (to an authorised request)."""
+        if self._fault == "outage":
+            return None
+        if self._fault == "http_error":
+            return MeterResponse(500, "Internal Server Error", "text/plain")
+        if self._fault == "api_disabled":
+            return MeterResponse(401, UNAUTHORIZED_BODY)
+        return MeterResponse(200, json.dumps(self.device_json_v2(), separators=(",", ":")))
+
+    def device_json_v2(self) -> dict[str, object]:
+        """API v2's ``GET /api`` body (docs/v2/device_information.mdx)."""
+        v1 = self.device_json()
+        return {
+            "product_name": v1["product_name"],
+            "product_type": v1["product_type"],
+            "serial": self.serial,
+            "firmware_version": V2_FIRMWARE,
+            "api_version": V2_API_VERSION,
+        }
+
+    @property
+    @abstractmethod
+    def tls_product(self) -> str:
+        """The product name in the device certificate (``appliance/<this>/<serial>``)."""
+
+    @property
+    def identifier(self) -> str:
+        """The TLS hostname of the device's certificate (docs/v2/authorization.mdx)."""
+        return f"appliance/{self.tls_product}/{self.serial}"
+
+    @abstractmethod
+    def measurement_json(self, now_s: float) -> dict[str, object]:
+        """The API v2 ``GET /api/measurement`` body at ``now_s``, fault-free."""
+
+    def _render(self, now_s: float, api: str = _V1) -> str:
+        # The body depends only on the visible sample: render each sample once per API.
         sample = self.latest(now_s)
-        if self._rendered is None or self._rendered[0] is not sample:
-            self._rendered = (sample, json.dumps(self.data_json(now_s), separators=(",", ":")))
-        return self._rendered[1]
+        cached = self._rendered.get(api)
+        if cached is None or cached[0] is not sample:
+            body = self.data_json(now_s) if api == _V1 else self.measurement_json(now_s)
+            cached = (sample, json.dumps(body, separators=(",", ":")))
+            self._rendered[api] = cached
+        return cached[1]
 
 
 class P1MeterModel(_SampledMeter):
@@ -416,6 +486,66 @@ class P1MeterModel(_SampledMeter):
             "api_version": "v1",
         }
 
+    @property
+    def tls_product(self) -> str:
+        return "p1dongle"
+
+    def measurement_json(self, now_s: float) -> dict[str, object]:
+        """The v1 body under v2's names (docs/v2/measurement.mdx), in the fixtures' order.
+
+        v2 drops the Wi-Fi fields (they moved to ``/api/system``) and the top-level gas fields
+        (gas is an ``external`` device), serves ISO timestamps, and adds the sample's
+        ``timestamp`` and ``current_a`` (the sum of the phases' absolute currents).
+        """
+        v1 = self.data_json(now_s)
+        sample = self.latest(now_s)
+        body: dict[str, object] = {
+            "protocol_version": v1["smr_version"],
+            "meter_model": v1["meter_model"],
+            "unique_id": v1["unique_id"],
+        }
+        if sample is None:
+            return body
+        body["timestamp"] = _iso(self._start, sample.at_s)
+        body["tariff"] = v1["active_tariff"]
+        for direction in ("import", "export"):
+            body[f"energy_{direction}_kwh"] = v1[f"total_power_{direction}_kwh"]
+            for t in (1, 2):
+                body[f"energy_{direction}_t{t}_kwh"] = v1[f"total_power_{direction}_t{t}_kwh"]
+        body["power_w"] = v1["active_power_w"]
+        names = range(1, self.phases + 1)
+        for n in names:
+            body[f"power_l{n}_w"] = v1[f"active_power_l{n}_w"]
+        for n in names:
+            body[f"voltage_l{n}_v"] = v1[f"active_voltage_l{n}_v"]
+        currents = [v1[f"active_current_l{n}_a"] for n in names]
+        body["current_a"] = sum(abs(c) for c in currents if isinstance(c, int | float))
+        for n, current in zip(names, currents, strict=True):
+            body[f"current_l{n}_a"] = current
+        body["frequency_hz"] = v1["active_frequency_hz"]
+        for key in (
+            *(f"voltage_sag_l{n}_count" for n in names),
+            *(f"voltage_swell_l{n}_count" for n in names),
+            "any_power_fail_count",
+            "long_power_fail_count",
+        ):
+            body[key] = v1[key]
+        body["average_power_15m_w"] = v1["active_power_average_w"]
+        body["monthly_power_peak_w"] = v1["montly_power_peak_w"]
+        body["monthly_power_peak_timestamp"] = _iso(self._start, sample.peak_at_s)
+        if self.gas:
+            gas_at_s = math.floor(sample.at_s / GAS_INTERVAL_S) * GAS_INTERVAL_S
+            body["external"] = [
+                {
+                    "unique_id": v1["gas_unique_id"],
+                    "type": "gas_meter",
+                    "timestamp": _iso(self._start, gas_at_s),
+                    "value": v1["total_gas_m3"],
+                    "unit": "m3",
+                }
+            ]
+        return body
+
 
 class KwhMeterModel(_SampledMeter):
     """HomeWizard kWh meter (HWE-KWH1, 1 phase) on the PV inverter.
@@ -506,4 +636,27 @@ class KwhMeterModel(_SampledMeter):
             "serial": self.serial,
             "firmware_version": "4.19",
             "api_version": "v1",
+        }
+
+    @property
+    def tls_product(self) -> str:
+        return "energymeter"
+
+    def measurement_json(self, now_s: float) -> dict[str, object]:
+        """The v1 body under v2's names (the HWE-KWH1 v2 fixture's keys and order)."""
+        v1 = self.data_json(now_s)
+        if "active_power_w" not in v1:
+            return {}
+        return {
+            "energy_import_kwh": v1["total_power_import_kwh"],
+            "energy_export_kwh": v1["total_power_export_kwh"],
+            "power_w": v1["active_power_w"],
+            "voltage_v": v1["active_voltage_v"],
+            "current_a": v1["active_current_a"],
+            "apparent_current_a": v1["active_apparent_current_a"],
+            "reactive_current_a": v1["active_reactive_current_a"],
+            "apparent_power_va": v1["active_apparent_power_va"],
+            "reactive_power_var": v1["active_reactive_power_var"],
+            "power_factor": v1["active_power_factor"],
+            "frequency_hz": v1["active_frequency_hz"],
         }

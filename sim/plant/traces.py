@@ -1,13 +1,13 @@
-"""Recorded power traces and scripted appliance events, replayed as zero-order holds.
+"""Recorded power traces, replayed as zero-order holds.
 
 Scenario time ``t_s`` starts at 0 at the window's first instant (``Trace.start_s`` in the
-file's own time base, seconds since its local midnight or window start). Every sample marks
-the *start* of its averaging interval and its value holds until the next sample, so a 15-min
-or 1-min trace driven at 1 s shows flat steps, never invented detail.
+file's own time base, seconds since its local midnight or window start). Every row marks the
+*start* of its averaging interval and its value holds until the next row, so a 15-min or 1-min
+trace driven at 1 s shows flat steps, never invented detail. Rows may be irregular (a 4-8 s
+recorder's own sample instants, fractional seconds): only a gap longer than allowed is refused.
 
-Both ``Trace`` and ``EventTimeline`` keep a cursor: the replay asks for increasing times
-(~170 000 times per simulated day), which then costs O(1); going back in time still works
-(binary search / rescan), only slower.
+``Trace`` keeps a cursor: the replay asks for increasing times (~170 000 times per simulated
+day), which then costs O(1); going back in time still works (binary search), only slower.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from __future__ import annotations
 import csv
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from sim.plant.params import EVENT_KINDS, Event
-
-# A step longer than this many resolutions is a hole in the data; holding across it would
-# replay a value nobody measured.
-_MAX_GAP_RESOLUTIONS = 3.0
+# Unless a scenario allows more (``[trace] max_gap_s``), a row further than this many median
+# spacings from the previous one is a hole in the data: holding across it would replay a value
+# nobody measured.
+DEFAULT_MAX_GAP_SPACINGS = 3.0
 # Window bounds are compared with this tolerance so that float arithmetic on whole seconds
 # (start_s + duration_s) does not reject a window that ends exactly at the trace's end.
 _EPS_S = 1e-6
@@ -48,8 +47,9 @@ class _Columns:
 
     path: Path
     times_s: list[float]
+    lines: list[int]  # the file's line number of each row, for messages
     columns: dict[str, list[float]]
-    resolution_s: float
+    resolution_s: float  # the median spacing of the rows
 
     @property
     def end_s(self) -> float:
@@ -82,6 +82,7 @@ def _read_csv(path: Path, wanted: Sequence[str], *, key: str) -> _Columns:
                 raise TraceError(path, "duplicate column names", key=key)
             index = {name: names.index(name) for name in ("timestamp_s", *wanted) if name in names}
             times: list[float] = []
+            lines: list[int] = []
             columns: dict[str, list[float]] = {name: [] for name in index if name != "timestamp_s"}
             for line, row in enumerate(reader, start=2):
                 if not row or all(not cell.strip() for cell in row):
@@ -93,6 +94,7 @@ def _read_csv(path: Path, wanted: Sequence[str], *, key: str) -> _Columns:
                 if times and t_s <= times[-1]:
                     raise TraceError(path, f"line {line}: timestamp_s not increasing", key=key)
                 times.append(t_s)
+                lines.append(line)
                 for name, values in columns.items():
                     values.append(_parse_float(row[index[name]], path, line, name))
     except TraceError:
@@ -105,12 +107,35 @@ def _read_csv(path: Path, wanted: Sequence[str], *, key: str) -> _Columns:
     if len(times) < 2:
         raise TraceError(path, "need at least two samples to know the resolution", key=key)
     steps = sorted(b - a for a, b in pairwise(times))
-    resolution_s = steps[len(steps) // 2]
-    if steps[-1] > _MAX_GAP_RESOLUTIONS * resolution_s:
-        gap_at = next(a for a, b in pairwise(times) if b - a == steps[-1])
-        msg = f"gap of {steps[-1]:g} s after timestamp_s {gap_at:g} (resolution {resolution_s:g} s)"
-        raise TraceError(path, msg, key=key)
-    return _Columns(path, times, columns, resolution_s)
+    return _Columns(path, times, lines, columns, resolution_s=steps[len(steps) // 2])
+
+
+def _check_gaps(
+    data: _Columns, start_s: float, end_s: float, max_gap_s: float | None, *, key: str
+) -> None:
+    """Refuse a gap between rows longer than allowed, where it would be held in the window."""
+    if max_gap_s is None:
+        limit_s = DEFAULT_MAX_GAP_SPACINGS * data.resolution_s
+        allowed = (
+            f"{DEFAULT_MAX_GAP_SPACINGS:g} x the median spacing of {data.resolution_s:g} s; "
+            "[trace] max_gap_s allows more"
+        )
+    else:
+        limit_s = max_gap_s
+        allowed = "[trace] max_gap_s"
+    times = data.times_s
+    first = max(bisect_right(times, start_s) - 1, 0)
+    for i in range(first + 1, len(times)):
+        if times[i - 1] >= end_s:
+            break
+        gap_s = times[i] - times[i - 1]
+        if gap_s > limit_s:
+            msg = (
+                f"line {data.lines[i]}: {gap_s:g} s since the previous row "
+                f"(timestamp_s {times[i - 1]:g} -> {times[i]:g}); the largest gap allowed is "
+                f"{limit_s:g} s ({allowed})"
+            )
+            raise TraceError(data.path, msg, key=key)
 
 
 def _hold(times_s: Sequence[float], values: Sequence[float], t_s: float) -> float:
@@ -214,6 +239,7 @@ def load_trace(
     pv_scale: float = 1.0,
     start_s: float | None = None,
     duration_s: float | None = None,
+    max_gap_s: float | None = None,
 ) -> Trace:
     """Load a CSV trace (``timestamp_s`` plus ``grid_w``, or ``load_w`` and optional ``pv_w``).
 
@@ -223,9 +249,12 @@ def load_trace(
     ``grid_w + pv_w``). ``pv_path`` names a PV-only CSV (``pv_w``, same time base) whose
     production, times ``pv_scale``, is added to the house's PV. The window starts at
     ``start_s`` (default: the first sample) and lasts ``duration_s`` (default: to the end).
-    Raises ``TraceError`` naming the file and problem.
+    Inside the window no two rows may lie more than ``max_gap_s`` apart (default: 3 median
+    spacings). Raises ``TraceError`` naming the file and problem (and the line of a bad row).
     """
     path = Path(path)
+    if max_gap_s is not None and not (math.isfinite(max_gap_s) and max_gap_s > 0.0):
+        raise TraceError(path, f"max_gap_s must be positive, got {max_gap_s!r}", key="max_gap_s")
     for name, scale in (("load_scale", load_scale), ("pv_scale", pv_scale)):
         if not (math.isfinite(scale) and scale >= 0.0):
             raise TraceError(path, f"{name} must be a finite number >= 0, got {scale!r}", key=name)
@@ -270,6 +299,9 @@ def load_trace(
             f"not the window {window_start_s:g}..{window_end_s:g} s"
         )
         raise TraceError(pv_extra.path, msg, key="pv_file")
+    _check_gaps(main, window_start_s, window_end_s, max_gap_s, key="file")
+    if pv_extra is not None:
+        _check_gaps(pv_extra, window_start_s, window_end_s, max_gap_s, key="pv_file")
 
     # Every instant where either held input changes, inside the window.
     change_s = {window_start_s}
@@ -311,85 +343,3 @@ def load_trace(
         resolution_s=main.resolution_s,
         source=source,
     )
-
-
-def event_power_w(event: Event, t_s: float) -> float:
-    """The extra load (W) ``event`` adds at scenario time ``t_s`` (0 outside its span)."""
-    u = t_s - event.at_s
-    if u < 0.0 or u >= event.duration_s:
-        return 0.0
-    if event.kind == "load_step":
-        return event.power_w
-    if event.kind == "pulse":
-        period_s = event.on_s + event.off_s
-        return event.power_w if period_s <= 0.0 or (u % period_s) < event.on_s else 0.0
-    if event.kind == "ramp":
-        ramp_s = event.ramp_s
-        if ramp_s <= 0.0:
-            return event.power_w
-        if u < ramp_s:
-            return event.power_w * u / ramp_s
-        remaining_s = event.duration_s - u
-        if remaining_s < ramp_s:
-            return event.power_w * remaining_s / ramp_s
-        return event.power_w
-    raise ValueError(f"unknown event kind {event.kind!r}")
-
-
-class EventTimeline:
-    """The summed extra load of scripted events over time.
-
-    Shapes (each spans ``[at_s, at_s + duration_s)``): ``load_step`` a constant ``power_w``;
-    ``pulse`` ``power_w`` for ``on_s`` then 0 for ``off_s``, repeated, starting on;
-    ``ramp`` linear 0 -> ``power_w`` over the first ``ramp_s``, held, and back to 0 over the
-    last ``ramp_s``.
-    """
-
-    __slots__ = ("_active", "_events", "_last_t_s", "_next")
-
-    def __init__(self, events: Iterable[Event]) -> None:
-        ordered = sorted(events, key=lambda e: e.at_s)
-        for event in ordered:
-            if event.kind not in EVENT_KINDS:
-                raise ValueError(f"unknown event kind {event.kind!r}")
-        self._events: tuple[Event, ...] = tuple(ordered)
-        self._next = 0
-        self._active: list[Event] = []
-        self._last_t_s = -math.inf
-
-    @property
-    def events(self) -> tuple[Event, ...]:
-        """The events, ordered by start time."""
-        return self._events
-
-    def extra_w_at(self, t_s: float) -> float:
-        """Summed extra load (W, negative = extra PV) at scenario time ``t_s``."""
-        if t_s < self._last_t_s:
-            self._next = 0
-            self._active = []
-        self._last_t_s = t_s
-        events = self._events
-        n = len(events)
-        while self._next < n and events[self._next].at_s <= t_s:
-            self._active.append(events[self._next])
-            self._next += 1
-        if not self._active:
-            return 0.0
-        total_w = 0.0
-        still: list[Event] = []
-        for event in self._active:
-            if t_s < event.at_s + event.duration_s:
-                still.append(event)
-                total_w += event_power_w(event, t_s)
-        self._active = still
-        return total_w
-
-    def step_times(self) -> list[tuple[float, float]]:
-        """(at_s, change_w) of each ``load_step`` edge: +power at the start, -power at the end."""
-        edges: list[tuple[float, float]] = []
-        for event in self._events:
-            if event.kind == "load_step":
-                edges.append((event.at_s, event.power_w))
-                edges.append((event.at_s + event.duration_s, -event.power_w))
-        edges.sort(key=lambda edge: edge[0])
-        return edges

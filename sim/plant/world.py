@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 from engine.core.model import Plan, Snapshot
 from engine.core.policies import Policy
 from sim.plant.battery import VenusE
+from sim.plant.events import EventTimeline
 from sim.plant.firmware import VenusFirmware
 from sim.plant.meter import KwhMeterModel, P1MeterModel
-from sim.plant.params import BATTERY_FAULTS, METER_FAULTS, Fault
+from sim.plant.params import BATTERY_FAULTS, METER_FAULTS, TRANSPORT_FAULTS, Fault, FaultKind
 from sim.plant.record import RunRecord
-from sim.plant.traces import EventTimeline, Trace, load_trace
+from sim.plant.traces import Trace
 
 # a scenario describes the plant; it is read, never imported back
 if TYPE_CHECKING:
@@ -41,24 +42,17 @@ class World:
 
     def __init__(self, scenario: Scenario, *, with_pv_meter: bool = True) -> None:
         self.scenario = scenario
-        spec = scenario.trace
-        self.trace: Trace = load_trace(
-            spec.file,
-            pv_path=spec.pv_file,
-            load_scale=spec.load_scale,
-            pv_scale=spec.pv_scale,
-            start_s=spec.start_s,
-            duration_s=spec.duration_s,
-        )
+        self.trace: Trace = scenario.load_trace()
         self.events = EventTimeline(scenario.events)
         self.duration_s = scenario.duration_s
         self.firmwares: list[VenusFirmware] = []
         for i, b in enumerate(scenario.batteries, start=1):
             model = VenusE(b.params, b.soc_pct, battery_name(i))
             self.firmwares.append(VenusFirmware(model))
-        self.meter = P1MeterModel(scenario.meter, scenario.seed)
+        # The noise seed is [meter] seed, which defaults to the scenario's seed.
+        self.meter = P1MeterModel(scenario.meter)
         self.pv_meter: KwhMeterModel | None = (
-            KwhMeterModel(scenario.meter, scenario.seed + 1)
+            KwhMeterModel(scenario.meter, scenario.meter.seed + 1)
             if scenario.pv_meter and with_pv_meter
             else None
         )
@@ -83,13 +77,13 @@ class World:
     def net_at(self, t_s: float) -> float:
         return self.trace.net_at(t_s) + self.events.extra_w_at(t_s)
 
-    def fault_active(self, kind: str, battery: int | None = None) -> bool:
+    def fault_active(self, kind: FaultKind, battery: int | None = None) -> bool:
         return any(
             a.fault.kind == kind and (battery is None or a.fault.battery == battery)
             for a in self.active_faults
         )
 
-    def meter_fault(self) -> str | None:
+    def meter_fault(self) -> FaultKind | None:
         for a in self.active_faults:
             if a.fault.kind in METER_FAULTS:
                 return a.fault.kind
@@ -162,13 +156,13 @@ class World:
             self._frozen_sample_s = None if sample is None else sample.at_s
             self.meter.set_fault(fault.kind)
         elif fault.kind in BATTERY_FAULTS and fw is not None:
-            if fault.kind == "control_mode_lost":
+            if fault.kind == FaultKind.CONTROL_MODE_LOST:
                 fw.lose_control_mode()
-            elif fault.kind == "battery_reboot":
+            elif fault.kind == FaultKind.BATTERY_REBOOT:
                 fw.reboot(t, fault.duration_s)  # silent while it boots, then registers reset
-            elif fault.kind == "battery_not_following":
+            elif fault.kind == FaultKind.BATTERY_NOT_FOLLOWING:
                 fw.set_not_following(True)
-            elif fault.kind == "soc_garbage":
+            elif fault.kind == FaultKind.SOC_GARBAGE:
                 fw.set_soc_garbage(True)
             # offline / stall / exception act at the transport (see links and servers)
 
@@ -178,23 +172,19 @@ class World:
         if fault.kind in METER_FAULTS:
             self.meter.set_fault(None)
         elif fw is not None:
-            if fault.kind == "battery_not_following":
+            if fault.kind == FaultKind.BATTERY_NOT_FOLLOWING:
                 fw.set_not_following(False)
-            elif fault.kind == "soc_garbage":
+            elif fault.kind == FaultKind.SOC_GARBAGE:
                 fw.set_soc_garbage(False)
 
-    def transport_fault(self, battery_index: int) -> str | None:
+    def transport_fault(self, battery_index: int) -> FaultKind | None:
         """The transport-level fault of a battery (1-based), if any: offline, stall, exception."""
         for a in self.active_faults:
-            if a.fault.battery == battery_index and a.fault.kind in (
-                "battery_offline",
-                "battery_stall",
-                "battery_exception",
-            ):
+            if a.fault.battery == battery_index and a.fault.kind in TRANSPORT_FAULTS:
                 return a.fault.kind
         fw = self.firmwares[battery_index - 1]
         if fw.offline_until_s > self.now_s:
-            return "battery_offline"
+            return FaultKind.BATTERY_OFFLINE
         return None
 
 
@@ -216,7 +206,7 @@ class ErrorInjectingPolicy:
         self.period_s = policy.period_s
 
     def decide(self, snap: Snapshot) -> Plan:
-        if self.world.fault_active("engine_error"):
+        if self.world.fault_active(FaultKind.ENGINE_ERROR):
             msg = f"injected engine error at {snap.now_s:.1f} s"
             raise InjectedEngineError(msg)
         return self.policy.decide(snap)

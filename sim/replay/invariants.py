@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from engine.core.events import Excluded
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import BatterySpec, ControlSettings
+from sim.plant.params import FaultKind
 
 if TYPE_CHECKING:
     from sim.plant.world import World
@@ -572,13 +573,15 @@ def observe_world(world: World) -> Truth:
         battery_w[name] = fw.battery.ac_power_w
         firmware_w[name] = fw.target_w
         if (any_fault or fw.offline_until_s > world.now_s) and (
-            world.transport_fault(i) is not None or world.fault_active("soc_garbage", i)
+            world.transport_fault(i) is not None or world.fault_active(FaultKind.SOC_GARBAGE, i)
         ):
             failed.add(name)
         elif not fw.control_enabled:
             out_of_control.add(name)
         # Out of RS485 control, a battery ignores its setpoints: it does not deliver either.
-        if name in out_of_control or (any_fault and world.fault_active("battery_not_following", i)):
+        if name in out_of_control or (
+            any_fault and world.fault_active(FaultKind.BATTERY_NOT_FOLLOWING, i)
+        ):
             not_delivering.add(name)
     return Truth(
         meter_sample_s=world.meter_sample_s(world.now_s),
@@ -588,5 +591,5 @@ def observe_world(world: World) -> Truth:
         net_w=world.net_at(world.now_s),
         battery_w=battery_w,
         firmware_w=firmware_w,
-        engine_error=any_fault and world.fault_active("engine_error"),
+        engine_error=any_fault and world.fault_active(FaultKind.ENGINE_ERROR),
     )

@@ -7,6 +7,11 @@ The scenario's duration bounds nothing: serving goes on until SIGINT/SIGTERM, an
 trace's end the house holds the trace's last value (scripted events and faults happen at
 their times, whenever those are reached).
 
+The P1 meter speaks API v1 (the default), v2 (HTTPS with a test CA written to ``tls_dir``,
+token pairing with a simulated button: SIGUSR1 presses it, or ``p1_button="always"`` keeps it
+pressed; ``p1_token`` pre-pairs one token; websocket push after every plant step) or both.
+``mdns`` advertises the meters on the loopback interface as the real ones do on a LAN.
+
 On SIGINT/SIGTERM it stops and, with ``json_path``, writes the score in ``mmbc-sim run
 --json``'s shape with policy ``external``. Of the invariants only those visible from the
 outside are checked (``SERVED_INVARIANTS``): the engine's snapshots and plans are not seen
@@ -23,9 +28,12 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.core.settings import ControlSettings
@@ -35,6 +43,8 @@ from sim.replay.inprocess import score_run, settings_for
 from sim.replay.invariants import INVARIANTS, InvariantReport
 from sim.replay.result import RunResult, result_json
 from sim.scenario import Scenario
+from sim.servers.homewizard_v2 import Button
+from sim.servers.mdns import AdvertisedDevice, MdnsAdvertiser
 from sim.servers.plant import WorldServers, start_world_servers
 
 POLICY = "external"
@@ -44,6 +54,20 @@ LIMIT_GRACE_S = 10.0
 EXIT_OK = 0
 EXIT_CANNOT_SERVE = 1
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # bind-all: advertise loopback
+P1_BUTTONS = ("signal", "always")
+PAIRED_USER = "local/mmbc"
+
+
+@dataclass(frozen=True, slots=True)
+class P1Options:
+    """How the P1 meter is served: its API(s), and for v2 its port, button, token and CA."""
+
+    api: str = "v1"  # v1 | v2 | both
+    tls_port: int = 8443
+    button: str = "signal"  # signal: SIGUSR1 presses it; always: held down
+    token: str | None = None  # pre-paired as local/mmbc
+    tls_dir: Path | None = None  # where the CA is written (default: a temporary directory)
+    mdns: bool = False  # advertise on the loopback interface
 
 
 class RegisterWatch:
@@ -119,6 +143,7 @@ def serve(
     modbus_port: int,
     json_path: Path | None,
     speed: float = 1.0,
+    p1: P1Options | None = None,
 ) -> int:
     """Serve ``scenario`` until SIGINT/SIGTERM; 0 when stopped that way, 1 if it cannot serve.
 
@@ -136,22 +161,45 @@ def serve(
             modbus_port=modbus_port,
             json_path=json_path,
             speed=speed,
+            p1=p1 or P1Options(),
         )
     )
 
 
 def env_snippet(servers: WorldServers) -> str:
-    """The ``.env`` lines that point an ``mmbc-engine`` at ``servers``."""
-    env = servers.env()
-    if servers.host in _WILDCARD_HOSTS:
+    """The ``.env`` lines that point an ``mmbc-engine`` at ``servers``.
+
+    A P1 serving both APIs adds its v2 settings as comments (the engine's v2 support).
+    """
+
+    def loopback(env: dict[str, str]) -> dict[str, str]:
+        if servers.host not in _WILDCARD_HOSTS:
+            return env
         env = {k: v.replace(f"//{servers.host}:", "//127.0.0.1:") for k, v in env.items()}
-        env = {k: "127.0.0.1" if k.endswith("_IP") else v for k, v in env.items()}
-    return "\n".join(f"{key}={value}" for key, value in env.items())
+        env = {
+            k: v.replace(f"{servers.host}:", "127.0.0.1:", 1) if k == "P1_HOST" else v
+            for k, v in env.items()
+        }
+        return {k: "127.0.0.1" if k.endswith("_IP") else v for k, v in env.items()}
+
+    lines = [f"{key}={value}" for key, value in loopback(servers.env()).items()]
+    if servers.p1 is not None and servers.p1_v2 is not None:
+        lines.append("# or the P1 over API v2:")
+        lines += [f"# {key}={value}" for key, value in loopback(servers.env_v2()).items()]
+    return "\n".join(lines)
 
 
 def _print_endpoints(scenario: Scenario, servers: WorldServers, speed: float) -> None:
     lines = [f"mmbc-sim serve: {scenario.name} at {speed:g}x real time"]
-    lines.append(f"P1 meter      {servers.p1_url}")
+    if servers.p1 is not None:
+        lines.append(f"P1 meter      {servers.p1.url}")
+    if servers.p1_v2 is not None:
+        v2 = servers.p1_v2
+        lines.append(f"P1 meter v2   {v2.base_url} as {v2.identifier}, CA {servers.ca_file}")
+        if v2.button.always_pressed:
+            lines.append("P1 button     held down: every token request is granted")
+        else:
+            lines.append(f"P1 button     press it with: kill -USR1 {os.getpid()}")
     if servers.pv_url is not None:
         lines.append(f"PV meter      {servers.pv_url}")
     for i, server in enumerate(servers.batteries, start=1):
@@ -171,6 +219,34 @@ async def _serve(
     modbus_port: int,
     json_path: Path | None,
     speed: float,
+    p1: P1Options,
+) -> int:
+    with tempfile.TemporaryDirectory(prefix="mmbc-sim-") as scratch:
+        tls_dir = p1.tls_dir or Path(scratch)
+        return await _serve_in(
+            scenario,
+            host=host,
+            p1_port=p1_port,
+            pv_port=pv_port,
+            modbus_port=modbus_port,
+            json_path=json_path,
+            speed=speed,
+            p1=p1,
+            ca_file=tls_dir / "p1-ca.pem",
+        )
+
+
+async def _serve_in(
+    scenario: Scenario,
+    *,
+    host: str,
+    p1_port: int,
+    pv_port: int,
+    modbus_port: int,
+    json_path: Path | None,
+    speed: float,
+    p1: P1Options,
+    ca_file: Path,
 ) -> int:
     wall_start = time.perf_counter()  # the reported wall time, not control
     loop = asyncio.get_running_loop()
@@ -184,23 +260,75 @@ async def _serve(
     # without one (the real dongle has had a reading for years when the engine starts).
     for _ in range(math.ceil(scenario.meter.latency_s / PLANT_STEP_S) + 1):
         world.advance(PLANT_STEP_S)
+    v2 = p1.api in {"v2", "both"}
+    ca = None
+    if v2:
+        from sim.servers.tls import SimulatorCA  # needs cryptography: only for v2
+
+        ca = SimulatorCA()
+        ca.write_ca(ca_file)
     try:
         servers = await start_world_servers(
-            world, host=host, p1_port=p1_port, pv_port=pv_port, modbus_port=modbus_port
+            world,
+            host=host,
+            p1_port=p1_port,
+            pv_port=pv_port,
+            modbus_port=modbus_port,
+            p1_api=p1.api,
+            p1_tls_port=p1.tls_port,
+            ca=ca,
+            ca_file=ca_file if v2 else None,
+            button=Button(always_pressed=p1.button == "always"),
+            p1_users={PAIRED_USER: p1.token} if p1.token else None,
         )
     except OSError as err:
         print(f"mmbc-sim serve: cannot listen on {host}: {err}", file=sys.stderr)
         return EXIT_CANNOT_SERVE
+    if servers.p1_v2 is not None and p1.button == "signal":
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGUSR1, servers.p1_v2.press_button)
+    advertiser = await _advertise(world, servers) if p1.mdns else None
     _print_endpoints(scenario, servers, speed)
     try:
         await _run_plant(world, servers, watch, stop, speed)
     finally:
         watch.shutdown()
+        if advertiser is not None:
+            await advertiser.stop()
         await servers.stop()
     if json_path is not None:
         _write_json(json_path, _result(scenario, world, watch, wall_start))
         print(f"results written to {json_path}", flush=True)
     return EXIT_OK
+
+
+async def _advertise(world: World, servers: WorldServers) -> MdnsAdvertiser:
+    """Announce the P1 (and PV) meter on the loopback interface, as devices do on a LAN."""
+    address = "127.0.0.1" if servers.host in _WILDCARD_HOSTS else servers.host
+    advertiser = MdnsAdvertiser()
+    meter = world.meter
+    await advertiser.advertise(
+        AdvertisedDevice(
+            "HWE-P1",
+            "P1 Meter",
+            meter.serial,
+            address=address,
+            v1_port=None if servers.p1 is None else servers.p1.port,
+            v2_port=None if servers.p1_v2 is None else servers.p1_v2.port,
+            identifier=meter.identifier,
+        )
+    )
+    if servers.pv is not None and world.pv_meter is not None:
+        await advertiser.advertise(
+            AdvertisedDevice(
+                "HWE-KWH1",
+                "kWh Meter",
+                world.pv_meter.serial,
+                address=address,
+                v1_port=servers.pv.port,
+            )
+        )
+    return advertiser
 
 
 async def _run_plant(

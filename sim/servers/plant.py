@@ -1,5 +1,9 @@
 """The sockets of one ``World``: its P1 (+ PV) meter API and one Modbus server per battery.
 
+The P1 meter speaks API v1 (HTTP), v2 (HTTPS with a test CA, token, push) or both
+(``p1_api``), like a real dongle before firmware 6, after it with v1 switched off, or with v1
+left on.
+
 Shared by ``mmbc-sim run --wire`` (virtual time) and ``mmbc-sim serve`` (real time). The servers
 read the world's own clock (``world.now_s``), so a request sees the plant exactly as the last
 plant step left it, whatever the event loop's time. ``apply_faults`` puts the world's
@@ -13,12 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from sim.plant.params import FaultKind
 from sim.plant.world import World
 from sim.servers.homewizard import MeterServer, start_meter_server
+from sim.servers.homewizard_v2 import Button, V2MeterServer, start_v2_meter_server
 from sim.servers.modbus import DEFAULT_STALL_S, BatteryServer, start_battery_server
+from sim.servers.tls import SimulatorCA
 
 DEFAULT_UNIT_ID = 1
+P1_APIS = ("v1", "v2", "both")
 
 
 @dataclass
@@ -27,35 +36,48 @@ class WorldServers:
 
     world: World
     host: str
-    p1: MeterServer
+    p1: MeterServer | None  # API v1; None when the P1 speaks v2 only
     pv: MeterServer | None
     batteries: list[BatteryServer]
     unit_id: int = DEFAULT_UNIT_ID
+    p1_v2: V2MeterServer | None = None
+    ca_file: Path | None = None  # the test CA a v2 client must trust
     # The transport fault last applied per battery (1-based index), so changes are acted on once.
-    _applied: dict[int, str | None] = field(default_factory=dict)
+    _applied: dict[int, FaultKind | None] = field(default_factory=dict)
 
     @property
     def p1_url(self) -> str:
-        return self.p1.url
+        """The v1 ``/api/v1/data`` URL, else the v2 HTTPS base URL."""
+        if self.p1 is not None:
+            return self.p1.url
+        assert self.p1_v2 is not None
+        return self.p1_v2.base_url
 
     @property
     def pv_url(self) -> str | None:
         return None if self.pv is None else self.pv.url
 
     async def apply_faults(self) -> None:
-        """Mirror ``world.transport_fault`` onto the Modbus servers (call after each step)."""
+        """Mirror ``world.transport_fault`` onto the Modbus servers (call after each step);
+        push a new P1 reading to v2 websocket subscribers the moment the step makes one.
+        """
+        if self.p1_v2 is not None:
+            await self.p1_v2.publish()
         for index, server in enumerate(self.batteries, start=1):
             kind = self.world.transport_fault(index)
             if self._applied.get(index, None) == kind:
                 continue
             self._applied[index] = kind
-            server.stall_s = DEFAULT_STALL_S if kind == "battery_stall" else 0.0
-            server.exception_mode = kind == "battery_exception"
-            await server.set_offline(kind == "battery_offline")
+            server.stall_s = DEFAULT_STALL_S if kind == FaultKind.BATTERY_STALL else 0.0
+            server.exception_mode = kind == FaultKind.BATTERY_EXCEPTION
+            await server.set_offline(kind == FaultKind.BATTERY_OFFLINE)
 
     def env(self) -> dict[str, str]:
-        """The engine's configuration for these endpoints, as ``.env`` variables."""
-        env = {"P1_API_URL": self.p1.url}
+        """The engine's configuration for these endpoints, as ``.env`` variables.
+
+        With a v1 P1 that is its URL, as always; a v2-only P1 gives the v2 settings.
+        """
+        env = {"P1_API_URL": self.p1.url} if self.p1 is not None else self.env_v2()
         if self.pv is not None:
             env["PV_API_URL"] = self.pv.url
         for index, server in enumerate(self.batteries, start=1):
@@ -64,11 +86,25 @@ class WorldServers:
             env[f"BATTERY_{index}_ADDRESS"] = str(server.unit_id)
         return env
 
+    def env_v2(self) -> dict[str, str]:
+        """The API v2 settings for the P1 (for the engine's v2 support); {} without v2."""
+        if self.p1_v2 is None:
+            return {}
+        env = {
+            "P1_API": "v2",
+            "P1_HOST": f"{self.p1_v2.host}:{self.p1_v2.port}",
+            "P1_SERIAL": self.p1_v2.identifier.rsplit("/", 1)[-1],
+        }
+        if self.ca_file is not None:
+            env["P1_CA_FILE"] = str(self.ca_file)
+        return env
+
     async def stop(self) -> None:
         """Close every listener and connection; safe to call twice."""
-        servers: list[MeterServer | BatteryServer] = [self.p1, *self.batteries]
-        if self.pv is not None:
-            servers.append(self.pv)
+        servers: list[MeterServer | BatteryServer | V2MeterServer] = [*self.batteries]
+        for meter in (self.p1, self.p1_v2, self.pv):
+            if meter is not None:
+                servers.append(meter)
         for server in servers:
             with contextlib.suppress(Exception):  # closing is best effort; all must be tried
                 await server.stop()
@@ -82,20 +118,46 @@ async def start_world_servers(
     pv_port: int | None = 0,
     modbus_port: int = 0,
     unit_id: int = DEFAULT_UNIT_ID,
+    p1_api: str = "v1",
+    p1_tls_port: int = 0,
+    ca: SimulatorCA | None = None,
+    ca_file: Path | None = None,
+    button: Button | None = None,
+    p1_users: dict[str, str] | None = None,
 ) -> WorldServers:
     """Serve ``world``: P1 on ``p1_port``, PV (if the world has one) on ``pv_port``, batteries
     on ``modbus_port``, ``modbus_port + 1``, ... (0 = free ports everywhere).
 
-    ``pv_port=None`` leaves a world's PV meter unserved.
+    ``pv_port=None`` leaves a world's PV meter unserved. ``p1_api`` "v2" or "both" serves API
+    v2 on ``p1_tls_port`` with a certificate from ``ca`` (made here if None), the pairing
+    ``button`` and the pre-paired ``p1_users``; ``ca_file`` is where its CA was written.
     """
+    if p1_api not in P1_APIS:
+        msg = f"p1_api must be one of {', '.join(P1_APIS)}, not {p1_api!r}"
+        raise ValueError(msg)
 
     def clock() -> float:
         return world.now_s
 
-    started: list[MeterServer | BatteryServer] = []
+    started: list[MeterServer | BatteryServer | V2MeterServer] = []
     try:
-        p1 = await start_meter_server(world.meter, host, p1_port, now=clock)
-        started.append(p1)
+        p1 = None
+        if p1_api in {"v1", "both"}:
+            p1 = await start_meter_server(world.meter, host, p1_port, now=clock)
+            started.append(p1)
+        p1_v2 = None
+        if p1_api in {"v2", "both"}:
+            p1_v2 = await start_v2_meter_server(
+                world.meter,
+                ca or SimulatorCA(),
+                host=host,
+                port=p1_tls_port,
+                now=clock,
+                button=button,
+                push_check_s=None,  # apply_faults publishes after every plant step
+                users=p1_users,
+            )
+            started.append(p1_v2)
         pv: MeterServer | None = None
         if world.pv_meter is not None and pv_port is not None:
             pv = await start_meter_server(world.pv_meter, host, pv_port, now=clock)
@@ -109,4 +171,13 @@ async def start_world_servers(
     except BaseException:
         await asyncio.gather(*(s.stop() for s in started), return_exceptions=True)
         raise
-    return WorldServers(world=world, host=host, p1=p1, pv=pv, batteries=batteries, unit_id=unit_id)
+    return WorldServers(
+        world=world,
+        host=host,
+        p1=p1,
+        pv=pv,
+        batteries=batteries,
+        unit_id=unit_id,
+        p1_v2=p1_v2,
+        ca_file=ca_file,
+    )

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from engine.adapters.homewizard import (
     HomeWizardClient,
     MeterApiDisabledError,
-    normalise_p1_url,
     parse_data,
 )
 from engine.core.meter import MeterTracker, P1Reading
-from engine.errors import ConfigError, DeviceResponseError, DeviceUnavailable
+from engine.errors import DeviceResponseError, DeviceUnavailable
+from engine.settings import meter_url_from_host
 from sim.plant.meter import KwhMeterModel, P1MeterModel
 from sim.plant.params import MeterParams
 from sim.servers.homewizard import MeterServer, start_meter_server
@@ -185,37 +185,6 @@ def test_parse_data_never_raises_anything_but_the_typed_error(body: object) -> N
         assert value is None or math.isfinite(value)
 
 
-# -- URL normalisation ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("given_value", "expected"),
-    [
-        ("192.168.1.5", "http://192.168.1.5/api/v1/data"),
-        (" 192.168.1.5 ", "http://192.168.1.5/api/v1/data"),
-        ("p1meter-334455.local", "http://p1meter-334455.local/api/v1/data"),
-        ("http://host", "http://host/api/v1/data"),
-        ("http://host/", "http://host/api/v1/data"),
-        ("http://host/api", "http://host/api/v1/data"),
-        ("host:8080", "http://host:8080/api/v1/data"),
-        ("http://192.168.1.5/api/v1/data", "http://192.168.1.5/api/v1/data"),
-        ("http://127.0.0.1:5000/proxy/p1", "http://127.0.0.1:5000/proxy/p1"),
-        ("http://[fe80::1]:81", "http://[fe80::1]:81/api/v1/data"),
-    ],
-)
-def test_normalise_p1_url(given_value: str, expected: str) -> None:
-    assert normalise_p1_url(given_value) == expected
-
-
-@pytest.mark.parametrize(
-    "bad", ["", "   ", "ftp://host/x", "http://", "host:notaport", "host:99999"]
-)
-def test_normalise_p1_url_rejects_nonsense(bad: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        normalise_p1_url(bad, key="P1_HOST")
-    assert info.value.key == "P1_HOST"
-
-
 # -- client against the simulated meter ------------------------------------------------------
 
 
@@ -287,7 +256,8 @@ async def test_server_url_and_device_endpoint(
 
 async def test_base_url_is_accepted(server: MeterServer, p1: P1MeterModel, clock: _Clock) -> None:
     _tick(p1, clock, 42.0)
-    async with HomeWizardClient(f"127.0.0.1:{server.port}", timeout_s=0.3) as hw:
+    url = meter_url_from_host(f"127.0.0.1:{server.port}")  # as P1_HOST=127.0.0.1:<port> gives
+    async with HomeWizardClient(url, timeout_s=0.3) as hw:
         assert hw.url == server.url
         assert (await hw.read()).active_power_w == 42.0
 

@@ -88,7 +88,14 @@ class SafetyChecker:
             elif power < 0:
                 assert state == "charging", (name, power, state)
             else:
-                assert state in ("idle", "blocked", "ineligible", "unavailable"), (name, state)
+                assert state in (
+                    "idle",
+                    "blocked",
+                    "ineligible",
+                    "excluded",
+                    "cutoff",
+                    "unavailable",
+                ), (name, state)
 
         if snap.mode is Mode.SELFCONTROL:
             assert sp == {}, "selfcontrol: no setpoints"
@@ -98,11 +105,12 @@ class SafetyChecker:
             return
         assert plan.release == ()
 
-        limit_s = self.policy._cadence.stale_limit_s(s.stale_after_s)
+        limit_s = self.policy.demand.cadence.stale_limit_s(s.stale_after_s)
         assert s.stale_after_s <= limit_s <= max(s.stale_after_s, MAX_STALE_S)
         if is_stale(snap, limit_s):
             assert plan.safe_hold, "stale meter but no safe hold"
-            assert plan.fleet_state == "safe_hold"
+            # Before the first fresh reading the fleet is still starting (also at 0 W).
+            assert plan.fleet_state in ("safe_hold", "starting")
             assert sp == dict.fromkeys(ok, 0), f"safe hold must command every battery 0: {sp}"
             return
         assert not plan.safe_hold
@@ -114,8 +122,10 @@ class SafetyChecker:
                 want = -charge_limit_w(specs[name], now_soc, s) if now_soc < s.max_soc_pct else 0
                 if sp.get(name) == 0 and want and self._excluded(name, snap.now_s):
                     # Not following: not counted on in charge mode either.
-                    assert plan.battery_states[name] == "ineligible"
+                    assert plan.battery_states[name] == "excluded"
                     continue
+                if sp.get(name) == 0 and want and plan.battery_states[name] == "cutoff":
+                    continue  # stopped at its firmware's charge cut-off: sits charging out
                 assert sp.get(name) == want, f"charge mode: {name} at {now_soc} %: {sp.get(name)}"
             return
         hold = snap.mode is Mode.HOLD or snap.discharge_blocked

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from engine.core.allocate import Candidate, fill_in_order, fleet_loss_w, split_proportional
+from engine.core.battery_fsm import CUTOFF_CYCLES
 from engine.core.estimator import NetDemandFilter, PowerHistory, PulsePredictor, ResponseTimer
-from engine.core.events import Direction, LeaderChanged
+from engine.core.events import CutoffReached, Direction, LeaderChanged
 from engine.core.model import BatteryTelemetry, Plan, Snapshot
-from engine.core.policy import CUTOFF_CYCLES, MmbcPolicy
+from engine.core.policy import MmbcPolicy
 from engine.core.quality import Quality, QualityMonitor
 from engine.core.settings import BatterySpec, ControlSettings
+from engine.core.states import BatteryState
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -367,7 +369,12 @@ def test_a_battery_at_its_firmware_cutoff_is_left_out_and_the_other_takes_over()
 
     assert "a" not in active(loop.plans[-1])
     assert loop.command["b"] == 2500
-    assert loop.plans[-1].battery_states["a"] == "ineligible"
+    assert loop.plans[-1].battery_states["a"] is BatteryState.CUTOFF
+    assert any(
+        isinstance(e, CutoffReached) and e.direction is Direction.DISCHARGE
+        for p in loop.plans
+        for e in p.events
+    )
 
 
 def test_small_split_corrections_go_to_one_battery() -> None:

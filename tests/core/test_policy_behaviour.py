@@ -20,6 +20,7 @@ from engine.core.events import (
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policy import MmbcPolicy
 from engine.core.settings import BatterySpec, ControlSettings
+from engine.core.states import BatteryState
 
 
 @dataclass
@@ -268,7 +269,7 @@ def test_a_battery_that_does_not_follow_is_excluded_once_then_returns() -> None:
     plan = house.plans[-1]
     assert active(plan) == {"b": pytest.approx(500, abs=5)}
     assert plan.setpoints["a"] == 0
-    assert plan.battery_states["a"] == "ineligible"
+    assert plan.battery_states["a"] is BatteryState.EXCLUDED
     # While excluded it is not used even when it is the only battery left.
     house.batteries["b"].online = False
     plan = house.step()

@@ -8,16 +8,30 @@ import dataclasses
 import math
 import tomllib
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from engine.core.settings import ControlSettings
-from sim.plant.params import FAULT_KINDS, Event
-from sim.plant.traces import EventTimeline, TraceError, event_power_w, load_trace
+from sim.plant.events import (
+    Cycling,
+    Event,
+    EventKind,
+    EventTimeline,
+    LoadStep,
+    Pulse,
+    Ramp,
+    Surge,
+    cycle_edges,
+)
+from sim.plant.params import FAULT_KINDS, FaultKind
+from sim.plant.traces import TraceError, load_trace
+from sim.plant.world import World
 from sim.scenario import (
     DEFAULT_SCENARIO,
     FAULT_SCENARIO_DIR,
@@ -79,7 +93,7 @@ def test_shipped_set_covers_the_issue() -> None:
     replays = [s for s in main if not s.events]
     assert len(replays) >= 6
     scripted = {e.kind for s in main for e in s.events}
-    assert scripted == {"load_step", "pulse", "ramp"}
+    assert scripted == set(EventKind)
     assert any(s.blocks for s in main)
     # Most of the main set stays short so the whole bench is fast.
     assert sum(s.duration_s <= 6 * 3600 for s in main) >= len(main) - 1
@@ -92,8 +106,8 @@ def test_shipped_set_covers_the_issue() -> None:
         assert 30 * 60 <= s.duration_s <= 60 * 60
     combined = [s for s in faults if len(s.faults) > 1]
     assert {frozenset(f.kind for f in s.faults) for s in combined} >= {
-        frozenset({"meter_outage", "battery_offline"}),
-        frozenset({"broker_restart", "battery_reboot"}),
+        frozenset({FaultKind.METER_OUTAGE, FaultKind.BATTERY_OFFLINE}),
+        frozenset({FaultKind.BROKER_RESTART, FaultKind.BATTERY_REBOOT}),
     }
 
     long = load_scenarios([LONG_SCENARIO_DIR])
@@ -147,6 +161,75 @@ def test_variants_stay_in_step_with_their_base(variant: Path) -> None:
             assert (s.params.dead_time_s, s.params.ramp_w_per_s) == (2.0, 400.0)
             assert s.soc_pct == b.soc_pct
             assert dataclasses.replace(s.params, dead_time_s=1.0, ramp_w_per_s=1000.0) == b.params
+
+
+# The real 4-8 s whole-house recordings (issue 10).
+FAST_TRACES = (
+    "refit_house8_2013-11-02_morning.csv",
+    "refit_house10_2013-11-20_afternoon.csv",
+    "refit_house21_2014-03-07_evening.csv",
+    "ukdale_house1_2013-04-15_evening.csv",
+    "pvhouse_netgrid_2020-01-01_daytime.csv",
+)
+
+
+def test_real_fast_traces_are_in_the_main_set() -> None:
+    fast = [s for s in load_scenarios([SCENARIO_DIR]) if s.trace.file.name in FAST_TRACES]
+    assert len(fast) >= 8
+    assert {s.trace.file.name for s in fast} == set(FAST_TRACES)
+    assert {len(s.batteries) for s in fast} == {1, 2, 3}
+    socs = [b.soc_pct for s in fast for b in s.batteries]
+    assert min(socs) <= 16.0
+    assert max(socs) >= 95.0
+    assert any(30.0 <= soc <= 70.0 for soc in socs)
+    # Mixed: one scenario whose batteries start more than 40 points apart.
+    assert any(
+        max(b.soc_pct for b in s.batteries) - min(b.soc_pct for b in s.batteries) > 40 for s in fast
+    )
+    # A window where the house exports (PV) most of the time.
+    exporting = []
+    for s in fast:
+        trace = s.load_trace()
+        held = [(b - a, trace.net_at(a)) for a, b in pairwise([*trace.times_s, s.duration_s])]
+        exporting.append(sum(dt for dt, net_w in held if net_w < 0) / s.duration_s)
+    assert max(exporting) > 0.8
+    # Scripted cycling and compressor starts layered on the real traces.
+    assert sum(any(isinstance(e, Cycling) for e in s.events) for s in fast) >= 3
+    assert any(isinstance(e, Surge) for s in fast for e in s.events)
+    # Short enough for the default bench.
+    assert all(s.duration_s <= 2 * 3600 for s in fast)
+    stems = {p.stem for p in VARIANT_SCENARIO_DIR.glob("*.toml")}
+    both = [s.name for s in fast if {f"{s.name}_slow_meter", f"{s.name}_slow_battery"} <= stems]
+    assert len(both) >= 3
+
+
+def test_fast_traces_are_irregular_and_need_their_max_gap() -> None:
+    for name in FAST_TRACES:
+        path = SCENARIO_DIR / "traces" / name
+        rows = _csv_column(path, "grid_w")
+        spacings = {round(b - a, 3) for a, b in pairwise(rows)}
+        assert len(spacings) > 3, name  # uneven rows, as recorded
+        # Their drop-outs exceed the default (3 median spacings): the scenarios allow 30 s.
+        with pytest.raises(TraceError, match=r"line \d+: .* since the previous row"):
+            load_trace(path)
+        trace = load_trace(path, max_gap_s=30.0)
+        assert len(trace.times_s) == len(rows)
+        assert trace.net_at(0.0) == rows[min(rows)]
+
+
+def test_every_trace_file_is_attributed_in_the_readme() -> None:
+    readme = (SCENARIO_DIR / "README.md").read_text(encoding="utf-8")
+    attribution = readme.split("## Trace files and attribution", 1)[1]
+    for path in sorted((SCENARIO_DIR / "traces").glob("*.csv")):
+        # NREL's two days share one row of the table.
+        assert path.name in attribution or path.name.startswith("nrel_serf_east_pv_"), path.name
+    for credit in (
+        "https://doi.org/10.1038/sdata.2016.122",  # REFIT
+        "https://doi.org/10.15129/9ab14b0e-19ac-4279-938f-27f643078cec",
+        "https://doi.org/10.1038/sdata.2015.7",  # UK-DALE
+        "PV-Soft/Battery-Simulation repository (MIT licence, © 2020 Phisken)",
+    ):
+        assert credit in attribution
 
 
 def test_at_least_four_scenarios_have_both_slow_variants() -> None:
@@ -282,6 +365,47 @@ def test_malformed_trace_files_raise_trace_error(
         load_trace(path)
 
 
+def test_irregular_fractional_rows_hold_until_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "irregular.csv"
+    path.write_text(
+        "timestamp_s,grid_w\n0.000,58\n5.098,57\n\n20.792,-56\n21.5,1096\n26.61,-300\n",
+        encoding="utf-8",
+    )
+    trace = load_trace(path, max_gap_s=20.0)
+    assert trace.times_s == (0.0, 5.098, 20.792, 21.5, 26.61)
+    expected = {0.0: 58, 5.097: 58, 5.098: 57, 20.7: 57, 20.792: -56, 21.49: -56, 21.5: 1096}
+    for t_s, net_w in expected.items():
+        assert trace.net_at(t_s) == net_w, t_s
+    assert trace.net_at(30.0) == -300.0
+    # The default allows 3 median spacings (3 x 5.098 s): the 15.7 s gap is refused, and the
+    # message names the row after the gap by its line in the file (the blank line counts).
+    with pytest.raises(TraceError, match=r"line 5: 15\.694 s since the previous row") as err:
+        load_trace(path)
+    assert err.value.key == "file"
+    assert "max_gap_s" in err.value.problem
+    with pytest.raises(TraceError, match="largest gap allowed is 15 s"):
+        load_trace(path, max_gap_s=15.0)
+
+
+def test_only_gaps_inside_the_window_count(tmp_path: Path) -> None:
+    path = _write_csv(
+        tmp_path / "holes.csv",
+        ["timestamp_s", "grid_w"],
+        [[0, 1], [5, 2], [10, 3], [15, 4], [100, 5], [105, 6], [110, 7]],
+    )
+    assert load_trace(path, start_s=0.0, duration_s=15.0).net_at(14.0) == 3.0
+    assert load_trace(path, start_s=100.0, duration_s=15.0).net_at(0.0) == 5.0
+    # A window that starts inside the hole holds across it: refused.
+    with pytest.raises(TraceError, match="line 6: 85 s"):
+        load_trace(path, start_s=50.0, duration_s=60.0)
+    with pytest.raises(TraceError, match="line 6: 85 s"):
+        load_trace(path, start_s=10.0, duration_s=10.0)
+    assert load_trace(path, start_s=10.0, duration_s=10.0, max_gap_s=85.0).net_at(6.0) == 4.0
+    with pytest.raises(TraceError) as err:
+        load_trace(path, max_gap_s=0.0)
+    assert err.value.key == "max_gap_s"
+
+
 def test_trace_window_must_lie_inside_the_trace(grid_csv: Path, tmp_path: Path) -> None:
     with pytest.raises(TraceError) as err:
         load_trace(grid_csv, start_s=60.0, duration_s=200.0)
@@ -300,10 +424,10 @@ def test_trace_window_must_lie_inside_the_trace(grid_csv: Path, tmp_path: Path) 
 
 
 def test_event_shapes() -> None:
-    step = Event(at_s=10, kind="load_step", power_w=2000, duration_s=5)
-    assert [event_power_w(step, t) for t in (9.9, 10, 14.9, 15)] == [0, 2000, 2000, 0]
-    pulse = Event(at_s=0, kind="pulse", power_w=3000, duration_s=30, on_s=4, off_s=8)
-    assert [event_power_w(pulse, t) for t in (0, 3.9, 4, 11.9, 12, 16, 24, 29, 30)] == [
+    step = LoadStep(at_s=10, power_w=2000, duration_s=5)
+    assert [step.power_at(t) for t in (9.9, 10, 14.9, 15)] == [0, 2000, 2000, 0]
+    pulse = Pulse(at_s=0, power_w=3000, duration_s=30, on_s=4, off_s=8)
+    assert [pulse.power_at(t) for t in (0, 3.9, 4, 11.9, 12, 16, 24, 29, 30)] == [
         3000,
         3000,
         0,
@@ -314,8 +438,8 @@ def test_event_shapes() -> None:
         0,
         0,
     ]
-    ramp = Event(at_s=100, kind="ramp", power_w=1000, duration_s=60, ramp_s=10)
-    assert [event_power_w(ramp, t) for t in (100, 105, 110, 150, 155, 160)] == [
+    ramp = Ramp(at_s=100, power_w=1000, duration_s=60, ramp_s=10)
+    assert [ramp.power_at(t) for t in (100, 105, 110, 150, 155, 160)] == [
         0,
         500,
         1000,
@@ -326,14 +450,14 @@ def test_event_shapes() -> None:
 
 
 def test_event_timeline_sums_overlapping_events_in_any_order() -> None:
-    events = [
-        Event(at_s=50, kind="pulse", power_w=1000, duration_s=20, on_s=5, off_s=5),
-        Event(at_s=0, kind="load_step", power_w=2000, duration_s=60),
-        Event(at_s=55, kind="ramp", power_w=-400, duration_s=40, ramp_s=10),
+    events: list[Event] = [
+        Pulse(at_s=50, power_w=1000, duration_s=20, on_s=5, off_s=5),
+        LoadStep(at_s=0, power_w=2000, duration_s=60),
+        Ramp(at_s=55, power_w=-400, duration_s=40, ramp_s=10),
     ]
     timeline = EventTimeline(events)
     times = [0, 49, 50, 55, 59, 60, 65, 70, 80, 95, 200]
-    expected = [sum(event_power_w(e, t) for e in events) for t in times]
+    expected = [sum(e.power_at(t) for e in events) for t in times]
     assert expected == [2000, 2000, 3000, 2000, 1840, 800, -400, -400, -400, 0, 0]
     assert [timeline.extra_w_at(t) for t in times] == pytest.approx(expected)
     # Backwards after a forward pass gives the same answers.
@@ -343,17 +467,75 @@ def test_event_timeline_sums_overlapping_events_in_any_order() -> None:
 def test_step_times_lists_load_step_edges_only() -> None:
     timeline = EventTimeline(
         [
-            Event(at_s=300, kind="load_step", power_w=2500, duration_s=120),
-            Event(at_s=10, kind="pulse", power_w=1000, duration_s=60, on_s=5, off_s=5),
-            Event(at_s=100, kind="load_step", power_w=-800, duration_s=50),
+            LoadStep(at_s=300, power_w=2500, duration_s=120),
+            Pulse(at_s=10, power_w=1000, duration_s=60, on_s=5, off_s=5),
+            LoadStep(at_s=100, power_w=-800, duration_s=50),
         ]
     )
     assert timeline.step_times() == [(100, -800), (150, 800), (300, 2500), (420, -2500)]
 
 
+def test_surge_starts_high_then_runs() -> None:
+    fridge = Surge(at_s=10, power_w=120, duration_s=600, surge_w=450, surge_s=1.5)
+    assert [fridge.power_at(t) for t in (9.9, 10, 11.4, 11.5, 609.9, 610)] == [
+        0,
+        450,
+        450,
+        120,
+        120,
+        0,
+    ]
+
+
+def test_cycling_without_jitter_is_an_exact_duty_cycle() -> None:
+    hob = Cycling(at_s=100, power_w=2800, duration_s=60, period_s=12, duty=0.5)
+    assert cycle_edges(hob, 60.0) == [(u, u + 6.0) for u in (0.0, 12.0, 24.0, 36.0, 48.0)]
+    times = [99.9, 100, 105.9, 106, 111.9, 112, 159.9, 160]
+    assert [hob.power_at(t) for t in times] == [0, 2800, 2800, 0, 0, 2800, 0, 0]
+
+
+@given(
+    period_s=st.floats(min_value=4.0, max_value=30.0),
+    duty=st.floats(min_value=0.3, max_value=0.7),
+    jitter_share=st.floats(min_value=0.0, max_value=0.49),
+    seed=st.integers(min_value=0, max_value=2**63 - 1),
+)
+def test_cycling_jitter_keeps_each_cycle_in_bounds_and_is_seeded(
+    period_s: float, duty: float, jitter_share: float, seed: int
+) -> None:
+    jitter_s = jitter_share * period_s
+    event = Cycling(
+        at_s=0,
+        power_w=2000,
+        duration_s=600,
+        period_s=period_s,
+        duty=duty,
+        jitter_s=jitter_s,
+        seed=seed,
+    )
+    edges = cycle_edges(event, 600.0)
+    assert edges[0][0] == 0.0
+    starts = [start for start, _ in edges]
+    for (start, on_end), next_start in zip(edges, [*starts[1:], math.inf], strict=True):
+        length_s = next_start - start
+        if next_start < math.inf:
+            assert period_s - jitter_s - 1e-9 <= length_s <= period_s + jitter_s + 1e-9
+            assert on_end - start == pytest.approx(duty * length_s)
+    # The same seed gives the same edges, whatever times were asked before.
+    again = dataclasses.replace(event)
+    assert [again.power_at(t) for t in (599.0, 3.0, 301.5)] == [
+        event.power_at(t) for t in (599.0, 3.0, 301.5)
+    ]
+    assert cycle_edges(again, 600.0) == edges
+    if jitter_s > 0.01:
+        other = dataclasses.replace(event, seed=seed ^ 1)
+        assert cycle_edges(other, 600.0) != edges
+
+
 def test_unknown_event_kind_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown event kind"):
-        EventTimeline([Event(at_s=0, kind="kettle", power_w=1, duration_s=1)])
+    table = {"at_s": 0, "kind": "kettle", "power_w": 1, "duration_s": 1}
+    with pytest.raises(ValidationError, match="kettle"):
+        TypeAdapter(Event).validate_python(table)
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -435,7 +617,9 @@ import_eur_per_kwh = 0.4
     assert scenario.seed == 7
     assert scenario.pv_meter
     assert scenario.batteries[1].params.capacity_wh == 10240.0
-    assert scenario.events[0].on_s == 6.0
+    hob = scenario.events[0]
+    assert isinstance(hob, Pulse)
+    assert hob.on_s == 6.0
     assert [(f.kind, f.battery) for f in scenario.faults] == [
         ("battery_offline", 2),
         ("meter_frozen", None),
@@ -553,13 +737,72 @@ def _prepend(extra: str) -> Callable[[str], str]:
             "fault[1].kind",
             "must be one of",
         ),
+        (
+            _append(
+                '[[event]]\nat_s = 1\nkind = "cycling"\npower_w = 1\nduration_s = 60\n'
+                "period_s = 10\nduty = 0.5\njitter_s = 5\n"
+            ),
+            "event[1].jitter_s",
+            "half of period_s",
+        ),
+        (
+            _append(
+                '[[event]]\nat_s = 1\nkind = "cycling"\npower_w = 1\nduration_s = 60\n'
+                "period_s = 10\nduty = 1\n"
+            ),
+            "event[1].duty",
+            "< 1",
+        ),
+        (
+            _append(
+                '[[event]]\nat_s = 1\nkind = "cycling"\npower_w = 1\nduration_s = 60\nduty = 0.5\n'
+            ),
+            "event[1].period_s",
+            "required by kind 'cycling'",
+        ),
+        (
+            _append(
+                '[[event]]\nat_s = 1\nkind = "cycling"\npower_w = 1\nduration_s = 60\n'
+                "period_s = 10\nduty = 0.5\non_s = 3\n"
+            ),
+            "event[1].on_s",
+            "not used by kind 'cycling'",
+        ),
+        (
+            _append(
+                '[[event]]\nat_s = 1\nkind = "cycling"\npower_w = 1\nduration_s = 60\n'
+                "period_s = 10\nduty = 0.5\nseed = 1.5\n"
+            ),
+            "event[1].seed",
+            "integer",
+        ),
+        (
+            _append(
+                '[[event]]\nat_s = 1\nkind = "surge"\npower_w = 100\nduration_s = 2\n'
+                "surge_w = 400\nsurge_s = 2\n"
+            ),
+            "event[1].surge_s",
+            "shorter than duration_s",
+        ),
+        (
+            _append('[[event]]\nat_s = 1\nkind = "surge"\npower_w = 100\nduration_s = 2\n'),
+            "event[1].surge_w",
+            "missing",
+        ),
+        (
+            _replace('file = "trace.csv"', 'file = "trace.csv"\nmax_gap_s = 0'),
+            "trace.max_gap_s",
+            "> 0",
+        ),
+        (_replace('file = "trace.csv"', 'file = ""'), "trace.file", "empty"),
+        (_replace('file = "trace.csv"', "file = 3"), "trace.file", "string"),
         (_append("[[block]]\nat_s = 1\nduration_s = 0\n"), "block[1].duration_s", "> 0"),
         (_append('[meter]\ninterval_s = "1"\n'), "meter.interval_s", "must be a number"),
         (_append("[meter]\nperiod_s = 1\n"), "meter.period_s", "unknown key"),
         (_append("[pv_meter]\n"), "pv_meter.enabled", "missing"),
         (_append("[control]\nbatteries = 1\n"), "control.batteries", "unknown key"),
         (_append("[control]\ndeadband_w = 2.5\n"), "control.deadband_w", "integer"),
-        (_append("[control]\nmin_soc_pct = 120\n"), "control.min_soc_pct", "0..100"),
+        (_append("[control]\nmin_soc_pct = 120\n"), "control.min_soc_pct", "<= 100"),
         (_append("[control]\nloop_period_s = 0\n"), "control.loop_period_s", "> 0"),
         (_append("[tariff]\nimport_eur_per_kwh = inf\n"), "tariff.import_eur_per_kwh", "finite"),
         (
@@ -580,6 +823,82 @@ def test_each_validation_error_names_its_key(
     assert err.value.key == key
     assert problem in err.value.problem
     assert f": {key}: " in str(err.value)
+
+
+def test_cycling_seeds_come_from_the_scenario_seed(scenario_dir: Path) -> None:
+    events = "".join(
+        f'[[event]]\nat_s = {at_s}\nkind = "cycling"\npower_w = 2000\nduration_s = 300\n'
+        f"period_s = 10\nduty = 0.5\njitter_s = 2\n{extra}"
+        for at_s, extra in ((0, ""), (400, ""), (800, "seed = 5\n"))
+    )
+    first = _load(scenario_dir, "seed = 3\n" + BASE_TOML + events)
+    again = _load(scenario_dir, "seed = 3\n" + BASE_TOML + events)
+    other = _load(scenario_dir, "seed = 4\n" + BASE_TOML + events)
+    seeds = [e.seed for e in first.events if isinstance(e, Cycling)]
+    assert seeds == [e.seed for e in again.events if isinstance(e, Cycling)]
+    assert len(set(seeds)) == 3
+    assert seeds[2] == 5  # set in the file
+    assert seeds[:2] != [e.seed for e in other.events if isinstance(e, Cycling)][:2]
+    assert first.meter.seed not in seeds  # the jitter does not replay the meter's noise
+
+
+def _meter_readings(scenario: Scenario) -> list[float]:
+    world = World(scenario)
+    readings: list[float] = []
+    for _ in range(40):
+        world.advance(0.5)
+        sample = world.meter.latest(world.now_s)
+        if sample is not None:
+            readings.append(sample.grid_w)
+    return readings
+
+
+def test_meter_seed_defaults_to_the_scenario_seed_and_is_honoured(scenario_dir: Path) -> None:
+    by_scenario = _load(scenario_dir, "seed = 9\n" + BASE_TOML)
+    by_meter = _load(scenario_dir, BASE_TOML + "[meter]\nseed = 9\n")
+    other = _load(scenario_dir, "seed = 9\n" + BASE_TOML + "[meter]\nseed = 10\n")
+    assert by_scenario.meter.seed == by_meter.meter.seed == 9
+    assert by_scenario.seed != by_meter.seed
+    readings = _meter_readings(by_scenario)
+    assert len(readings) > 10
+    assert _meter_readings(by_meter) == readings
+    assert _meter_readings(other) != readings
+
+
+def test_max_gap_s_is_a_trace_key(tmp_path: Path) -> None:
+    _write_csv(
+        tmp_path / "trace.csv",
+        ["timestamp_s", "grid_w"],
+        [[0, 100], [6, 120], [12, 130], [40, 140], [46, 150], [52, 160], [58, 170]],
+    )
+    with pytest.raises(ScenarioError) as err:
+        _load(tmp_path, BASE_TOML)
+    assert err.value.key == "trace.file"
+    assert "line 5: 28 s since the previous row" in err.value.problem
+    assert str(tmp_path / "trace.csv") in err.value.problem
+    scenario = _load(
+        tmp_path, BASE_TOML.replace('file = "trace.csv"', 'file = "trace.csv"\nmax_gap_s = 30')
+    )
+    assert scenario.trace.max_gap_s == 30.0
+    assert scenario.load_trace().net_at(39.0) == 130.0
+
+
+def test_every_problem_of_a_file_is_listed(scenario_dir: Path) -> None:
+    text = BASE_TOML.replace("soc_pct = 60", "soc_pct = 101").replace(
+        "capacity_wh = 10240", "capacity_wh = -1\nunit_id = 2.0"
+    )
+    with pytest.raises(ScenarioError) as err:
+        _load(scenario_dir, text + "[meter]\nsed = 3\n")
+    assert [key for key, _ in err.value.problems] == [
+        "battery[2].capacity_wh",
+        "battery[2].unit_id",
+        "battery[2].soc_pct",
+        "meter.sed",
+    ]
+    assert err.value.problems[-1][1] == "unknown key (did you mean 'seed'?)"
+    lines = str(err.value).splitlines()
+    assert len(lines) == 4
+    assert all(line.startswith(f"{scenario_dir / 's.toml'}: ") for line in lines)
 
 
 def test_pv_meter_needs_pv(tmp_path: Path) -> None:
@@ -629,7 +948,18 @@ _TOML_SCALARS = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
-    st.sampled_from(["trace.csv", "load_step", "pulse", "ramp", "battery_offline", "meter_outage"]),
+    st.sampled_from(
+        [
+            "trace.csv",
+            "load_step",
+            "pulse",
+            "ramp",
+            "cycling",
+            "surge",
+            "battery_offline",
+            "meter_outage",
+        ]
+    ),
     st.dates(),
 )
 _KEYS = st.sampled_from(
@@ -661,6 +991,12 @@ _KEYS = st.sampled_from(
         "on_s",
         "off_s",
         "ramp_s",
+        "period_s",
+        "duty",
+        "jitter_s",
+        "surge_w",
+        "surge_s",
+        "max_gap_s",
         "battery",
         "enabled",
         "interval_s",
@@ -686,6 +1022,14 @@ kind = "ramp"
 power_w = 100
 duration_s = 60
 ramp_s = 5
+[[event]]
+at_s = 2
+kind = "cycling"
+power_w = 1500
+duration_s = 60
+period_s = 10
+duty = 0.5
+jitter_s = 1
 [[fault]]
 at_s = 1
 kind = "battery_stall"

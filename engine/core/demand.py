@@ -1,0 +1,149 @@
+"""The control law's memory: what the house needs, estimated from the meter and the batteries.
+
+Each new meter reading moves the estimate of the house's net demand at the instant the reading
+describes (``engine.core.estimator``); between readings the target stays, unless a rhythmic
+load is anticipated. The fleet's direction comes with hysteresis. How the target is split over
+the batteries is the fleet's business (``engine.core.policy``, ``engine.core.allocate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.core.estimator import (
+    MeterCadence,
+    NetDemandFilter,
+    PowerHistory,
+    PulsePredictor,
+    ResponseTimer,
+)
+from engine.core.events import Direction
+from engine.core.model import Snapshot
+from engine.core.settings import ControlSettings
+
+
+class DemandEstimator:
+    """The fleet's target (+ discharge, W) and everything it is estimated from."""
+
+    def __init__(self, settings: ControlSettings, period_s: float) -> None:
+        self.settings = settings
+        self.period_s = period_s
+        self.history = PowerHistory()
+        self.cadence = MeterCadence()
+        self.filter = NetDemandFilter(
+            step_threshold_w=settings.step_threshold_w,
+            alpha=settings.noise_alpha if settings.feature_noise_filter else 1.0,
+            feedforward=settings.feature_step_feedforward,
+            damping=settings.feature_oscillation_damping,
+        )
+        self.predictor = PulsePredictor(threshold_w=settings.step_threshold_w)
+        self.response = ResponseTimer()
+        self.target_w = 0.0  # fleet setpoint, + discharge
+        self.demand_w = 0.0  # the house's estimated demand less the grid target
+        self.anticipating = False  # the target includes a predicted edge
+        self.last_direction = Direction.NONE  # the fleet's last working direction
+
+    # ------------------------------------------------------------------ inputs
+    def restart(self) -> None:
+        """Cycles were skipped: the power history has a gap, the filter starts afresh."""
+        self.history = PowerHistory()
+        self.filter.reset()
+
+    def observe_batteries(self, now_s: float, parts: dict[str, float]) -> None:
+        """The batteries' measured power (+ discharging) this cycle, by name."""
+        self.history.add(now_s, parts)
+        self.response.observe(now_s, sum(parts.values()))
+
+    def new_reading(self, meter_updated_s: float | None) -> bool:
+        """Whether the meter's reading changed since the last cycle (and learn its cadence)."""
+        return self.cadence.observe(meter_updated_s)
+
+    def stale_limit_s(self) -> float:
+        return self.cadence.stale_limit_s(self.settings.stale_after_s)
+
+    def hold_at_zero(self) -> None:
+        """Every battery at 0 W (safe hold): forget the estimate, start afresh after it."""
+        self.filter.reset()
+        self.predictor.forget()
+        self.target_w = 0.0
+        self.demand_w = 0.0
+
+    # ------------------------------------------------------------------ the law
+    def update(self, snap: Snapshot) -> None:
+        """New meter reading: re-estimate the house's demand at the instant it describes."""
+        assert snap.grid_w is not None
+        assert snap.meter_updated_s is not None
+        s = self.settings
+        seen_s = snap.meter_updated_s
+        if not s.feature_latency_alignment:
+            lo = hi = self.history.latest_w()
+        elif s.feature_response_window:
+            # The reading describes an instant between (seen - latency - one poll period)
+            # and when it was seen: the batteries' power then lies within these bounds.
+            lo, hi = self.history.bounds(seen_s - s.meter_latency_s - self.period_s, seen_s)
+        else:
+            lo = hi = self.history.at(seen_s - s.meter_latency_s - 0.5 * self.period_s)
+        est = self.filter.update(snap.now_s, snap.grid_w + lo, snap.grid_w + hi)
+        demand = est - s.grid_target_w
+        if (
+            not s.feature_min_change
+            or abs(demand - self.demand_w) >= s.min_change_w
+            or (demand != 0 and self.demand_w == 0)
+        ):
+            if abs(demand - self.demand_w) >= s.step_threshold_w and not self.anticipating:
+                fleet_w = self.history.latest_w()
+                self.response.start(snap.now_s, fleet_w, fleet_w + demand - self.demand_w)
+            self.demand_w = demand
+        if s.feature_pulse_prediction:
+            self.predictor.observe(
+                seen_s - s.meter_latency_s,
+                est,
+                narrow=hi - lo <= 0.5 * s.step_threshold_w,
+                grid_w=snap.grid_w,
+                interval_s=self.cadence.typical_interval_s(),
+                lead_s=self.response.lead_s,
+            )
+
+    def anticipate(self, now_s: float, room_w: Callable[[Direction], float]) -> None:
+        """The fleet's target: the demand, or a rhythmic load's next level ahead of time.
+
+        Only while the fleet can carry both levels of the rhythm (``room_w``: what the
+        batteries can give in a direction): anticipating an edge it cannot follow would
+        only turn import into export.
+        """
+        s = self.settings
+        predicted = None
+        if s.feature_pulse_prediction and self.predictor.active:
+            predicted = self.predictor.target_w(now_s, self.response.lead_s)
+            for level in self.predictor.levels_w():
+                need = level - s.grid_target_w
+                direction = Direction.DISCHARGE if need > 0 else Direction.CHARGE
+                if abs(need) > room_w(direction):
+                    predicted = None
+        self.anticipating = predicted is not None
+        self.filter.damping_enabled = s.feature_oscillation_damping and not self.anticipating
+        self.target_w = self.demand_w if predicted is None else predicted - s.grid_target_w
+
+    def direction(self) -> Direction:
+        """The fleet's direction: idle inside the idle band; a reversal needs a clear demand."""
+        s = self.settings
+        target = self.target_w
+        band = s.idle_band_w
+        want = (
+            Direction.DISCHARGE
+            if target > band
+            else Direction.CHARGE
+            if target < -band
+            else Direction.NONE
+        )
+        last = self.last_direction
+        if (
+            s.feature_direction_hysteresis
+            and want is not Direction.NONE
+            and last is not Direction.NONE
+            and want is not last
+            and abs(target) <= band + s.deadband_w
+        ):
+            # Charging <-> discharging on a few watts is noise: rest instead of reversing.
+            return Direction.NONE
+        return want

@@ -1,6 +1,6 @@
 # MMBC engine image.
 #   docker build -t mmbc .
-#   docker run --env-file .env --network host --restart unless-stopped mmbc
+#   docker run --env-file .env --network host -v mmbc-data:/data --restart unless-stopped mmbc
 # Settings come from the environment (see .env.example and docs/configuration.md); a TOML file
 # can be mounted and named with MMBC_CONFIG or passed as arguments: `mmbc ... --config /x.toml`.
 # --network host lets the engine reach the meter and the batteries on the LAN directly.
@@ -37,6 +37,9 @@ RUN pip install --no-index --find-links=/tmp/wheels mmbc \
     && rm -rf /tmp/wheels
 # The working directory is where a mounted .env is found: -v "$PWD/.env:/app/.env:ro".
 WORKDIR /app
+# The energy totals' state file lives in /data (-v mmbc-data:/data keeps it across updates).
+RUN mkdir -p /data && chown mmbc:mmbc /data
+VOLUME ["/data"]
 USER mmbc
 # Healthy while control cycles complete and the meter is fresh (GET /healthz, 503 otherwise).
 # HTTP_PORT from the environment; with the server off (HTTP_ENABLED=false or HTTP_PORT=0) or

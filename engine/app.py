@@ -23,6 +23,7 @@ from engine.errors import ConfigError, DeviceError
 from engine.logs import setup_logging
 from engine.ports import Clock, LoopClock
 from engine.runtime.controller import SHUTDOWN_BUDGET_S, Controller
+from engine.runtime.energy_store import EnergyStateFile
 from engine.runtime.event_log import describe, level
 from engine.settings import EngineSettings, MqttSettings
 
@@ -35,13 +36,22 @@ _LOGGER = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_NOT_RELEASED = 3  # stopped, but a battery did not confirm 0 W and release: check it
 MQTT_CHECK_TIMEOUT_S = 5.0
+
+_EXIT_STATUS_HELP = """exit status:
+  0  stopped on SIGTERM/SIGINT with every battery at 0 W and released (--check: all answered)
+  1  --check: a device did not answer
+  2  invalid configuration (the message names the key)
+  3  stopped, but a battery could not be released (it may still run its last setpoint)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mmbc-engine",
         description="Keep a HomeWizard P1 meter at zero with Marstek Venus E batteries.",
+        epilog=_EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--env-file", type=Path, help="a .env file (default: ./.env if present)")
@@ -50,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--check", action="store_true", help="validate config, reach every device once, exit"
+    )
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        help="where the energy totals are kept across restarts"
+        " (default: /data/mmbc-state.json if /data is writable, else ./mmbc-state.json)",
     )
     parser.add_argument("--version", action="version", version=f"mmbc-engine {__version__}")
     args = parser.parse_args(argv)
@@ -63,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _LOGGER.warning("configuration: %s", warning)
     if args.check:
         return asyncio.run(check(config))
-    return asyncio.run(run(config, dry_run=args.dry_run or config.dry_run))
+    return asyncio.run(
+        run(config, dry_run=args.dry_run or config.dry_run, state_file=args.state_file)
+    )
 
 
 def build_batteries(config: EngineSettings, clock: Clock) -> list[MarstekBattery]:
@@ -166,7 +184,7 @@ def _make_bridge(
         on_block_discharge=controller.set_block_discharge,
         on_mode=controller.set_mode,
         has_pv=config.pv_meter is not None,
-        battery_names=[b.name for b in config.batteries],
+        battery_numbers=[b.number for b in config.batteries],
     )
 
 
@@ -196,7 +214,7 @@ def _counters(
         ),
         mqtt_connected=None if bridge is None else bridge.connected,
         mqtt_reconnects=None if bridge is None else max(0, bridge.connections - 1),
-        mqtt_rejected_commands=None if bridge is None else bridge.rejected_commands,
+        mqtt_rejected_commands=None if bridge is None else bridge.rejected,
     )
 
 
@@ -247,8 +265,12 @@ def _latency_summary(controller: Controller) -> str:
     )
 
 
-async def run(config: EngineSettings, *, dry_run: bool) -> int:
-    """Run until SIGTERM/SIGINT; then every battery to 0 W and released, exit 0 within 5 s."""
+async def run(config: EngineSettings, *, dry_run: bool, state_file: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT; then every battery to 0 W and released within 5 s.
+
+    Returns ``EXIT_OK``, or ``EXIT_NOT_RELEASED`` when a battery could not be released.
+    ``state_file``: the energy totals' state (default ``default_state_file()``).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -275,6 +297,8 @@ async def run(config: EngineSettings, *, dry_run: bool) -> int:
         else True,
         capacities={b.name: b.capacity_wh for b in config.batteries},
         dry_run=dry_run,
+        battery_numbers={b.name: b.number for b in config.batteries},
+        energy_store=EnergyStateFile(state_file),
     )
     mqtt = config.mqtt
     bridge = _make_bridge(config, mqtt, controller, clock) if mqtt is not None else None
@@ -320,6 +344,12 @@ async def run(config: EngineSettings, *, dry_run: bool) -> int:
             await pv.close()
         for b in batteries:
             await b.close()
+    if controller.released_ok is False:
+        _LOGGER.error(
+            "mmbc-engine stopped, but not every battery was released: %s",
+            _latency_summary(controller),
+        )
+        return EXIT_NOT_RELEASED
     _LOGGER.info("mmbc-engine stopped: %s", _latency_summary(controller))
     return EXIT_OK
 

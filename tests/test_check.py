@@ -15,7 +15,7 @@ import pytest
 
 from engine.app import EXIT_CHECK_FAILED, EXIT_OK, check
 from engine.config import build_config
-from sim.plant.world import PLANT_STEP_S, World
+from sim.plant.world import RECORD_STEP_S, World
 from sim.scenario import load_scenario
 from sim.servers.plant import WorldServers, start_world_servers
 from tests.mqtt_broker import HOST, TEST_PASSWORD, TEST_USERNAME, make_tls_files, start_broker
@@ -33,7 +33,7 @@ def _free_port() -> int:
 async def plant() -> AsyncIterator[WorldServers]:
     world = World(load_scenario(KETTLE))
     for _ in range(4):
-        world.advance(PLANT_STEP_S)  # so the meter has a reading to give
+        world.advance_to(world.now_s + RECORD_STEP_S)  # so the meter has a reading to give
     servers = await start_world_servers(world)
     try:
         yield servers

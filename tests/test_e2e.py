@@ -26,7 +26,7 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from engine.adapters import marstek_registers as reg
-from tests.mqtt_broker import TEST_PASSWORD, TEST_USERNAME, start_broker
+from tests.mqtt_broker import TEST_PASSWORD, TEST_USERNAME, broker_kind, start_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENARIO = ROOT / "scenarios" / "default.toml"
@@ -396,3 +396,142 @@ def test_unknown_config_file_key_exits_2_naming_it(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "control.deadbnd_w" in result.stderr
+
+
+def force_modes(served: Served) -> list[int]:
+    return [
+        read_register(port, reg.REG_FORCE_MODE)
+        for port in (served.modbus_port, served.modbus_port + 1)
+    ]
+
+
+@pytest.mark.slow
+async def test_hold_mode_and_floods_end_on_the_last_command(served: Served, tmp_path: Path) -> None:
+    async with start_broker() as broker:
+        mqtt = {
+            "MQTT_HOST": broker.host,
+            "MQTT_PORT": str(broker.port),
+            "MQTT_USERNAME": TEST_USERNAME,
+            "MQTT_PASSWORD": TEST_PASSWORD,
+            "MQTT_MIN_INTERVAL_S": "0",
+        }
+        env = served.engine_env() | mqtt
+        async with aiomqtt.Client(
+            broker.host, broker.port, username=TEST_USERNAME, password=TEST_PASSWORD
+        ) as client:
+            await client.subscribe("mmbc/status/#", qos=1)
+            engine, out = start_engine(tmp_path, env)
+            try:
+                await wait_for_topic(client, "mmbc/status/online", "online")
+                await asyncio.sleep(5.0)  # the winter evening: the batteries discharge
+                assert reg.FORCE_DISCHARGE in force_modes(served)
+                # Hold blocks discharge, and the published state says so.
+                await client.publish("mmbc/control/mode", "hold", qos=1)
+                await wait_for_topic(client, "mmbc/status/discharge_blocked", "true")
+                await asyncio.sleep(3.0)
+                assert reg.FORCE_DISCHARGE not in force_modes(served)
+                await client.publish("mmbc/control/mode", "normal", qos=1)
+                await wait_for_topic(client, "mmbc/status/discharge_blocked", "false")
+                # 1000 toggles at QoS 0, the last one blocks: the registers follow it.
+                for i in range(1000):
+                    payload = "true" if i % 2 else "false"
+                    await client.publish("mmbc/control/block_discharge", payload, qos=0)
+                await wait_for_topic(client, "mmbc/status/discharge_blocked", "true")
+                await asyncio.sleep(3.0)
+                assert reg.FORCE_DISCHARGE not in force_modes(served)
+            finally:
+                await asyncio.to_thread(stop_engine, engine, out)
+            first_log = out.rest()
+            if broker_kind() != "mosquitto":
+                return  # amqtt flags queued messages as retained: see test_mqtt's flood test
+            # Stopped: 100 x "false", then "true", queue on the engine's persistent session.
+            for _ in range(100):
+                await client.publish("mmbc/control/block_discharge", "false", qos=1)
+            await client.publish("mmbc/control/block_discharge", "true", qos=1)
+            engine, out = start_engine(tmp_path, env)
+            try:
+                await wait_for_topic(client, "mmbc/status/online", "online")
+                await wait_for_topic(client, "mmbc/status/discharge_blocked", "true")
+                await asyncio.sleep(4.0)
+                assert reg.FORCE_DISCHARGE not in force_modes(served)
+            finally:
+                await asyncio.to_thread(stop_engine, engine, out)
+    log = out.rest()
+    assert "Traceback" not in first_log + log
+    commands = [line for line in first_log.splitlines() if "MQTT command" in line]
+    assert len(commands) < 50  # a 1000-command flood is not 1000 log lines
+
+
+@pytest.mark.slow
+def test_exit_status_says_a_battery_was_not_released(served: Served, tmp_path: Path) -> None:
+    engine, out = start_engine(tmp_path, served.engine_env())
+    try:
+        out.wait_for("battery_2 available")
+        time.sleep(2.0)
+        served.proc.kill()  # the batteries' link dies: nothing can release them now
+        served.proc.wait()
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=EXIT_BOUND_S) == 3, out.rest()
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+    log = out.rest()
+    assert "not released" in log
+    assert "Traceback" not in log
+
+
+async def retained_under(broker_host: str, port: int, topic_filter: str) -> dict[str, str]:
+    """Every retained message under ``topic_filter``, read by a fresh client."""
+    found: dict[str, str] = {}
+    async with aiomqtt.Client(
+        broker_host, port, username=TEST_USERNAME, password=TEST_PASSWORD
+    ) as client:
+        await client.subscribe(topic_filter, qos=1)
+        await client.subscribe("e2e-sync", qos=1)
+        await client.publish("e2e-sync", "x", qos=1)
+        async with asyncio.timeout(START_BOUND_S):
+            async for message in client.messages:
+                if message.topic.value == "e2e-sync":
+                    break
+                if message.retain and message.payload:
+                    found[message.topic.value] = bytes(message.payload).decode()
+    return found
+
+
+@pytest.mark.slow
+async def test_a_battery_is_published_under_its_configured_number(
+    served: Served, tmp_path: Path
+) -> None:
+    async with start_broker() as broker:
+        env = {
+            "P1_API_URL": f"http://127.0.0.1:{served.p1_port}/api/v1/data",
+            "BATTERY_2_IP": "127.0.0.1",  # only battery 2 is configured
+            "BATTERY_2_PORT": str(served.modbus_port + 1),
+            "MQTT_HOST": broker.host,
+            "MQTT_PORT": str(broker.port),
+            "MQTT_USERNAME": TEST_USERNAME,
+            "MQTT_PASSWORD": TEST_PASSWORD,
+            "MQTT_MIN_INTERVAL_S": "0",
+        }
+        state_file = tmp_path / "state.json"
+        engine, out = start_engine(tmp_path, env, "--state-file", str(state_file))
+        try:
+            async with aiomqtt.Client(
+                broker.host, broker.port, username=TEST_USERNAME, password=TEST_PASSWORD
+            ) as client:
+                await client.subscribe("mmbc/battery/#", qos=1)
+                await wait_for_topic(client, "mmbc/battery/2/online", "true")
+                await asyncio.sleep(3.0)  # the identification is read in the first cycles
+            state = await retained_under(broker.host, broker.port, "mmbc/battery/#")
+            configs = await retained_under(broker.host, broker.port, "homeassistant/#")
+        finally:
+            await asyncio.to_thread(stop_engine, engine, out)
+    assert "mmbc/battery/2/soc" in state
+    assert not [topic for topic in state if topic.startswith("mmbc/battery/1/")]
+    soc = json.loads(configs["homeassistant/sensor/mmbc/battery_2_soc/config"])
+    assert soc["device"]["name"] == "MMBC Battery 2"
+    assert soc["device"]["serial_number"] == "VNSESIMbattery_2"  # read from 31200
+    assert "marstek_VNSESIMbattery_2" in soc["device"]["identifiers"]
+    assert not [topic for topic in configs if "battery_1_" in topic]
+    assert json.loads(state_file.read_text(encoding="utf-8"))["batteries"][0]["number"] == 2

@@ -15,8 +15,7 @@ One command::
 
     writes = commander.writes_for(power_w, now_s)   # [] when nothing needs sending
     ... write them in order; stop at the first failure ...
-    commander.on_written(writes_done, now_s)
-    commander.on_write_failed(now_s)                # only if one failed
+    commander.on_batch(writes_done, failed=..., now_s=now_s)   # the acknowledged prefix
 
 Control (register 42000) life cycle, ``ControlState``:
 
@@ -38,6 +37,13 @@ order, so the force mode still goes last); every ``reassert_s`` the full set is 
 whether or not it changed. A failed write forgets what the battery holds, so the next
 command is sent in full.
 
+Reporting-only reads (``extra_reads_due``): the identification (device name, versions,
+serial number) once per connection, and the diagnostics (pack voltage and current,
+temperature, alarm and fault bits) every ``counters_interval_s``. They come after the
+cycle's vital reads, at most ``EXTRA_READS_PER_CYCLE`` a cycle, and a failed one never makes
+the battery unavailable: a block the battery refuses (exception reply), or that fails
+``EXTRA_READ_ATTEMPTS`` times, is not asked for again.
+
 Fail-safe: replies are validated before they become telemetry. SoC 0xFFFF or > 100,
 an implausible AC power, or an all-ones counter becomes ``None``; a battery without a valid
 SoC and AC power this cycle is reported ``online=False``, so the core never bases a
@@ -48,33 +54,54 @@ returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import replace
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from engine.adapters.marstek_registers import (
+    ALARM_BITS,
+    ALARM_REGS,
+    DEVICE_NAME_REGS,
+    FAULT_BITS,
+    FAULT_REGS,
     FORCE_CHARGE,
     FORCE_DISCHARGE,
     FORCE_STOP,
     MAX_REGISTERS_PER_READ,
     REG_AC_POWER,
+    REG_ALARMS,
+    REG_BATTERY_VOLTAGE,
     REG_CHARGE_SETPOINT,
+    REG_DEVICE_NAME,
     REG_DISCHARGE_SETPOINT,
+    REG_FAULTS,
     REG_FORCE_MODE,
+    REG_INTERNAL_TEMPERATURE,
     REG_RS485_CONTROL,
+    REG_SERIAL_NUMBER,
     REG_SOC,
+    REG_SOFTWARE_VERSION,
     REG_TOTAL_CHARGE,
     RS485_DISABLE,
     RS485_ENABLE,
+    SERIAL_NUMBER_REGS,
+    VERSION_REGS,
+    bit_names,
+    bits_of,
+    decode_text,
     setpoint_writes,
+    to_i16,
     to_i32,
     to_u32,
 )
-from engine.core.model import BatteryTelemetry
+from engine.core.model import BatteryIdentity, BatteryTelemetry
+from engine.core.timers import elapsed, reached
 from engine.errors import (
     CommandRejected,
     ConfigError,
@@ -99,10 +126,40 @@ BLOCK_SOC: Final = (REG_SOC, 2)  # 32104 SoC %, 32105 capacity Wh
 BLOCK_AC_POWER: Final = (REG_AC_POWER, 2)  # int32, + discharging
 BLOCK_COUNTERS: Final = (REG_TOTAL_CHARGE, 4)  # 33000 charged, 33002 discharged (uint32)
 BLOCK_CONTROL: Final = (REG_RS485_CONTROL, 1)
-_BLOCK_COUNTS: Final = dict((BLOCK_SOC, BLOCK_AC_POWER, BLOCK_COUNTERS, BLOCK_CONTROL))
+# Reporting only (see the module docstring).
+BLOCK_DEVICE_NAME: Final = (REG_DEVICE_NAME, DEVICE_NAME_REGS)
+BLOCK_VERSIONS: Final = (REG_SOFTWARE_VERSION, VERSION_REGS)  # software, EMS, BMS
+BLOCK_SERIAL: Final = (REG_SERIAL_NUMBER, SERIAL_NUMBER_REGS)
+BLOCK_DC: Final = (REG_BATTERY_VOLTAGE, 2)  # 32100 voltage (0.01 V), 32101 current (0.01 A)
+BLOCK_TEMPERATURE: Final = (REG_INTERNAL_TEMPERATURE, 1)  # 0.1 degC
+BLOCK_ALARMS: Final = (REG_ALARMS, ALARM_REGS)
+BLOCK_FAULTS: Final = (REG_FAULTS, FAULT_REGS)
+IDENTITY_BLOCKS: Final = (BLOCK_DEVICE_NAME, BLOCK_VERSIONS, BLOCK_SERIAL)
+DIAGNOSTIC_BLOCKS: Final = (BLOCK_DC, BLOCK_TEMPERATURE, BLOCK_ALARMS, BLOCK_FAULTS)
+EXTRA_READS_PER_CYCLE: Final = 2
+EXTRA_READ_ATTEMPTS: Final = 3
+_BLOCK_COUNTS: Final = dict(
+    (BLOCK_SOC, BLOCK_AC_POWER, BLOCK_COUNTERS, BLOCK_CONTROL, *IDENTITY_BLOCKS, *DIAGNOSTIC_BLOCKS)
+)
 assert all(count <= MAX_REGISTERS_PER_READ for count in _BLOCK_COUNTS.values())
+_BLOCK_WHAT: Final = {
+    REG_DEVICE_NAME: "device name",
+    REG_SOFTWARE_VERSION: "firmware versions",
+    REG_SERIAL_NUMBER: "serial number",
+    REG_BATTERY_VOLTAGE: "pack voltage and current",
+    REG_INTERNAL_TEMPERATURE: "temperature",
+    REG_ALARMS: "alarm bits",
+    REG_FAULTS: "fault bits",
+}
+# Plausible ranges: a Venus E pack is 16 LFP cells (40-58.4 V) and delivers at most ~2.5 kW.
+_PACK_VOLTAGE_RANGE_V: Final = (10.0, 80.0)
+_MAX_PACK_CURRENT_A: Final = 150.0
+_TEMPERATURE_RANGE_C: Final = (-40.0, 120.0)
 
 _SETPOINT_REGS: Final = frozenset({REG_FORCE_MODE, REG_CHARGE_SETPOINT, REG_DISCHARGE_SETPOINT})
+
+# A read cycle as a dialogue: blocks out, registers (or the request's error) back, telemetry.
+ReadCycle: TypeAlias = Generator[tuple[int, int], "list[int] | DeviceError", BatteryTelemetry]
 
 
 class ControlState(StrEnum):
@@ -113,6 +170,30 @@ class ControlState(StrEnum):
     CONFIRMED = "confirmed"
     LOST = "lost"
     RELEASED = "released"
+
+
+class _Extra:
+    """The schedule of one reporting-only block."""
+
+    __slots__ = ("failures", "next_s", "refused")
+
+    def __init__(self) -> None:
+        self.next_s = float("-inf")
+        self.failures = 0
+        self.refused = False  # refused or failed too often: never asked again
+
+
+class _Diagnostics:
+    """The last valid diagnostics (reporting only)."""
+
+    __slots__ = ("alarms", "current_a", "faults", "temperature_c", "voltage_v")
+
+    def __init__(self) -> None:
+        self.voltage_v: float | None = None
+        self.current_a: float | None = None
+        self.temperature_c: float | None = None
+        self.alarms: tuple[str, ...] | None = None
+        self.faults: tuple[str, ...] | None = None
 
 
 class _Cycle:
@@ -175,6 +256,9 @@ class VenusCommander:
         self._cycle = _Cycle()
         self._online: bool | None = None
         self._offline_since_s: float | None = None
+        self._extras = {block: _Extra() for block in (*IDENTITY_BLOCKS, *DIAGNOSTIC_BLOCKS)}
+        self._identity = BatteryIdentity()
+        self._diagnostics = _Diagnostics()
 
     # -- state, for the runtime and for tests --------------------------------------------
 
@@ -201,6 +285,16 @@ class VenusCommander:
             return -charge_w
         return 0 if mode == FORCE_STOP else None
 
+    @property
+    def identity(self) -> BatteryIdentity:
+        """What the battery said it is (fields stay None until read and valid)."""
+        return self._identity
+
+    def on_connected(self) -> None:
+        """A new connection: the identification is read again (once), unless refused."""
+        for block in IDENTITY_BLOCKS:
+            self._extras[block].next_s = float("-inf")
+
     def forget(self) -> None:
         """Forget everything the battery is believed to hold (control and setpoints).
 
@@ -224,20 +318,81 @@ class VenusCommander:
         blocks = [BLOCK_SOC, BLOCK_AC_POWER]
         if self._control_check_due(now_s):
             blocks.append(BLOCK_CONTROL)
-        if (
-            self._counters_read_s is None
-            or now_s - self._counters_read_s >= self.counters_interval_s
+        if self._counters_read_s is None or elapsed(
+            now_s, self._counters_read_s, self.counters_interval_s
         ):
             blocks.append(BLOCK_COUNTERS)
         return blocks
+
+    def read_cycle(self, now_s: float) -> ReadCycle:
+        """One whole read cycle as a dialogue with the transport, stamped ``now_s``.
+
+        Yields each (address, count) block to read, in order; the transport sends back the
+        registers, or the ``DeviceError`` the request ended in. The vital blocks come first
+        (a failure ends the cycle: the battery is unavailable), then the reporting-only ones
+        (a failure ends those, never the cycle). Returns the cycle's telemetry. Every
+        transport (Modbus TCP, the simulator's direct calls) runs this same dialogue.
+        """
+        for address, count in self.reads_due(now_s):
+            reply = yield address, count
+            if isinstance(reply, DeviceError):
+                self.on_read_failed(now_s, str(reply))
+                return self.telemetry(now_s)
+            self.on_read(address, reply, now_s)
+        for address, count in self.extra_reads_due(now_s):
+            reply = yield address, count
+            if isinstance(reply, DeviceError):
+                refused = isinstance(reply, DeviceResponseError)
+                self.on_extra_read_failed(address, now_s, refused=refused)
+                break
+            self.on_read(address, reply, now_s)
+        return self.telemetry(now_s)
+
+    def extra_reads_due(
+        self, now_s: float, limit: int = EXTRA_READS_PER_CYCLE
+    ) -> list[tuple[int, int]]:
+        """Up to ``limit`` reporting-only blocks to read after this cycle's vital ones.
+
+        Report each attempt with ``on_read`` or ``on_extra_read_failed``; blocks not
+        attempted stay due.
+        """
+        due = [
+            block
+            for block, extra in self._extras.items()
+            if not extra.refused and reached(now_s, extra.next_s)
+        ]
+        return due[:limit]
+
+    def on_extra_read_failed(self, address: int, now_s: float, *, refused: bool) -> None:
+        """A reporting-only read failed; ``refused``: the battery answered with an exception."""
+        block = (address, _BLOCK_COUNTS[address])
+        extra = self._extras.get(block)
+        if extra is None:
+            msg = f"{address} is not a reporting-only block"
+            raise ValueError(msg)
+        extra.failures += 1
+        if refused or extra.failures >= EXTRA_READ_ATTEMPTS:
+            extra.refused = True
+            _LOGGER.info(
+                "Battery %s does not report its %s; not asking again",
+                self.name,
+                _BLOCK_WHAT[address],
+            )
+        self._schedule_extra(block, extra, now_s)
+
+    def _schedule_extra(self, block: tuple[int, int], extra: _Extra, now_s: float) -> None:
+        # The identification is read once per connection; the diagnostics every interval.
+        if block in IDENTITY_BLOCKS:
+            extra.next_s = float("inf")
+        else:
+            extra.next_s = now_s + self.counters_interval_s
 
     def _control_check_due(self, now_s: float) -> bool:
         if self._control in (ControlState.UNKNOWN, ControlState.WRITTEN):
             return True
         if self._control is ControlState.CONFIRMED:
-            return (
-                self._control_checked_s is None
-                or now_s - self._control_checked_s >= self.control_recheck_s
+            return self._control_checked_s is None or elapsed(
+                now_s, self._control_checked_s, self.control_recheck_s
             )
         # LOST: we already know; the next command re-applies it. RELEASED: not ours.
         return False
@@ -249,6 +404,9 @@ class VenusCommander:
             msg = f"{address} is not a block this commander reads"
             raise ValueError(msg)
         if len(values) != expected:
+            if (address, expected) in self._extras:
+                self.on_extra_read_failed(address, now_s, refused=False)
+                return
             self.on_read_failed(
                 now_s, f"reply to read {address} had {len(values)} registers, not {expected}"
             )
@@ -273,8 +431,46 @@ class VenusCommander:
             self._counters_read_s = now_s
             self._charge_total_wh = _counter_wh(to_u32(words[0], words[1]))
             self._discharge_total_wh = _counter_wh(to_u32(words[2], words[3]))
-        else:
+        elif address == REG_RS485_CONTROL:
             self._on_control_read(words[0], now_s)
+        else:
+            self._on_extra_read(address, words, now_s)
+
+    def _on_extra_read(self, address: int, words: list[int], now_s: float) -> None:
+        block = (address, _BLOCK_COUNTS[address])
+        extra = self._extras[block]
+        extra.failures = 0
+        self._schedule_extra(block, extra, now_s)
+        identity = self._identity
+        diagnostics = self._diagnostics
+        if address == REG_DEVICE_NAME:
+            self._identity = replace(identity, device_name=decode_text(words) or None)
+        elif address == REG_SERIAL_NUMBER:
+            self._identity = replace(identity, serial_number=decode_text(words) or None)
+        elif address == REG_SOFTWARE_VERSION:
+            software, ems, bms = (None if w in (0, _U16_GARBAGE) else w for w in words)
+            self._identity = replace(
+                identity,
+                software_version=None if software is None else f"{software / 100:.2f}",
+                ems_version=ems,
+                bms_version=bms,
+            )
+        elif address == REG_BATTERY_VOLTAGE:
+            voltage_v = words[0] / 100.0
+            low_v, high_v = _PACK_VOLTAGE_RANGE_V
+            diagnostics.voltage_v = voltage_v if low_v <= voltage_v <= high_v else None
+            # 32101 counts + while charging; inside the engine + is discharging.
+            current_a = -to_i16(words[1]) / 100.0
+            plausible = diagnostics.voltage_v is not None and abs(current_a) <= _MAX_PACK_CURRENT_A
+            diagnostics.current_a = current_a if plausible else None
+        elif address == REG_INTERNAL_TEMPERATURE:
+            temperature_c = to_i16(words[0]) / 10.0
+            low_c, high_c = _TEMPERATURE_RANGE_C
+            diagnostics.temperature_c = temperature_c if low_c <= temperature_c <= high_c else None
+        elif address == REG_ALARMS:
+            diagnostics.alarms = bit_names(bits_of(words), ALARM_BITS)
+        elif address == REG_FAULTS:
+            diagnostics.faults = bit_names(bits_of(words), FAULT_BITS)
 
     def _on_control_read(self, raw: int, now_s: float) -> None:
         self._control_checked_s = now_s
@@ -309,8 +505,10 @@ class VenusCommander:
         cycle = self._cycle
         online = not cycle.failed and cycle.soc_pct is not None and cycle.power_w is not None
         self._note_availability(online, cycle, now_s)
+        identity = self._identity if self._identity != BatteryIdentity() else None
         if cycle.failed:
-            return BatteryTelemetry(name=self.name, online=False)
+            return BatteryTelemetry(name=self.name, online=False, identity=identity)
+        diagnostics = self._diagnostics
         return BatteryTelemetry(
             name=self.name,
             online=online,
@@ -320,6 +518,12 @@ class VenusCommander:
             charge_total_wh=self._charge_total_wh,
             discharge_total_wh=self._discharge_total_wh,
             capacity_wh=cycle.capacity_wh,
+            identity=identity,
+            voltage_v=diagnostics.voltage_v,
+            current_a=diagnostics.current_a,
+            temperature_c=diagnostics.temperature_c,
+            alarms=diagnostics.alarms,
+            faults=diagnostics.faults,
         )
 
     def _note_availability(self, online: bool, cycle: _Cycle, now_s: float) -> None:
@@ -351,7 +555,9 @@ class VenusCommander:
         take_control = self._control not in (ControlState.WRITTEN, ControlState.CONFIRMED)
         if take_control:
             writes.append((REG_RS485_CONTROL, RS485_ENABLE))
-        reassert_due = self._full_write_s is None or now_s - self._full_write_s >= self.reassert_s
+        reassert_due = self._full_write_s is None or elapsed(
+            now_s, self._full_write_s, self.reassert_s
+        )
         if take_control or reassert_due or not self._held.keys() >= _SETPOINT_REGS:
             writes.extend(target)
         else:
@@ -380,6 +586,13 @@ class VenusCommander:
         if {address for address, _ in done} >= _SETPOINT_REGS:
             self._full_write_s = now_s
 
+    def on_batch(self, done: Iterable[tuple[int, int]], *, failed: bool, now_s: float) -> None:
+        """One batch's outcome, as every transport reports it: the writes the battery
+        acknowledged (a prefix of the batch), then whether a later one failed."""
+        self.on_written(done, now_s)
+        if failed:
+            self.on_write_failed(now_s)
+
     def on_write_failed(self, now_s: float) -> None:
         """A write failed: what the battery holds is unknown, so the next command goes in full."""
         del now_s
@@ -402,6 +615,12 @@ class MarstekBattery:
     the wait is a check against the injected clock, so a dead battery never blocks the
     caller. After ``max_failed_requests`` failures in a row the connection is dropped and
     re-opened (a half-open TCP link otherwise only ever times out).
+
+    While it backs off, a probe in the background (a fresh connection and one register read,
+    at most every ``probe_interval_s``, never awaited by the caller) finds a battery that
+    answers again; its connection is then used at once instead of after the rest of a
+    backoff of up to ``backoff_max_s``: a Venus E has no watchdog, so every second out of
+    control is a second at its last setpoint.
     """
 
     def __init__(
@@ -420,6 +639,7 @@ class MarstekBattery:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 30.0,
         max_failed_requests: int = 3,
+        probe_interval_s: float = 2.0,
     ) -> None:
         if not 1 <= port <= 65535:
             raise ConfigError("port", f"must be 1..65535, got {port}")
@@ -433,6 +653,9 @@ class MarstekBattery:
             raise ConfigError("backoff_s", "need 0 < backoff_initial_s <= backoff_max_s")
         if max_failed_requests < 1:
             raise ConfigError("max_failed_requests", f"must be >= 1, got {max_failed_requests}")
+        if probe_interval_s <= 0:
+            raise ConfigError("probe_interval_s", f"must be > 0, got {probe_interval_s}")
+        quiet_pymodbus_connect_failures()
         self.name = name
         self.host = host
         self.port = port
@@ -445,7 +668,8 @@ class MarstekBattery:
         )
         self.reads = 0  # read requests issued
         self.writes = 0  # write requests issued
-        self.connects = 0  # connection attempts
+        self.connects = 0  # connection attempts by read/apply/release
+        self.probes = 0  # probes started while backing off (each one connection attempt)
         self.errors = 0  # requests and connection attempts that failed
         self.retries = 0  # requests and connection attempts made right after a failed one
         self._last_attempt_failed = False
@@ -462,6 +686,9 @@ class MarstekBattery:
         self._fresh = False  # connected, but no request answered yet
         self._last_io_s: float | None = None
         self._writes_failing = False
+        self._probe_interval_s = probe_interval_s
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_started_s = float("-inf")
         # read/apply/release of one battery must not interleave on its single connection.
         self._lock = asyncio.Lock()
 
@@ -483,16 +710,27 @@ class MarstekBattery:
         """One read cycle. ``now_s`` stamps the cycle (default: the clock's now)."""
         async with self._lock:
             stamp = self._clock.now() if now_s is None else now_s
-            commander = self.commander
-            blocks = commander.reads_due(stamp)
+            dialogue = self.commander.read_cycle(stamp)
+            block: tuple[int, int] | DeviceError = next(dialogue)
             try:
                 await self._ensure_connected()
-                for address, count in blocks:
-                    values = await self._read_block(address, count)
-                    commander.on_read(address, values, stamp)
             except DeviceError as exc:
-                commander.on_read_failed(stamp, str(exc))
-            return commander.telemetry(stamp)
+                block = exc  # not connected: the first block fails, and with it the cycle
+            while True:
+                reply: list[int] | DeviceError
+                if isinstance(block, DeviceError):
+                    reply = block
+                else:
+                    try:
+                        reply = await self._read_block(*block)
+                    except DeviceError as exc:
+                        _LOGGER.debug("Battery %s: read %d failed: %s", self.name, block[0], exc)
+                        reply = exc
+                try:
+                    block = dialogue.send(reply)
+                except StopIteration as done:
+                    telemetry: BatteryTelemetry = done.value
+                    return telemetry
 
     async def apply(self, power_w: int) -> bool:
         """Command ``power_w`` (+ discharge, - charge, 0 idle); sends only what is needed.
@@ -523,6 +761,7 @@ class MarstekBattery:
         Best effort on shutdown: connects regardless of backoff and tries every write
         even if an earlier one failed (a released battery runs its own safe logic).
         """
+        await self._cancel_probe()  # a Venus E v3 takes one connection: the release's
         async with self._lock:
             writes = self.commander.release_writes()
             try:
@@ -537,8 +776,16 @@ class MarstekBattery:
 
     async def close(self) -> None:
         """Close the connection (no writes; call ``release`` first on shutdown)."""
+        await self._cancel_probe()
         async with self._lock:
             self._drop_client()
+
+    async def _cancel_probe(self) -> None:
+        probe, self._probe_task = self._probe_task, None
+        if probe is not None and not probe.done():
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
 
     # -- internals -----------------------------------------------------------------------
 
@@ -563,9 +810,7 @@ class MarstekBattery:
             else:
                 done.append((address, value))
         # One batch for the commander: a full setpoint set restarts the re-assert timer.
-        self.commander.on_written(done, self._clock.now())
-        if not ok:
-            self.commander.on_write_failed(self._clock.now())
+        self.commander.on_batch(done, failed=not ok, now_s=self._clock.now())
         return ok, reason
 
     def _note_write_result(self, *, ok: bool, reason: str) -> None:
@@ -583,18 +828,10 @@ class MarstekBattery:
         self._drop_client()
         now_s = self._clock.now()
         if not ignore_backoff and now_s < self._next_connect_s:
+            self._start_probe(now_s)
             msg = f"reconnect to {self.host}:{self.port} in {self._next_connect_s - now_s:.1f} s"
             raise DeviceUnavailable(msg, device=self.name)
-        # pymodbus' own retries and reconnect loop are off: this class owns both, on the
-        # injected clock. Its timeout is only a backstop behind asyncio.timeout below.
-        client = AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            name=f"marstek-{self.name}",
-            timeout=self._timeout_s * 2 + 1.0,
-            retries=0,
-            reconnect_delay=0,
-        )
+        client = self._new_client()
         self.connects += 1
         self._note_attempt()
         try:
@@ -616,6 +853,59 @@ class MarstekBattery:
         self._failed_requests = 0
         self._last_io_s = self._clock.now()
         self.commander.forget()
+        self.commander.on_connected()
+
+    def _new_client(self) -> AsyncModbusTcpClient:
+        # pymodbus' own retries and reconnect loop are off: this class owns both, on the
+        # injected clock. Its timeout is only a backstop behind asyncio.timeout.
+        return AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            name=f"marstek-{self.name}",
+            timeout=self._timeout_s * 2 + 1.0,
+            retries=0,
+            reconnect_delay=0,
+        )
+
+    def _start_probe(self, now_s: float) -> None:
+        if self._probe_task is not None and not self._probe_task.done():
+            return
+        if now_s - self._probe_started_s < self._probe_interval_s:
+            return
+        self._probe_started_s = now_s
+        self.probes += 1
+        self._probe_task = asyncio.ensure_future(self._probe())
+
+    async def _probe(self) -> None:
+        """Connect and read one register; if the battery answers, keep that connection."""
+        client = self._new_client()
+        answered = False
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if await client.connect():
+                    reply = await client.read_holding_registers(
+                        REG_SOC, count=1, device_id=self.unit_id
+                    )
+                    answered = reply is not None and not reply.isError()
+        except (TimeoutError, OSError, ModbusException):
+            answered = False
+        if not answered:
+            client.close()
+            return
+        async with self._lock:
+            if self.connected or self._clock.now() >= self._next_connect_s:
+                client.close()  # connected meanwhile, or the backoff is over anyway
+                return
+            _LOGGER.debug("Battery %s answers again: backoff ended early", self.name)
+            self._drop_client()
+            self._client = client
+            self._fresh = False  # it answered
+            self._failed_requests = 0
+            self._backoff_s = 0.0
+            self._next_connect_s = float("-inf")
+            self._last_io_s = self._clock.now()
+            self.commander.forget()
+            self.commander.on_connected()
 
     def _back_off(self) -> None:
         self._backoff_s = min(
@@ -719,6 +1009,28 @@ class MarstekBattery:
             self._note_failure()
             msg = f"write {address}={value}: echo {getattr(reply, 'address', None)}={echoed}"
             raise DeviceResponseError(msg, device=self.name)
+
+
+class _ConnectFailureFilter(logging.Filter):
+    """Drops pymodbus' "Failed to connect" line, repeated at every attempt.
+
+    ``VenusCommander`` logs one line when a battery becomes unavailable and one when it
+    returns; pymodbus would add one per reconnect attempt (every probe, every backoff step).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to connect")
+
+
+_PYMODBUS_LOGGER: Final = "pymodbus.logging"
+_CONNECT_FAILURE_FILTER: Final = _ConnectFailureFilter()
+
+
+def quiet_pymodbus_connect_failures() -> None:
+    """Install the filter on pymodbus' logger (idempotent; called by ``MarstekBattery``)."""
+    logger = logging.getLogger(_PYMODBUS_LOGGER)
+    if _CONNECT_FAILURE_FILTER not in logger.filters:
+        logger.addFilter(_CONNECT_FAILURE_FILTER)
 
 
 async def release_all(batteries: Iterable[MarstekBattery]) -> dict[str, bool]:

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from typing import Final
 
-# Identification
+# Identification (v1/v2; read once per connection)
 REG_DEVICE_NAME: Final = 31000  # char, 10 registers
 DEVICE_NAME_REGS: Final = 10
+REG_SOFTWARE_VERSION: Final = 31100  # uint16, 0.01
+REG_EMS_VERSION: Final = 31101  # uint16
+REG_BMS_VERSION: Final = 31102  # uint16
+VERSION_REGS: Final = 3  # 31100..31102
+REG_SERIAL_NUMBER: Final = 31200  # char, 10 registers
+SERIAL_NUMBER_REGS: Final = 10
 
 # Battery (DC side)
 REG_BATTERY_VOLTAGE: Final = 32100  # uint16, 0.01 V
@@ -33,8 +39,16 @@ REG_DAILY_DISCHARGE: Final = 33006
 REG_MONTHLY_CHARGE: Final = 33008
 REG_MONTHLY_DISCHARGE: Final = 33010
 
+# Temperatures, int16, 0.1 degC
+REG_INTERNAL_TEMPERATURE: Final = 35000
+REG_MOS1_TEMPERATURE: Final = 35001
+REG_MOS2_TEMPERATURE: Final = 35002
+
 REG_INVERTER_STATE: Final = 35100  # enum InverterState
-REG_ALARMS: Final = 36000  # 2 registers, bitfield
+REG_ALARMS: Final = 36000  # bitfield: 36000 holds bits 0-15, 36001 bits 16-31
+ALARM_REGS: Final = 2
+REG_FAULTS: Final = 36100  # bitfield: 36100 bits 0-15 ... 36103 bits 48-63
+FAULT_REGS: Final = 4
 
 # Control
 REG_RS485_CONTROL: Final = 42000
@@ -66,6 +80,80 @@ class InverterState:
     BACKUP: Final = 4
     OTA: Final = 5
     BYPASS: Final = 6
+
+
+# Bit names (Viper e_v12 numbering, protocol reference section 1.2). Bit n lives in register
+# base + n // 16, at position n % 16; a set bit that is not named here is reported by number.
+ALARM_BITS: Final[dict[int, str]] = {
+    0: "PLL abnormal restart",
+    1: "over-temperature limit",
+    2: "low-temperature limit",
+    3: "fan abnormal",
+    4: "low battery SoC warning",
+    5: "output over-current warning",
+    6: "abnormal line sequence",
+    16: "WiFi abnormal",
+    17: "BLE abnormal",
+    18: "network abnormal",
+    19: "CT connection abnormal",
+}
+FAULT_BITS: Final[dict[int, str]] = {
+    0: "grid over-voltage",
+    1: "grid under-voltage",
+    2: "grid over-frequency",
+    3: "grid under-frequency",
+    4: "grid peak voltage",
+    5: "DC over-current",
+    6: "DC over-voltage",
+    16: "battery over-voltage",
+    17: "battery under-voltage",
+    18: "battery over-current",
+    19: "battery low SoC",
+    20: "battery communication failure",
+    21: "BMS protection",
+    32: "inverter soft-start timeout",
+    33: "self-check failure",
+    34: "EEPROM failure",
+    35: "other system failure",
+    48: "bus over-voltage",
+    49: "output over-current",
+    50: "transformer over-current",
+    51: "battery over-current (hardware)",
+    52: "hardware protection",
+    53: "output over-current (hardware)",
+    54: "HV bus over-voltage",
+    55: "HV bus under-voltage",
+    56: "over-power",
+    57: "FSM abnormal",
+    58: "over-temperature",
+}
+
+
+def bits_of(words: list[int] | tuple[int, ...]) -> int:
+    """Bitfield registers as one integer: the first register holds bits 0-15."""
+    value = 0
+    for i, word in enumerate(words):
+        value |= (word & 0xFFFF) << (16 * i)
+    return value
+
+
+def bit_names(value: int, names: dict[int, str]) -> tuple[str, ...]:
+    """The names of the set bits of ``value``, lowest first; unnamed bits as ``bit <n>``."""
+    return tuple(
+        names.get(bit, f"bit {bit}") for bit in range(value.bit_length()) if value >> bit & 1
+    )
+
+
+def decode_text(words: list[int] | tuple[int, ...]) -> str:
+    """A char register block: two ASCII characters per register, high byte first, NUL ends.
+
+    Returns ``""`` for anything that is not printable ASCII (a blank or garbled block).
+    """
+    raw = b"".join((word & 0xFFFF).to_bytes(2, "big") for word in words)
+    text = raw.split(b"\0", 1)[0].strip(b" \xff")
+    if not text or any(not 0x20 <= byte < 0x7F for byte in text):
+        return ""
+    return text.decode("ascii").strip()
 
 
 def setpoint_writes(power_w: int) -> tuple[tuple[int, int], ...]:

@@ -32,6 +32,7 @@ from engine.core.events import (
 )
 from engine.core.model import BatteryTelemetry
 from engine.core.states import BatteryState
+from engine.core.timers import elapsed, reached
 
 B = BatteryState
 
@@ -267,7 +268,7 @@ class BatteryFsm:
 
     def tick(self, now_s: float, events: list[DecisionEvent]) -> None:
         """The exclusion's timer: once it has run out the battery is commanded again."""
-        if self.exclusion_pending() and now_s >= self.excluded_until_s:
+        if self.exclusion_pending() and reached(now_s, self.excluded_until_s):
             self.excluded_until_s = float("-inf")
             if self.state is B.EXCLUDED:
                 self.expire()
@@ -280,7 +281,7 @@ class BatteryFsm:
         cmd = self.command_w
         if self.state is B.EXCLUDED:
             return
-        if abs(cmd) < FOLLOW_MIN_W or now_s - self.command_since_s < FOLLOW_SETTLE_S:
+        if abs(cmd) < FOLLOW_MIN_W or not elapsed(now_s, self.command_since_s, FOLLOW_SETTLE_S):
             return
         soc = tel.soc_pct if tel.soc_pct is not None else 50.0
         # The firmware's own SoC cut-offs stop it near the limits: not a fault.

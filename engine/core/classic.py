@@ -34,6 +34,7 @@ class ClassicPolicy:
     def __init__(self, settings: ControlSettings) -> None:
         self.settings = settings
         self.period_s = CLASSIC_PERIOD_S
+        self.learns_meter_phase = False  # upstream sleeps a fixed 3 s
         self.fleet = FleetFsm()
         self._fsms = {
             b.name: BatteryFsm(b.name, min_soc_pct=settings.min_soc_pct, max_soc_pct=100.0)

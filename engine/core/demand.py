@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.core.estimator import (
+    FastLoadHold,
     MeterCadence,
     NetDemandFilter,
     PowerHistory,
@@ -37,6 +38,9 @@ class DemandEstimator:
             damping=settings.feature_oscillation_damping,
         )
         self.predictor = PulsePredictor(threshold_w=settings.step_threshold_w)
+        self.hold = FastLoadHold(
+            threshold_w=settings.step_threshold_w, export_weight=settings.export_weight
+        )
         self.response = ResponseTimer()
         self.target_w = 0.0  # fleet setpoint, + discharge
         self.demand_w = 0.0  # the house's estimated demand less the grid target
@@ -65,6 +69,7 @@ class DemandEstimator:
         """Every battery at 0 W (safe hold): forget the estimate, start afresh after it."""
         self.filter.reset()
         self.predictor.forget()
+        self.hold.forget()
         self.target_w = 0.0
         self.demand_w = 0.0
 
@@ -94,6 +99,8 @@ class DemandEstimator:
                 fleet_w = self.history.latest_w()
                 self.response.start(snap.now_s, fleet_w, fleet_w + demand - self.demand_w)
             self.demand_w = demand
+        if s.feature_fast_load_hold:
+            self.hold.observe(seen_s - s.meter_latency_s, demand, self.loop_delay_s())
         if s.feature_pulse_prediction:
             self.predictor.observe(
                 seen_s - s.meter_latency_s,
@@ -122,7 +129,25 @@ class DemandEstimator:
                     predicted = None
         self.anticipating = predicted is not None
         self.filter.damping_enabled = s.feature_oscillation_damping and not self.anticipating
-        self.target_w = self.demand_w if predicted is None else predicted - s.grid_target_w
+        if predicted is not None:
+            self.target_w = predicted - s.grid_target_w
+        elif self.hold.active:
+            self.target_w = self.hold.target_w(self.demand_w)
+        else:
+            self.target_w = self.demand_w
+
+    def loop_delay_s(self) -> float:
+        """From a load's change to the batteries matching it, as measured: the meter samples
+        it (half its interval on average) and shows it after its latency, a poll sees it
+        (half a period on average), the batteries take their dead time and half their ramp
+        (the response timer's lead)."""
+        s = self.settings
+        return (
+            0.5 * self.cadence.typical_interval_s()
+            + s.meter_latency_s
+            + 0.5 * self.period_s
+            + self.response.lead_s
+        )
 
     def direction(self) -> Direction:
         """The fleet's direction: idle inside the idle band; a reversal needs a clear demand."""

@@ -441,3 +441,109 @@ LEARN_EDGES = 7  # three full periods of steady rhythm before anticipating
 MAX_PERIOD_S = 1800.0  # slower rhythms are not anticipated
 PLL_GAIN = 0.3  # share of an edge's measured timing error corrected at once
 PLL_PERIOD_GAIN = 0.05  # share of an "on" edge's timing error that corrects the period
+
+
+class FastLoadHold:
+    """A load component the loop cannot follow is held at its cheapest level, not chased.
+
+    From a load's edge to the batteries matching it takes the loop ``d`` (the meter's
+    sampling and latency, the poll, the batteries' dead time and half their ramp: measured,
+    ``DemandEstimator.loop_delay_s``). A load that switches a component of size ``E`` on for
+    ``t_on`` and off for ``t_off`` costs, per cycle and watt of ``E``, when chased: ``d`` of
+    import at each rise and ``d`` of export at each fall; when held on: its off times as
+    export; when held off: its on times as import. Export counts ``w`` times import (the
+    worse error). The cheapest of ``(1 + w) d``, ``w t_off`` and ``t_on`` wins, from the
+    load's own recent pulses and the measured ``d``: a slow load is chased, a fast one held.
+
+    While held, the demand reads as a slow part plus the two-level fast component: edges of
+    the pulses' own size (within ``PATTERN_SPREAD``) switch the component, any other change
+    is the slow part and is followed at once (a kettle amid a hob's cycling). The target is
+    the slow part plus the component at its held level. A phase longer than the pulses' own
+    (by ``PATTERN_SPREAD``) is no pulse: the component is followed again.
+    """
+
+    def __init__(self, *, threshold_w: float, export_weight: float) -> None:
+        self.threshold_w = threshold_w
+        self.export_weight = export_weight
+        self._level_w: float | None = None  # the demand's current level (edges move it)
+        self._edge: tuple[float, int] | None = None  # the last edge: time, sign
+        # Recent phases: (ended at, lasted s, +1 on / -1 off, size W of their closing edge).
+        self._phases: deque[tuple[float, float, int, float]] = deque()
+        self._on = False  # the fast component is on now (by its own edges)
+        self._held_on = False
+        self.active = False
+
+    def observe(self, t_s: float, demand_w: float, loop_delay_s: float) -> None:
+        """A new estimate of the demand at ``t_s``."""
+        if self._level_w is None:
+            self._level_w = demand_w
+        step_w = demand_w - self._level_w
+        if abs(step_w) < self.threshold_w:
+            self._level_w += 0.3 * step_w  # the level drifts (base load, noise)
+        else:
+            self._on_edge(t_s, step_w)
+            self._level_w = demand_w
+        phases = self._phases
+        longest_s = max([p[1] for p in phases], default=0.0)
+        memory_s = 4.0 * max(2.0 * loop_delay_s, longest_s)
+        while phases and t_s - phases[0][0] > memory_s:
+            phases.popleft()
+        self._decide(t_s, loop_delay_s)
+
+    def _on_edge(self, t_s: float, step_w: float) -> None:
+        sign = 1 if step_w > 0 else -1
+        size_w = abs(step_w)
+        in_pattern = self._in_pattern(size_w)
+        if self._edge is not None and self._edge[1] != sign:
+            # A phase ended: on (rise ... fall) or off (fall ... rise).
+            self._phases.append((t_s, t_s - self._edge[0], self._edge[1], size_w))
+        self._edge = (t_s, sign)
+        if in_pattern or not self.active:
+            self._on = sign > 0
+
+    def _decide(self, t_s: float, loop_delay_s: float) -> None:
+        on = [p[1] for p in self._phases if p[2] > 0]
+        off = [p[1] for p in self._phases if p[2] < 0]
+        if len(on) < 2 or len(off) < 2:
+            self.active = False
+            return
+        w = self.export_weight
+        on_s, off_s = sum(on) / len(on), sum(off) / len(off)
+        chase, hold_on, hold_off = (1.0 + w) * loop_delay_s, w * off_s, on_s
+        self.active = min(hold_on, hold_off) < chase
+        self._held_on = hold_on < hold_off
+        # A phase longer than the pulses' own is no pulse: the component is followed again.
+        if self._edge is not None and self.active:
+            current_s = t_s - self._edge[0]
+            usual_s = max(on) if self._on else max(off)
+            if current_s > PATTERN_SPREAD * usual_s:
+                self.active = False
+
+    def _in_pattern(self, size_w: float) -> bool:
+        size = self.amplitude_w()
+        return size > 0 and size / PATTERN_SPREAD <= size_w <= size * PATTERN_SPREAD
+
+    def amplitude_w(self) -> float:
+        """The fast component's size: the median size of its recent edges."""
+        sizes = sorted(p[3] for p in self._phases)
+        return sizes[len(sizes) // 2] if sizes else 0.0
+
+    def target_w(self, demand_w: float) -> float:
+        """The demand with its fast component at the held level."""
+        if not self.active:
+            return demand_w
+        size_w = self.amplitude_w()
+        on_now = size_w if self._on else 0.0
+        return demand_w - on_now + (size_w if self._held_on else 0.0)
+
+    def forget(self) -> None:
+        self._level_w = None
+        self._edge = None
+        self._phases.clear()
+        self._on = False
+        self._held_on = False
+        self.active = False
+
+
+PATTERN_SPREAD = 1.6  # edges within this factor of the pulses' size, phases within this
+# factor of their longest, belong to the pattern

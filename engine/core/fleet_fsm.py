@@ -27,6 +27,7 @@ from engine.core.events import (
 )
 from engine.core.model import Mode
 from engine.core.states import FleetState
+from engine.core.timers import elapsed, exceeded
 
 F = FleetState
 
@@ -205,7 +206,7 @@ class SelectionFsm:
         """The 5-minute timer ran out, the direction changed, or the leader dropped out."""
         return (
             self.direction is not direction
-            or now_s - self.chosen_s >= self.reselect_interval_s
+            or elapsed(now_s, self.chosen_s, self.reselect_interval_s)
             or not self.order
             or self.order[0] not in names
         )
@@ -213,7 +214,7 @@ class SelectionFsm:
     def handover_over(self, now_s: float) -> bool:
         """The hand-over's timer: past ``handover_timeout_s`` it ends whatever happened."""
         ho = self.handover
-        return ho is not None and now_s - ho.since_s > self.handover_timeout_s
+        return ho is not None and exceeded(now_s, ho.since_s, self.handover_timeout_s)
 
     # ------------------------------------------------------------------ moves
     def choose(self, order: tuple[str, ...], direction: Direction, now_s: float) -> None:

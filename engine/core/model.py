@@ -32,8 +32,35 @@ MODE_BY_NUMBER: dict[int, Mode] = {
 
 
 @dataclass(frozen=True, slots=True)
+class BatteryIdentity:
+    """What a battery says it is (read once per connection); ``None`` = not reported/invalid."""
+
+    device_name: str | None = None  # 31000, e.g. "VNSE3-0"
+    serial_number: str | None = None  # 31200
+    software_version: str | None = None  # 31100 x 0.01, e.g. "1.53"
+    ems_version: int | None = None  # 31101
+    bms_version: int | None = None  # 31102
+
+    @property
+    def firmware(self) -> str | None:
+        """The versions as one line (``"1.53 (EMS 153, BMS 213)"``); None if none is known."""
+        parts = [
+            f"{label} {value}"
+            for label, value in (("EMS", self.ems_version), ("BMS", self.bms_version))
+            if value is not None
+        ]
+        if self.software_version is None:
+            return ", ".join(parts) or None
+        return f"{self.software_version} ({', '.join(parts)})" if parts else self.software_version
+
+
+@dataclass(frozen=True, slots=True)
 class BatteryTelemetry:
-    """What one battery reported in this cycle. ``online=False`` means the read failed."""
+    """What one battery reported in this cycle. ``online=False`` means the read failed.
+
+    The diagnostics (voltage to faults) feed reporting only, never the control law; like the
+    counters they are read less often than every cycle and carry the last valid value.
+    """
 
     name: str
     online: bool
@@ -43,6 +70,12 @@ class BatteryTelemetry:
     charge_total_wh: float | None = None  # lifetime AC energy charged (33000)
     discharge_total_wh: float | None = None  # lifetime AC energy discharged (33002)
     capacity_wh: float | None = None  # 32105 as reported
+    identity: BatteryIdentity | None = None  # kept while offline: a serial does not change
+    voltage_v: float | None = None  # DC (pack) voltage, 32100
+    current_a: float | None = None  # DC current, + discharging (32101 counts + charging)
+    temperature_c: float | None = None  # internal temperature, 35000
+    alarms: tuple[str, ...] | None = None  # active alarm bits (36000) by name; () = none
+    faults: tuple[str, ...] | None = None  # active fault bits (36100) by name; () = none
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ class Policy(Protocol):
 
     name: str
     period_s: float
+    learns_meter_phase: bool  # place the cycles just after the meter's refresh (schedule)
 
     def decide(self, snap: Snapshot) -> Plan: ...
 

@@ -52,6 +52,7 @@ from engine.core.model import Mode, Plan, Snapshot
 from engine.core.quality import Quality, QualityMonitor
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.core.states import BatteryState, FleetState
+from engine.core.timers import exceeded
 
 COUNT_HYSTERESIS_W: Final = 5.0  # change the number of active batteries only to save this much
 
@@ -86,6 +87,7 @@ class MmbcPolicy:
     def __init__(self, settings: ControlSettings) -> None:
         self.settings = settings
         self.period_s = settings.loop_period_s
+        self.learns_meter_phase = settings.feature_phase_learning
         self.fleet = FleetFsm(
             reselect_interval_s=settings.reselect_interval_s,
             handover_timeout_s=settings.handover_timeout_s,
@@ -126,7 +128,7 @@ class MmbcPolicy:
         meter_fresh = (
             snap.grid_w is not None
             and snap.meter_updated_s is not None
-            and now - snap.meter_updated_s <= self.demand.stale_limit_s()
+            and not exceeded(now, snap.meter_updated_s, self.demand.stale_limit_s())
         )
         state = self.fleet.tick(
             snap.mode,
@@ -410,7 +412,7 @@ class MmbcPolicy:
         """1 W in the last direction keeps the relay engaged through a short idle gap."""
         if not self.settings.feature_relay_keepalive:
             return 0
-        if now - b.last_active_s > self.settings.relay_hold_s or not b.last_direction:
+        if exceeded(now, b.last_active_s, self.settings.relay_hold_s) or not b.last_direction:
             return 0
         if direction and direction is not b.last_direction:
             return 0  # the fleet reversed: this battery rests for real

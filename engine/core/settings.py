@@ -200,6 +200,10 @@ class ControlSettings:
     """... to this."""
     small_correction_w: IntSetting = _power(60)
     """While split, a change this small goes to one battery (mmbc policy)."""
+    export_weight: FloatSetting = Field(default=2.0, ge=1.0, le=10.0)
+    """Deciding between two errors, an exported Wh counts this many imported ones: battery
+    energy exported earns the export price and is then missing at the import price, energy
+    imported while the battery holds back stays stored (mmbc policy)."""
     # Control features of the mmbc policy, each switchable; docs/control.md shows what each
     # one is worth on the bench (the suite with that feature off).
     feature_latency_alignment: BoolSetting = True
@@ -244,6 +248,13 @@ class ControlSettings:
     feature_cutoff_detection: BoolSetting = True
     """A battery that delivers nothing near a SoC limit has reached its firmware cut-off: it
     sits out that direction until its SoC moves, the others carry its share."""
+    feature_phase_learning: BoolSetting = True
+    """Cycles are placed just after the meter's refresh, learnt from which polls find a new
+    reading (engine.core.schedule), so each reading is acted on as fresh as it can be."""
+    feature_fast_load_hold: BoolSetting = True
+    """A load component faster than the loop can follow (pulses shorter than twice the
+    measured loop delay) is held at the level that costs least over its recent window, not
+    chased; a level lasting longer than its pulses is followed at once."""
 
     @field_validator("min_soc_pct")
     @classmethod

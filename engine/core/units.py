@@ -6,7 +6,8 @@ Inside the engine:
   (same as Marstek register 32202 and OpenEMS).
 
 Edges that differ convert here and only here:
-- MQTT ``status/battery_power``: + = charging (the product brief's topic table).
+- MQTT ``status/battery_power``: + = charging (the product brief's topic table); a
+  battery's current on MQTT follows its power (+ = charging).
 - A PV kWh meter usually reads negative while producing; its sign is configurable.
 """
 
@@ -16,6 +17,11 @@ from __future__ import annotations
 def battery_power_for_mqtt(power_w: float) -> int:
     """Engine battery power (+ discharge) to the MQTT topic's convention (+ charging)."""
     return -round(power_w)
+
+
+def battery_current_for_mqtt(current_a: float) -> float:
+    """Engine battery current (+ discharge) to the MQTT convention of its power (+ charging)."""
+    return -current_a
 
 
 def pv_power_from_meter(active_power_w: float, *, negative_when_producing: bool) -> float:

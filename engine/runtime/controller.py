@@ -9,33 +9,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from engine.core.events import MeterEvent, MeterLost, MeterReturned, SafeHoldCause, SafeHoldEntered
+from engine.core.cycle import ControlCycle, CycleResult, Release, UserInputs
+from engine.core.energy import CounterReading, EnergyLedger, EnergyTotals
+from engine.core.events import MeterEvent, MeterLost, MeterReturned
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy
-from engine.core.states import FleetState
+from engine.core.schedule import CycleSchedule
 from engine.core.status import build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
 from engine.ports import BatteryLink, Clock, CycleObserver, MeterSource, StatusSink
+from engine.runtime.energy_store import EnergyStateFile
 from engine.runtime.event_log import describe, level
 
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 4.5  # SIGTERM → every battery at 0 W and released within 5 s
-
-
-@dataclass
-class UserInputs:
-    """What the user set over MQTT; applied at the next cycle."""
-
-    mode: Mode = Mode.NORMAL
-    discharge_blocked: bool = False
 
 
 @dataclass
@@ -51,16 +45,6 @@ class CycleStats:
     errors: int = 0  # cycles that raised: every battery to 0 W
     error_runs: int = 0  # runs of such cycles (one fail-safe hold each)
     meter_failures: int = 0  # meter polls that failed
-
-
-def _safe_plan(names: Sequence[str]) -> Plan:
-    return Plan(
-        setpoints=dict.fromkeys(names, 0),
-        fleet_state=FleetState.SAFE_HOLD,
-        battery_states={},
-        events=(SafeHoldEntered(SafeHoldCause.INTERNAL_ERROR),),
-        safe_hold=True,
-    )
 
 
 class Controller:
@@ -81,6 +65,8 @@ class Controller:
         inputs: UserInputs | None = None,
         observer: CycleObserver | None = None,
         latency_clock: Callable[[], float] | None = None,
+        battery_numbers: Mapping[str, int] | None = None,
+        energy_store: EnergyStateFile | None = None,
     ) -> None:
         self.clock = clock
         self.policy = policy
@@ -101,7 +87,15 @@ class Controller:
         self._pv_w: float | None = None
         self._pv_online: bool | None = None
         self._error_logged = False
-        self._released: set[str] = set()  # released by a plan; not commanded since
+        self.core = ControlCycle(policy, [b.name for b in self.batteries])
+        self.schedule = CycleSchedule(policy.period_s, learn_phase=policy.learns_meter_phase)
+        # battery/<n> follows the configured number; by default the position in the list.
+        self.battery_numbers = dict(battery_numbers or {})
+        for position, battery in enumerate(self.batteries, start=1):
+            self.battery_numbers.setdefault(battery.name, position)
+        self.energy_store = energy_store
+        self.energy = energy_store.load() if energy_store is not None else EnergyLedger()
+        self.released_ok: bool | None = None  # set by shutdown(): every battery released?
         self._meter_events: list[MeterEvent] = []  # seen since the last report
 
     # ------------------------------------------------------------------ inputs
@@ -113,16 +107,16 @@ class Controller:
 
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle every ``policy.period_s`` until ``stop`` is set, then shut down safely.
+        """Cycle on ``schedule`` (every ``policy.period_s``, placed just after the meter's
+        refresh when the policy learns it) until ``stop`` is set, then shut down safely.
 
         A cycle in progress when ``stop`` is set is abandoned (it may be waiting on a
         stalled battery), so the shutdown starts at once.
         """
-        period = self.policy.period_s
-        next_tick = self.clock.now()
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                started_s = self.clock.now()
                 cycle = asyncio.ensure_future(self.cycle())
                 await asyncio.wait((cycle, stop_wait), return_when=asyncio.FIRST_COMPLETED)
                 if not cycle.done():
@@ -131,12 +125,12 @@ class Controller:
                         await cycle
                     break
                 cycle.result()  # cycle() never raises; a bug here should still surface
-                next_tick += period
-                delay = next_tick - self.clock.now()
-                if delay < 0:  # fell behind (a stalled device): don't burst to catch up
-                    next_tick = self.clock.now()
-                    delay = 0.0
-                await asyncio.wait((stop_wait,), timeout=delay)
+                next_s = self.schedule.next_s(
+                    started_s,
+                    meter_updated_s=self.tracker.updated_s,
+                    busy_until_s=self.clock.now(),
+                )
+                await asyncio.wait((stop_wait,), timeout=max(0.0, next_s - self.clock.now()))
         finally:
             stop_wait.cancel()
             await self.shutdown()
@@ -146,10 +140,18 @@ class Controller:
         now = self.clock.now()
         started = self.latency_clock()
         try:
-            snap, plan, meter_done = await self._read_and_decide(now)
-            await self._write(plan)
-        except Exception as exc:  # the one place that catches everything: fail safe, go on
-            return await self._fail_safe(now, exc)
+            snap, meter_done = await self._read(now)
+            result = self.core.run(snap)
+            await self._execute(result)
+        except Exception as exc:  # a bug in the shell: fail safe, go on
+            fallback = ControlCycle.snapshot(now, self.tracker, (), self.inputs, self._pv_w)
+            result = self.core.fail_safe(fallback, exc)
+            with contextlib.suppress(Exception):  # already failing safe; the next cycle retries
+                await self._execute(result)
+            return self._failed(now, result)
+        if result.failure is not None:
+            return self._failed(now, result)
+        plan = result.plan
         done = self.latency_clock()
         latency_s = max(0.0, done - meter_done)
         self.stats.latencies_s.append(latency_s)
@@ -162,7 +164,8 @@ class Controller:
         self._report(snap, plan, duration_s=max(0.0, done - started), latency_s=latency_s)
         return plan
 
-    async def _read_and_decide(self, now: float) -> tuple[Snapshot, Plan, float]:
+    async def _read(self, now: float) -> tuple[Snapshot, float]:
+        """Every device at once; the snapshot, and when the meter answered (latency start)."""
         meter_task = asyncio.ensure_future(self._read_meter())
         battery_reads = [asyncio.ensure_future(b.read(now)) for b in self.batteries]
         pv_task = asyncio.ensure_future(self._read_pv()) if self.pv_meter else None
@@ -176,46 +179,39 @@ class Controller:
                 if task is not None:
                     task.cancel()
             raise
-        snap = Snapshot(
-            now_s=now,
-            grid_w=self.tracker.grid_w if self.tracker.online else None,
-            meter_updated_s=self.tracker.updated_s,
-            batteries=telemetry,
-            mode=self.inputs.mode,
-            discharge_blocked=self.inputs.discharge_blocked,
-            pv_w=self._pv_w,
-        )
-        return snap, self.policy.decide(snap), meter_done
+        snap = ControlCycle.snapshot(now, self.tracker, telemetry, self.inputs, self._pv_w)
+        return snap, meter_done
 
-    async def _fail_safe(self, now: float, exc: Exception) -> Plan:
-        """Log the traceback once per run of failures, command 0 W everywhere, report."""
+    def _failed(self, now: float, result: CycleResult) -> Plan:
+        """Log the traceback once per run of failures; the 0 W writes are already out."""
         self.stats.errors += 1
-        detail = "".join(traceback.format_exception(exc, limit=5))
         if not self._error_logged:
-            _LOGGER.error("control cycle failed: every battery to 0 W", exc_info=exc)
+            _LOGGER.error("control cycle failed: every battery to 0 W", exc_info=result.error)
             self._error_logged = True
             self.stats.error_runs += 1
-        plan = _safe_plan([b.name for b in self.batteries])
-        try:
-            await self._write(plan)
-        except Exception:  # already failing safe; the next cycle retries
-            _LOGGER.debug("safe hold write failed", exc_info=True)
-        self.last_plan = plan
+        self.last_plan = result.plan
         if self.observer is not None:
-            self.observer.cycle_failed(now, detail)
-        return plan
+            self.observer.cycle_failed(now, result.failure or "")
+        return result.plan
 
     def _report(self, snap: Snapshot, plan: Plan, *, duration_s: float, latency_s: float) -> None:
         if self.observer is not None:
             self.observer.cycle_done(snap, plan)
         meter_events = tuple(self._meter_events)
         self._meter_events.clear()
+        try:
+            totals = self._count_energy(snap)
+        except Exception:  # reporting must never stop control
+            _LOGGER.exception("counting the energy totals failed")
+            totals = self.energy.totals
         if not self.sinks:
             return
         status = build_status(
             snap,
             plan,
             self.capacities,
+            numbers=self.battery_numbers,
+            energy=totals,
             meter_events=meter_events,
             cycle_duration_s=duration_s,
             cycle_latency_s=latency_s,
@@ -225,6 +221,25 @@ class Controller:
                 sink.publish(status)
             except Exception:  # reporting must never stop control
                 _LOGGER.exception("publishing the status failed")
+
+    def _count_energy(self, snap: Snapshot) -> EnergyTotals:
+        """Feed the batteries' counters to the ledger; save it now and then."""
+        totals = self.energy.observe(
+            snap.now_s,
+            (
+                CounterReading(
+                    number=self.battery_numbers[b.name],
+                    serial_number=None if b.identity is None else b.identity.serial_number,
+                    charge_wh=b.charge_total_wh,
+                    discharge_wh=b.discharge_total_wh,
+                )
+                for b in snap.batteries
+                if b.online and b.name in self.battery_numbers
+            ),
+        )
+        if self.energy_store is not None:
+            self.energy_store.maybe_save(self.energy, snap.now_s)
+        return totals
 
     async def _read_meter(self) -> float:
         """Poll the P1 meter; returns ``latency_clock`` at the response (the latency start)."""
@@ -260,30 +275,38 @@ class Controller:
                 _LOGGER.info("PV meter available again")
             self._pv_online = True
 
-    async def _write(self, plan: Plan) -> None:
-        if self.dry_run:
+    async def _execute(self, result: CycleResult) -> None:
+        """The cycle's writes, every battery at once (a dry run writes nothing)."""
+        if self.dry_run or not result.jobs:
             return
-        jobs = []
-        for b in self.batteries:
-            if b.name in plan.release:
-                # Released once is enough: the battery runs its own logic until commanded.
-                if b.name not in self._released:
-                    self._released.add(b.name)
-                    jobs.append(b.release())
-            elif b.name in plan.setpoints:
-                self._released.discard(b.name)
-                jobs.append(b.apply(plan.setpoints[b.name]))
-        if jobs:
-            await asyncio.gather(*jobs)
+        by_name = {b.name: b for b in self.batteries}
+        await asyncio.gather(
+            *(
+                by_name[job.battery].release()
+                if isinstance(job, Release)
+                else by_name[job.battery].apply(job.power_w)
+                for job in result.jobs
+            )
+        )
 
     async def shutdown(self) -> None:
         """Every battery to 0 W, then release RS485 control; bounded so exit stays < 5 s.
 
         ``release`` writes the idle setpoints before 42000 = 0x55BB. A dry run never took
-        control, so it has nothing to hand back.
+        control, so it has nothing to hand back. Then the energy state is written.
         """
+        try:
+            await self._release_all()
+        finally:
+            if self.energy_store is not None:
+                with contextlib.suppress(Exception):  # logged by the store; exit goes on
+                    await self.energy_store.close(self.energy)
+
+    async def _release_all(self) -> None:
         if self.dry_run:
+            self.released_ok = True
             return
+        self.released_ok = False
         try:
             async with asyncio.timeout(SHUTDOWN_BUDGET_S):
                 results = await asyncio.gather(*(b.release() for b in self.batteries))
@@ -296,4 +319,5 @@ class Controller:
         if failed:
             _LOGGER.error("shutdown: not released: %s", ", ".join(failed))
         else:
+            self.released_ok = True
             _LOGGER.info("shutdown: every battery at 0 W and released")

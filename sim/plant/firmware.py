@@ -42,16 +42,26 @@ WORK_MODE_MANUAL = 0
 WORK_MODE_ANTI_FEED = 1
 _MAX_WORK_MODE = 2
 _ALARM_LOW_SOC_BIT = 1 << 4  # 36000 bit 4: low battery SoC warning
+# Identification the simulated firmware reports (31100 x 0.01, 31101, 31102): plausible values.
+SOFTWARE_VERSION_RAW = 153
+EMS_VERSION = 153
+BMS_VERSION = 213
+SERIAL_PREFIX = "VNSESIM"
+AMBIENT_C = 25.0
+_FULL_LOAD_HEATING_C = 12.0  # the inverter runs this much warmer than ambient at 2500 W
 
 _READ_ONLY: frozenset[int] = frozenset(
     [
         *range(reg.REG_DEVICE_NAME, reg.REG_DEVICE_NAME + reg.DEVICE_NAME_REGS),
+        *range(reg.REG_SOFTWARE_VERSION, reg.REG_SOFTWARE_VERSION + reg.VERSION_REGS),
+        *range(reg.REG_SERIAL_NUMBER, reg.REG_SERIAL_NUMBER + reg.SERIAL_NUMBER_REGS),
         *range(reg.REG_BATTERY_VOLTAGE, reg.REG_CAPACITY + 1),
         *range(reg.REG_AC_VOLTAGE, reg.REG_AC_FREQUENCY + 1),
         *range(reg.REG_TOTAL_CHARGE, reg.REG_MONTHLY_DISCHARGE + 2),
+        *range(reg.REG_INTERNAL_TEMPERATURE, reg.REG_MOS2_TEMPERATURE + 1),
         reg.REG_INVERTER_STATE,
-        reg.REG_ALARMS,
-        reg.REG_ALARMS + 1,
+        *range(reg.REG_ALARMS, reg.REG_ALARMS + reg.ALARM_REGS),
+        *range(reg.REG_FAULTS, reg.REG_FAULTS + reg.FAULT_REGS),
     ]
 )
 # Writable registers and their accepted value ranges (inclusive).
@@ -98,11 +108,26 @@ def encode_name(name: str, regs: int = reg.DEVICE_NAME_REGS) -> list[int]:
     return [(raw[i] << 8) | raw[i + 1] for i in range(0, regs * 2, 2)]
 
 
-class VenusFirmware:
-    """The register image and firmware behaviour around one ``VenusE``."""
+def simulated_serial_number(name: str) -> str:
+    """The serial number a simulated battery reports: stable per name, at most 20 characters."""
+    return f"{SERIAL_PREFIX}{name}"[: reg.SERIAL_NUMBER_REGS * 2]
 
-    def __init__(self, battery: VenusE) -> None:
+
+class VenusFirmware:
+    """The register image and firmware behaviour around one ``VenusE``.
+
+    ``serial_number`` (31200) defaults to :func:`simulated_serial_number` of the battery's name.
+    ``alarm_bits`` / ``fault_bits`` (36000 / 36100 bitfields) can be set by tests and faults;
+    the low-SoC alarm bit is raised by the battery's own cut-off on top of them.
+    """
+
+    def __init__(self, battery: VenusE, serial_number: str | None = None) -> None:
         self.battery = battery
+        self.serial_number = (
+            simulated_serial_number(battery.name) if serial_number is None else serial_number
+        )
+        self.alarm_bits = 0
+        self.fault_bits = 0
         self.control_enabled = False  # 42000 = 0x55AA (the firmware's "forced" byte)
         self.force_mode = reg.FORCE_STOP
         self.charge_setpoint_w = 0
@@ -127,10 +152,25 @@ class VenusFirmware:
                 reg.REG_DEVICE_NAME + reg.DEVICE_NAME_REGS - 1,
                 self._block_name,
             ),
+            (
+                reg.REG_SOFTWARE_VERSION,
+                reg.REG_SOFTWARE_VERSION + reg.VERSION_REGS - 1,
+                self._block_versions,
+            ),
+            (
+                reg.REG_SERIAL_NUMBER,
+                reg.REG_SERIAL_NUMBER + reg.SERIAL_NUMBER_REGS - 1,
+                self._block_serial,
+            ),
             (reg.REG_BATTERY_VOLTAGE, reg.REG_CAPACITY, self._block_battery),
             (reg.REG_AC_VOLTAGE, reg.REG_AC_FREQUENCY, self._block_ac),
             (reg.REG_TOTAL_CHARGE, reg.REG_MONTHLY_DISCHARGE + 1, self._block_counters),
-            (reg.REG_INVERTER_STATE, reg.REG_ALARMS + 1, self._block_status),
+            (
+                reg.REG_INTERNAL_TEMPERATURE,
+                reg.REG_MOS2_TEMPERATURE,
+                self._block_temperatures,
+            ),
+            (reg.REG_INVERTER_STATE, reg.REG_FAULTS + reg.FAULT_REGS - 1, self._block_status),
             (reg.REG_RS485_CONTROL, reg.REG_MAX_DISCHARGE_POWER, self._block_control),
         )
 
@@ -255,6 +295,24 @@ class VenusFirmware:
         for i, word in enumerate(self._name_regs):
             image[reg.REG_DEVICE_NAME + i] = word
 
+    def _block_versions(self, image: dict[int, int], _now_s: float) -> None:
+        image[reg.REG_SOFTWARE_VERSION] = SOFTWARE_VERSION_RAW
+        image[reg.REG_EMS_VERSION] = EMS_VERSION
+        image[reg.REG_BMS_VERSION] = BMS_VERSION
+
+    def _block_serial(self, image: dict[int, int], _now_s: float) -> None:
+        words = encode_name(self.serial_number, reg.SERIAL_NUMBER_REGS)
+        for i, word in enumerate(words):
+            image[reg.REG_SERIAL_NUMBER + i] = word
+
+    def _block_temperatures(self, image: dict[int, int], _now_s: float) -> None:
+        # No thermal model: warmer with load, so the registers move like a real unit's.
+        load = abs(self.battery.ac_power_w) / reg.MAX_SETPOINT_W
+        internal_c = AMBIENT_C + _FULL_LOAD_HEATING_C * load
+        image[reg.REG_INTERNAL_TEMPERATURE] = _i16(internal_c * 10.0)
+        image[reg.REG_MOS1_TEMPERATURE] = _i16((internal_c + 3.0 * load) * 10.0)
+        image[reg.REG_MOS2_TEMPERATURE] = _i16((internal_c + 2.0 * load) * 10.0)
+
     def _block_battery(self, image: dict[int, int], _now_s: float) -> None:
         bat = self.battery
         soc_pct = bat.soc_pct
@@ -288,8 +346,11 @@ class VenusFirmware:
         else:
             state = reg.InverterState.STANDBY
         image[reg.REG_INVERTER_STATE] = state
-        image[reg.REG_ALARMS] = _ALARM_LOW_SOC_BIT if self.battery.discharge_blocked else 0
-        image[reg.REG_ALARMS + 1] = 0
+        alarms = self.alarm_bits | (_ALARM_LOW_SOC_BIT if self.battery.discharge_blocked else 0)
+        for i in range(reg.ALARM_REGS):
+            image[reg.REG_ALARMS + i] = (alarms >> (16 * i)) & 0xFFFF
+        for i in range(reg.FAULT_REGS):
+            image[reg.REG_FAULTS + i] = (self.fault_bits >> (16 * i)) & 0xFFFF
 
     def _block_control(self, image: dict[int, int], _now_s: float) -> None:
         bat = self.battery

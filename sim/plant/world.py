@@ -1,11 +1,19 @@
 """The plant: the house (trace + scripted events), the batteries, the meters, and faults.
 
-``World.advance`` moves simulated time by one step. The same world runs under the fast
-in-process replay and behind the real sockets (``mmbc-sim serve``, ``--wire``).
+Time is exact, not stepped. ``World.advance_to(t)`` integrates the plant up to ``t``, crossing
+every instant at which something shared happens on its own: a meter sample (the meter then
+sees the true grid power of that instant), a change of the trace, a fault starting or ending,
+a discharge block, and the record's grid of ``RECORD_STEP_S`` (the scoring's samples). Each
+battery is integrated on its own up to the instant it is read or written
+(``World.battery_at``), so a command takes effect at the very instant it was written and a
+read sees the power of that instant. The control cycle can therefore fall at any phase
+against the meter's refresh, with the daemon's real gaps between Modbus requests, and the
+in-process replay, ``--wire`` and ``mmbc-sim serve`` all run this same world.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +31,8 @@ from sim.plant.traces import Trace
 if TYPE_CHECKING:
     from sim.scenario import Scenario
 
-PLANT_STEP_S = 0.5
+RECORD_STEP_S = 0.5  # the record's grid: the scoring's samples are means over these cells
+_EPS_S = 1e-9  # instants closer than this are the same (float sums of whole steps)
 
 
 def battery_name(index: int) -> str:
@@ -38,13 +47,24 @@ class ActiveFault:
 
 
 class World:
-    """Everything outside the controller, advanced in fixed plant steps."""
+    """Everything outside the controller, on exact time (see the module docstring).
 
-    def __init__(self, scenario: Scenario, *, with_pv_meter: bool = True) -> None:
+    ``horizon_s`` ends the record: interactions later than it (the controller's shutdown
+    after the scenario's end) see the plant as it was then, and nothing more is scored.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        with_pv_meter: bool = True,
+        horizon_s: float | None = None,
+    ) -> None:
         self.scenario = scenario
         self.trace: Trace = scenario.load_trace()
         self.events = EventTimeline(scenario.events)
         self.duration_s = scenario.duration_s
+        self.horizon_s = scenario.duration_s if horizon_s is None else horizon_s
         self.firmwares: list[VenusFirmware] = []
         for i, b in enumerate(scenario.batteries, start=1):
             model = VenusE(b.params, b.soc_pct, battery_name(i))
@@ -64,7 +84,29 @@ class World:
         self.active_faults: list[ActiveFault] = []
         self.fault_log: list[tuple[float, str, str]] = []  # (t, "start"/"end", kind)
         self._frozen_sample_s: float | None = None  # what a frozen dongle keeps serving
+        # Time: the latest instant the world was brought to, the last shared instant crossed,
+        # and how far each battery is integrated (between the two).
         self.now_s = 0.0
+        self._crossed_s = 0.0
+        self._battery_s = [0.0] * len(self.firmwares)
+        # The record cell being filled: its start, and the energy in it so far (W*s).
+        self._cell_s = 0.0
+        self._cell_net_ws = 0.0
+        self._cell_battery_ws = [0.0] * len(self.firmwares)
+        self._net_w = 0.0  # the house's demand held since the last instant crossed
+        # The shared instants still to come, by kind (each list sorted, consumed in order).
+        self._fixed = sorted(
+            {
+                *(f.at_s for f in self._faults),
+                *(f.at_s + f.duration_s for f in self._faults),
+                *(s for block in scenario.blocks for s in (block[0], block[0] + block[1])),
+                self.horizon_s if math.isfinite(self.horizon_s) else 0.0,
+            }
+        )
+        self._fixed_next = sum(1 for s in self._fixed if s <= 0.0)
+        self._trace_next = 1  # index of the next trace row (row 0 starts at 0)
+        self._open(0.0)
+        self._next_s = self._next_instant()
 
     # ------------------------------------------------------------------ queries
     @property
@@ -104,28 +146,106 @@ class World:
         return None if sample is None else sample.at_s
 
     # ------------------------------------------------------------------ time
-    def advance(self, dt_s: float) -> None:
-        """Apply due faults, then move the plant from ``now_s`` to ``now_s + dt_s``."""
-        t = self.now_s
-        self._update_faults(t)
-        net = self.net_at(t)
-        # The meter samples the instantaneous grid power at the start of the step.
-        inst = [fw.battery.ac_power_w for fw in self.firmwares]
-        self.meter.observe(t, net - sum(inst))
-        if self.pv_meter is not None:
-            self.pv_meter.observe_pv(t, max(0.0, self.trace.pv_at(t)))
-        means = [fw.battery.advance(t, dt_s) for fw in self.firmwares]
-        socs = [fw.battery.soc_pct for fw in self.firmwares]
-        self.record.append(
-            t, dt_s, net, means, socs, discharge_blocked=self.discharge_blocked_at(t)
-        )
-        self.now_s = t + dt_s
+    def advance_to(self, t_s: float) -> None:
+        """Integrate the shared plant up to ``t_s`` (at most ``horizon_s``); never backwards.
+
+        Batteries are integrated as far as the last shared instant crossed; ``battery_at``
+        and ``settle`` bring them the rest of the way.
+        """
+        t_s = min(t_s, self.horizon_s)
+        if t_s < self.now_s - _EPS_S:
+            msg = f"the world is at {self.now_s} s; it cannot go back to {t_s} s"
+            raise ValueError(msg)
+        while self._next_s <= t_s + _EPS_S:
+            self._cross(self._next_s)
+        self.now_s = max(self.now_s, t_s)
+
+    def battery_at(self, index: int, t_s: float) -> VenusFirmware:
+        """The firmware of battery ``index`` (1-based) as it is at ``t_s``: read or write it."""
+        self.advance_to(t_s)
+        self._integrate_battery(index - 1, self.now_s)
+        return self.firmwares[index - 1]
+
+    def settle(self) -> None:
+        """Every battery integrated up to ``now_s`` (the ground truth of this instant)."""
+        for i in range(len(self.firmwares)):
+            self._integrate_battery(i, self.now_s)
 
     def finish(self) -> RunRecord:
+        """The record up to ``horizon_s`` (the run's end), with the batteries' totals."""
+        if math.isfinite(self.horizon_s):
+            self.advance_to(self.horizon_s)
         rec = self.record
         rec.conversion_loss_wh = sum(fw.battery.conversion_loss_wh for fw in self.firmwares)
         rec.direction_changes = sum(fw.battery.direction_changes for fw in self.firmwares)
         return rec
+
+    def _next_instant(self) -> float:
+        after_s = self._crossed_s
+        grid_s = (math.floor(after_s / RECORD_STEP_S + _EPS_S) + 1) * RECORD_STEP_S
+        interval_s = self.meter.params.interval_s
+        sample_s = (math.floor(after_s / interval_s + _EPS_S) + 1) * interval_s
+        candidates = [grid_s, sample_s]
+        times = self.trace.times_s
+        if self._trace_next < len(times):
+            candidates.append(times[self._trace_next])
+        if self._fixed_next < len(self._fixed):
+            candidates.append(self._fixed[self._fixed_next])
+        return min(candidates)
+
+    def _cross(self, t_s: float) -> None:
+        """Everything shared that happens at ``t_s``: the batteries and the house get there,
+        a full record cell is written, then faults, the house and the meters at ``t_s``."""
+        for i in range(len(self.firmwares)):
+            self._integrate_battery(i, t_s)
+        self._cell_net_ws += self._net_w * (t_s - self._crossed_s)
+        self._crossed_s = t_s
+        on_grid = abs(t_s / RECORD_STEP_S - round(t_s / RECORD_STEP_S)) < 1e-6
+        if on_grid or t_s >= self.horizon_s:
+            self._flush_cell(t_s)
+        times = self.trace.times_s
+        while self._trace_next < len(times) and times[self._trace_next] <= t_s + _EPS_S:
+            self._trace_next += 1
+        while self._fixed_next < len(self._fixed) and self._fixed[self._fixed_next] <= t_s + _EPS_S:
+            self._fixed_next += 1
+        if t_s < self.horizon_s:
+            self._open(t_s)
+        self._next_s = self._next_instant() if t_s < self.horizon_s else math.inf
+
+    def _open(self, t_s: float) -> None:
+        """The plant from ``t_s`` on: due faults, the house's demand, the meters' view."""
+        self._update_faults(t_s)
+        self._net_w = self.net_at(t_s)
+        # The meter samples the instantaneous grid power at its sample instants.
+        inst_w = sum(fw.battery.ac_power_w for fw in self.firmwares)
+        self.meter.observe(t_s, self._net_w - inst_w)
+        if self.pv_meter is not None:
+            self.pv_meter.observe_pv(t_s, max(0.0, self.trace.pv_at(t_s)))
+
+    def _integrate_battery(self, i: int, t_s: float) -> None:
+        from_s = self._battery_s[i]
+        if t_s - from_s <= _EPS_S:
+            return
+        mean_w = self.firmwares[i].battery.advance(from_s, t_s - from_s)
+        self._cell_battery_ws[i] += mean_w * (t_s - from_s)
+        self._battery_s[i] = t_s
+
+    def _flush_cell(self, end_s: float) -> None:
+        start_s = self._cell_s
+        dt_s = end_s - start_s
+        if dt_s <= _EPS_S:
+            return
+        self.record.append(
+            start_s,
+            dt_s,
+            self._cell_net_ws / dt_s,
+            [ws / dt_s for ws in self._cell_battery_ws],
+            [fw.battery.soc_pct for fw in self.firmwares],
+            discharge_blocked=self.discharge_blocked_at(start_s),
+        )
+        self._cell_s = end_s
+        self._cell_net_ws = 0.0
+        self._cell_battery_ws = [0.0] * len(self.firmwares)
 
     # ------------------------------------------------------------------ faults
     def _update_faults(self, t: float) -> None:
@@ -204,6 +324,7 @@ class ErrorInjectingPolicy:
         self.world = world
         self.name = policy.name
         self.period_s = policy.period_s
+        self.learns_meter_phase = policy.learns_meter_phase
 
     def decide(self, snap: Snapshot) -> Plan:
         if self.world.fault_active(FaultKind.ENGINE_ERROR):

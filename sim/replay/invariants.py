@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from engine.core.events import Excluded
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import BatterySpec, ControlSettings
+from engine.core.timers import TIMER_SLACK_S
 from sim.plant.params import FaultKind
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ INVARIANTS: tuple[str, ...] = (
     "shutdown_safe",
 )
 
-EPS_S = 1e-6  # float slack on time comparisons
+EPS_S = TIMER_SLACK_S  # the engine's own slack on time comparisons (a clock's rounding)
 # A battery delivering nothing for a smaller command cannot be told from meter noise.
 FOLLOW_MIN_W = 100
 # This close to its min (max) SoC a battery's own cut-off may stop its discharge (charge).

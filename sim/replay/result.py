@@ -18,6 +18,7 @@ class RunResult:
     report: InvariantReport
     record: RunRecord
     notes: list[str] = field(default_factory=list)
+    phase: float = 0.0  # where its cycles fell against the meter's refresh (sim.replay.timing)
 
 
 def result_json(r: RunResult) -> dict[str, Any]:

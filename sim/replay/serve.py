@@ -1,8 +1,8 @@
 """``mmbc-sim serve``: the plant in real time behind real sockets, for an external ``mmbc-engine``.
 
 The P1 meter API (and the PV kWh meter's, if the scenario has one) and one Modbus TCP server
-per battery run on ``host``; the plant advances ``PLANT_STEP_S`` of simulated time every
-``PLANT_STEP_S / speed`` seconds of real time, with the scenario's scripted events and faults.
+per battery run on ``host``; the plant runs in real time (times ``speed``), each request seeing
+the plant of its own instant, with the scenario's scripted events and faults.
 The scenario's duration bounds nothing: serving goes on until SIGINT/SIGTERM, and past the
 trace's end the house holds the trace's last value (scripted events and faults happen at
 their times, whenever those are reached).
@@ -33,12 +33,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.core.settings import ControlSettings
 from sim.plant.record import RunRecord
-from sim.plant.world import PLANT_STEP_S, World
+from sim.plant.world import RECORD_STEP_S, World
 from sim.replay.inprocess import score_run, settings_for
 from sim.replay.invariants import INVARIANTS, InvariantReport
 from sim.replay.result import RunResult, result_json
@@ -52,7 +53,7 @@ SERVED_INVARIANTS = ("limits_respected", "shutdown_safe")
 # An engine sees a limit crossed on its next cycle(s); a battery then needs its dead time.
 LIMIT_GRACE_S = 10.0
 EXIT_OK = 0
-EXIT_CANNOT_SERVE = 1
+EXIT_CANNOT_SERVE = 2  # a usage problem (port in use, bad --speed): one line on stderr
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # bind-all: advertise loopback
 P1_BUTTONS = ("signal", "always")
 PAIRED_USER = "local/mmbc"
@@ -145,7 +146,7 @@ def serve(
     speed: float = 1.0,
     p1: P1Options | None = None,
 ) -> int:
-    """Serve ``scenario`` until SIGINT/SIGTERM; 0 when stopped that way, 1 if it cannot serve.
+    """Serve ``scenario`` until SIGINT/SIGTERM; 0 when stopped that way, 2 if it cannot serve.
 
     ``pv_port=None`` serves a scenario's PV meter on a free port (printed).
     """
@@ -254,12 +255,17 @@ async def _serve_in(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    world = World(scenario)
+    world = World(scenario, horizon_s=math.inf)  # serving goes on past the scenario's end
     watch = RegisterWatch(world, settings_for(scenario, "mmbc"))
     # Warm up until the meter's first reading is visible, so no client ever sees a meter
     # without one (the real dongle has had a reading for years when the engine starts).
-    for _ in range(math.ceil(scenario.meter.latency_s / PLANT_STEP_S) + 1):
-        world.advance(PLANT_STEP_S)
+    warm_s = math.ceil(scenario.meter.latency_s / RECORD_STEP_S + 1) * RECORD_STEP_S
+    world.advance_to(warm_s)
+    started_s = loop.time()
+
+    def plant_time() -> float:
+        return warm_s + (loop.time() - started_s) * speed
+
     v2 = p1.api in {"v2", "both"}
     ca = None
     if v2:
@@ -280,9 +286,10 @@ async def _serve_in(
             ca_file=ca_file if v2 else None,
             button=Button(always_pressed=p1.button == "always"),
             p1_users={PAIRED_USER: p1.token} if p1.token else None,
+            time_source=plant_time,
         )
-    except OSError as err:
-        print(f"mmbc-sim serve: cannot listen on {host}: {err}", file=sys.stderr)
+    except OSError as err:  # ListenError names the server and the port
+        print(f"mmbc-sim serve: {err}", file=sys.stderr)
         return EXIT_CANNOT_SERVE
     if servers.p1_v2 is not None and p1.button == "signal":
         with contextlib.suppress(NotImplementedError):
@@ -290,7 +297,7 @@ async def _serve_in(
     advertiser = await _advertise(world, servers) if p1.mdns else None
     _print_endpoints(scenario, servers, speed)
     try:
-        await _run_plant(world, servers, watch, stop, speed)
+        await _run_plant(world, servers, watch, stop, speed, plant_time)
     finally:
         watch.shutdown()
         if advertiser is not None:
@@ -332,23 +339,23 @@ async def _advertise(world: World, servers: WorldServers) -> MdnsAdvertiser:
 
 
 async def _run_plant(
-    world: World, servers: WorldServers, watch: RegisterWatch, stop: asyncio.Event, speed: float
+    world: World,
+    servers: WorldServers,
+    watch: RegisterWatch,
+    stop: asyncio.Event,
+    speed: float,
+    plant_time: Callable[[], float],
 ) -> None:
-    """Advance the plant in real time (x ``speed``) until ``stop``; late steps catch up."""
-    loop = asyncio.get_running_loop()
-    step_wall_s = PLANT_STEP_S / speed
-    start = loop.time()
-    step = 0
+    """Move the plant along in real time (x ``speed``) until ``stop``: its faults reach the
+    servers, the v2 push goes out, the served invariants are checked."""
+    period_s = RECORD_STEP_S / speed
     while not stop.is_set():
-        step += 1
-        delay = start + step * step_wall_s - loop.time()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
-            if stop.is_set():
-                break
-        world.advance(PLANT_STEP_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(period_s):
+                await stop.wait()
+        if stop.is_set():
+            break
+        world.advance_to(plant_time())
         await servers.apply_faults()
         watch.step()
 

@@ -4,15 +4,16 @@ The daemon's own ``Controller`` drives the real ``HomeWizardClient`` and ``Marst
 adapters against the simulator's P1 (+ PV) HTTP server and one Modbus TCP server per
 battery on 127.0.0.1. Everything runs on one ``looptime`` event loop: the loop clock only
 moves when the loop has nothing else to do, so socket round trips take no simulated time
-and a day replays in minutes. The plant advances in an asyncio task, one ``PLANT_STEP_S``
-at a time; each control cycle runs just after the plant step of the same instant, so the
-order of events is the in-process replay's. Scoring and invariants are the replay's.
+and a day replays in minutes. Every request brings the plant to its own instant (the loop's
+clock), and an asyncio task moves the plant along and mirrors its transport faults onto the
+servers every ``RECORD_STEP_S``. The cycles fall at the run's phase against the meter's
+refresh and the driver paces its Modbus requests with the daemon's message gap
+(``sim.replay.timing``), as the in-process replay does: both give the same figures.
+Scoring and invariants are the replay's.
 
-Differences from the daemon's defaults, both for measuring, neither changes the control:
-the message gap between Modbus requests is 0 (the issue's latency target excludes it), and
-the cycle latency (P1 response to the last Modbus write) is measured in wall-clock time,
-since in virtual time it is always 0. The servers run in the same process and thread, so
-the figure includes the servers' own work: it is an upper bound of the engine's.
+The cycle latency (P1 response to the last Modbus write) is measured in wall-clock time, since
+in virtual time it is the message gaps only; the servers run in the same process and thread,
+so the figure includes the servers' own work: it is an upper bound of the engine's.
 
 With ``dashboard`` the engine's HTTP server runs on the same loop as in the daemon, with a
 dashboard open (its live stream read, its snapshot fetched every minute) and ``/metrics``
@@ -39,7 +40,7 @@ from engine.core.policies import make_policy
 from engine.ports import LoopClock
 from engine.runtime.controller import Controller
 from engine.runtime.event_log import describe, level
-from sim.plant.world import PLANT_STEP_S, ErrorInjectingPolicy, World
+from sim.plant.world import RECORD_STEP_S, ErrorInjectingPolicy, World
 from sim.replay.inprocess import (
     ProgressFn,
     check_cycle,
@@ -49,18 +50,16 @@ from sim.replay.inprocess import (
 )
 from sim.replay.invariants import SHUTDOWN_BUDGET_S, InvariantChecker, observe_world
 from sim.replay.result import RunResult
+from sim.replay.timing import timing_for
 from sim.scenario import Scenario
 from sim.servers.plant import WorldServers, start_world_servers
 
 _LOGGER = logging.getLogger(__name__)
 
 POLICY = "mmbc"
-WIRE_MESSAGE_GAP_S = 0.0
 # As the daemon's defaults: a stalled battery costs in virtual time what it costs for real.
 WIRE_BATTERY_TIMEOUT_S = 1.0
 WIRE_METER_TIMEOUT_S = 2.0
-# Cycles run this long after the plant step of the same instant (see the module docstring).
-CYCLE_OFFSET_S = 0.001
 # looptime lets the loop spin this many idle iterations before it moves the clock. Loopback
 # data is readable as soon as it is sent, so a few are enough; more only cost wall time.
 NOOP_CYCLES = 2
@@ -88,18 +87,22 @@ class _Observer:
 
 
 def run_wire(
-    scenario: Scenario, *, progress: ProgressFn | None = None, dashboard: bool = False
+    scenario: Scenario,
+    *,
+    progress: ProgressFn | None = None,
+    phase: float | None = None,
+    dashboard: bool = False,
 ) -> RunResult:
     """Replay ``scenario`` with policy ``mmbc`` through the real engine over loopback sockets.
 
     Same ``RunResult`` as ``sim.replay.inprocess.run_scenario``; ``metrics`` also holds
     ``cycle_latency_median_ms`` and ``cycle_latency_p99_ms`` (wall clock, see the module
-    docstring) and ``cycles``.
+    docstring) and ``cycles``. ``phase`` as for ``run_scenario``.
     """
     wall_start = time.perf_counter()  # wall time of the run is a reported metric, not control
     loop = looptime.new_event_loop(start=0.0, noop_cycles=NOOP_CYCLES)
     try:
-        return loop.run_until_complete(_run(scenario, progress, wall_start, dashboard))
+        return loop.run_until_complete(_run(scenario, progress, wall_start, phase, dashboard))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -139,14 +142,19 @@ async def _dashboard_client(base: str, counts: dict[str, int]) -> None:
 
 
 async def _run(
-    scenario: Scenario, progress: ProgressFn | None, wall_start: float, dashboard: bool
+    scenario: Scenario,
+    progress: ProgressFn | None,
+    wall_start: float,
+    phase: float | None,
+    dashboard: bool,
 ) -> RunResult:
     settings = settings_for(scenario, POLICY)
     world = World(scenario)
     policy = ErrorInjectingPolicy(make_policy(settings), world)
+    timing = timing_for(scenario, policy.period_s, phase)
     checker = InvariantChecker.for_world(settings, world, policy.period_s)
     observer = _Observer(world, checker, policy.period_s)
-    servers = await start_world_servers(world)
+    servers = await start_world_servers(world, time_source=asyncio.get_running_loop().time)
     clock = LoopClock()
     meter = HomeWizardClient(servers.p1_url, timeout_s=WIRE_METER_TIMEOUT_S)
     pv = (
@@ -161,7 +169,7 @@ async def _run(
             server.port,
             server.unit_id,
             clock=clock,
-            message_gap_s=WIRE_MESSAGE_GAP_S,
+            message_gap_s=timing.message_gap_s,
             timeout_s=WIRE_BATTERY_TIMEOUT_S,
             control_recheck_s=settings.control_recheck_s,
         )
@@ -197,7 +205,7 @@ async def _run(
         controller.sinks.append(web)
         client = asyncio.create_task(_dashboard_client(f"http://127.0.0.1:{web.port}", counts))
     try:
-        shutdown_s = await _drive(world, servers, controller, scenario, progress)
+        shutdown_s = await _drive(world, servers, controller, timing.first_tick_s, progress)
         check_shutdown(world, checker, world.now_s)
         if shutdown_s > SHUTDOWN_BUDGET_S:
             checker.shutdown(
@@ -251,6 +259,7 @@ async def _run(
         report=checker.report,
         record=record,
         notes=notes,
+        phase=timing.phase,
     )
 
 
@@ -258,7 +267,7 @@ async def _drive(
     world: World,
     servers: WorldServers,
     controller: Controller,
-    scenario: Scenario,
+    first_tick_s: float,
     progress: ProgressFn | None,
 ) -> float:
     """Run the plant to the scenario's end with the controller beside it, then stop it.
@@ -267,31 +276,28 @@ async def _drive(
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    dt = PLANT_STEP_S
-    steps = round(scenario.duration_s / dt)
-    # The first reading becomes visible after the meter's latency: start polling then.
-    first_tick_s = math.ceil(scenario.meter.latency_s / dt) * dt + CYCLE_OFFSET_S
+    end_s = world.duration_s
+    steps = math.ceil(end_s / RECORD_STEP_S - 1e-9)
 
     async def control() -> None:
         await asyncio.sleep(first_tick_s - loop.time())
         await controller.run(stop)
 
     controller.set_block_discharge(world.discharge_blocked_at(world.now_s))
+    await servers.apply_faults()
     control_task = asyncio.create_task(control())
     try:
         report_every = max(1, steps // 100)
-        for step in range(steps):
-            # World time t is integrated at loop time t + dt: the cycle at t (+ offset) saw
-            # the plant at t and its commands act from t on, as in the in-process replay.
-            await asyncio.sleep((step + 1) * dt - loop.time())
-            world.advance(dt)
+        for step in range(1, steps + 1):
+            await asyncio.sleep(min(step * RECORD_STEP_S, end_s) - loop.time())
+            world.advance_to(loop.time())
             controller.set_block_discharge(world.discharge_blocked_at(world.now_s))
             await servers.apply_faults()
             if control_task.done():  # the controller never stops by itself: surface why
                 control_task.result()
                 raise RuntimeError("the controller stopped before the end of the scenario")
             if progress is not None and step % report_every == 0:
-                progress(world.now_s, scenario.duration_s)
+                progress(world.now_s, end_s)
     finally:
         stop.set()
         stop_s = loop.time()

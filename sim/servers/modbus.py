@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import traceback
 from collections.abc import Callable
 from typing import Any, cast
@@ -169,9 +171,28 @@ class BatteryServer:
         block = SimData(address=0, count=_ADDRESS_SPACE, datatype=DataType.REGISTERS)
         return SimDevice(id=0, simdata=block, action=self._action)
 
+    def _check_port_free(self) -> None:
+        """Bind the address as asyncio would (SO_REUSEADDR): ``OSError`` naming it if taken.
+
+        pymodbus only logs why it cannot listen and raises a bare RuntimeError; checking first
+        gives the caller the real reason (port in use, address not local, ...).
+        """
+        if self.port == 0:
+            return
+        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _name, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+
     async def _listen(self) -> None:
+        self._check_port_free()
         server = _TcpServer(self._device(), (self.host, self.port), self)
-        await server.serve_forever(background=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus: "Could not start listen, please check address."
+            msg = f"cannot listen on {self.host}:{self.port}"
+            raise OSError(errno.EADDRNOTAVAIL, msg) from exc
         listener = cast(asyncio.Server, server.transport)
         self.port = listener.sockets[0].getsockname()[1]
         self._server = server

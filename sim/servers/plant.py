@@ -4,18 +4,21 @@ The P1 meter speaks API v1 (HTTP), v2 (HTTPS with a test CA, token, push) or bot
 (``p1_api``), like a real dongle before firmware 6, after it with v1 switched off, or with v1
 left on.
 
-Shared by ``mmbc-sim run --wire`` (virtual time) and ``mmbc-sim serve`` (real time). The servers
-read the world's own clock (``world.now_s``), so a request sees the plant exactly as the last
-plant step left it, whatever the event loop's time. ``apply_faults`` puts the world's
-transport-level faults on the wire after each plant step: ``battery_offline`` (and a reboot's
-offline window) closes the battery's listener, ``battery_stall`` delays every answer,
-``battery_exception`` answers every request with an exception.
+Shared by ``mmbc-sim run --wire`` (virtual time) and ``mmbc-sim serve`` (real time). Each
+request brings the world to its own instant first (``time_source``), so it sees the plant of
+that instant, exactly as the in-process replay's requests do. ``apply_faults`` puts the
+world's transport-level faults on the wire (call it as the plant advances):
+``battery_offline`` (and a reboot's offline window) closes the battery's listener,
+``battery_stall`` delays every answer, ``battery_exception`` answers every request with an
+exception.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,20 @@ from sim.servers.tls import SimulatorCA
 
 DEFAULT_UNIT_ID = 1
 P1_APIS = ("v1", "v2", "both")
+
+
+class ListenError(OSError):
+    """A server could not listen: names what it was for and the address it wanted."""
+
+    def __init__(self, what: str, host: str, port: int, cause: OSError) -> None:
+        reason = "already in use" if cause.errno == errno.EADDRINUSE else (cause.strerror or cause)
+        super().__init__(cause.errno, f"{what}: cannot listen on {host}:{port} ({reason})")
+        self.what = what
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass
@@ -124,6 +141,7 @@ async def start_world_servers(
     ca_file: Path | None = None,
     button: Button | None = None,
     p1_users: dict[str, str] | None = None,
+    time_source: Callable[[], float] | None = None,
 ) -> WorldServers:
     """Serve ``world``: P1 on ``p1_port``, PV (if the world has one) on ``pv_port``, batteries
     on ``modbus_port``, ``modbus_port + 1``, ... (0 = free ports everywhere).
@@ -131,41 +149,69 @@ async def start_world_servers(
     ``pv_port=None`` leaves a world's PV meter unserved. ``p1_api`` "v2" or "both" serves API
     v2 on ``p1_tls_port`` with a certificate from ``ca`` (made here if None), the pairing
     ``button`` and the pre-paired ``p1_users``; ``ca_file`` is where its CA was written.
+
+    ``time_source`` gives the plant's time of a request (the loop's clock, or real time
+    scaled by ``mmbc-sim serve --speed``): each request first brings the world there, so it
+    sees the plant of its own instant. Without it requests see the world as last advanced.
     """
     if p1_api not in P1_APIS:
         msg = f"p1_api must be one of {', '.join(P1_APIS)}, not {p1_api!r}"
         raise ValueError(msg)
 
     def clock() -> float:
+        if time_source is not None:
+            world.advance_to(time_source())
         return world.now_s
+
+    def battery_clock(index: int) -> Callable[[], float]:
+        def now() -> float:
+            if time_source is not None:
+                world.battery_at(index, time_source())
+            return world.now_s
+
+        return now
 
     started: list[MeterServer | BatteryServer | V2MeterServer] = []
     try:
         p1 = None
         if p1_api in {"v1", "both"}:
-            p1 = await start_meter_server(world.meter, host, p1_port, now=clock)
+            try:
+                p1 = await start_meter_server(world.meter, host, p1_port, now=clock)
+            except OSError as exc:
+                raise ListenError("P1 meter", host, p1_port, exc) from exc
             started.append(p1)
         p1_v2 = None
         if p1_api in {"v2", "both"}:
-            p1_v2 = await start_v2_meter_server(
-                world.meter,
-                ca or SimulatorCA(),
-                host=host,
-                port=p1_tls_port,
-                now=clock,
-                button=button,
-                push_check_s=None,  # apply_faults publishes after every plant step
-                users=p1_users,
-            )
+            try:
+                p1_v2 = await start_v2_meter_server(
+                    world.meter,
+                    ca or SimulatorCA(),
+                    host=host,
+                    port=p1_tls_port,
+                    now=clock,
+                    button=button,
+                    push_check_s=None,  # apply_faults publishes after every plant step
+                    users=p1_users,
+                )
+            except OSError as exc:
+                raise ListenError("P1 meter (API v2)", host, p1_tls_port, exc) from exc
             started.append(p1_v2)
         pv: MeterServer | None = None
         if world.pv_meter is not None and pv_port is not None:
-            pv = await start_meter_server(world.pv_meter, host, pv_port, now=clock)
+            try:
+                pv = await start_meter_server(world.pv_meter, host, pv_port, now=clock)
+            except OSError as exc:
+                raise ListenError("PV meter", host, pv_port, exc) from exc
             started.append(pv)
         batteries: list[BatteryServer] = []
         for i, firmware in enumerate(world.firmwares):
             port = modbus_port + i if modbus_port else 0
-            server = await start_battery_server(firmware, host, port, unit_id, clock=clock)
+            try:
+                server = await start_battery_server(
+                    firmware, host, port, unit_id, clock=battery_clock(i + 1)
+                )
+            except OSError as exc:
+                raise ListenError(f"battery_{i + 1} Modbus", host, port, exc) from exc
             started.append(server)
             batteries.append(server)
     except BaseException:

@@ -15,7 +15,14 @@ from engine.adapters.marstek import (
     BLOCK_AC_POWER,
     BLOCK_CONTROL,
     BLOCK_COUNTERS,
+    BLOCK_FAULTS,
+    BLOCK_SERIAL,
     BLOCK_SOC,
+    BLOCK_VERSIONS,
+    DIAGNOSTIC_BLOCKS,
+    EXTRA_READ_ATTEMPTS,
+    EXTRA_READS_PER_CYCLE,
+    IDENTITY_BLOCKS,
     ControlState,
     MarstekBattery,
     VenusCommander,
@@ -35,14 +42,15 @@ from engine.adapters.marstek_registers import (
     REG_TOTAL_CHARGE,
     RS485_DISABLE,
     RS485_ENABLE,
+    from_i16,
     from_i32,
     setpoint_writes,
 )
-from engine.core.model import BatteryTelemetry
+from engine.core.model import BatteryIdentity, BatteryTelemetry
 from engine.errors import ConfigError
 from engine.ports import Clock, LoopClock
 from sim.plant.battery import VenusE
-from sim.plant.firmware import VenusFirmware
+from sim.plant.firmware import FirmwareFault, VenusFirmware, encode_name
 from sim.plant.params import BatteryParams
 from sim.servers.modbus import BatteryServer, start_battery_server
 
@@ -303,8 +311,8 @@ def test_short_reply_fails_the_cycle() -> None:
 def test_unknown_block_is_a_programming_error() -> None:
     cmd = VenusCommander("b1")
     cmd.reads_due(0.0)
-    with pytest.raises(ValueError, match="32100"):
-        cmd.on_read(32100, [1], 0.0)
+    with pytest.raises(ValueError, match="32200"):
+        cmd.on_read(32200, [1], 0.0)
 
 
 def test_failed_read_reports_nothing_and_forgets_the_device_state() -> None:
@@ -509,7 +517,8 @@ async def test_read_reports_validated_telemetry(battery: MarstekBattery) -> None
     assert t.power_w == 0.0
     assert t.capacity_wh == 5120.0
     assert t.rs485_control is False  # not taken yet
-    assert battery.reads == 4  # SoC, power, control, counters: one request each
+    # SoC, power, control, counters: one request each; then two reporting-only blocks.
+    assert battery.reads == 4 + EXTRA_READS_PER_CYCLE
 
 
 async def test_commands_land_in_the_firmware(
@@ -696,7 +705,7 @@ async def test_requests_are_paced_through_the_injected_clock(server: BatteryServ
     driver = _battery(server, clock, message_gap_s=0.2)
     try:
         assert (await driver.read()).online
-        assert len(clock.sleeps) == 4  # one gap before each request
+        assert len(clock.sleeps) == 4 + EXTRA_READS_PER_CYCLE  # one gap before each request
         assert all(s == pytest.approx(0.2) for s in clock.sleeps)
     finally:
         await driver.close()
@@ -745,3 +754,190 @@ async def test_one_dead_battery_does_not_block_the_others(server: BatteryServer)
         await healthy.close()
         await dead.close()
         await stalled.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# Identification and diagnostics (reporting only)
+# ---------------------------------------------------------------------------------------
+
+
+def _extras_ok(cmd: VenusCommander, now_s: float, replies: dict[int, list[int]]) -> None:
+    for address, _count in cmd.extra_reads_due(now_s, limit=99):
+        if address in replies:
+            cmd.on_read(address, replies[address], now_s)
+
+
+def test_identity_and_diagnostics_are_validated() -> None:
+    cmd = VenusCommander("b1", counters_interval_s=10.0)
+    _read_ok(cmd, 0.0)
+    _extras_ok(
+        cmd,
+        0.0,
+        {
+            31000: encode_name("VNSE3-0"),
+            31100: [153, 0xFFFF, 213],  # EMS version missing
+            31200: [0xFFFF] * 10,  # no serial: all ones
+            32100: [5234, from_i16(-1234)],  # 52.34 V, charging 12.34 A
+            35000: [from_i16(-52)],  # -5.2 degC
+            36000: [1 << 4, 0],
+            36100: [0, 0, 0, 0],
+        },
+    )
+    t = cmd.telemetry(0.0)
+    assert t.identity == BatteryIdentity(
+        device_name="VNSE3-0", serial_number=None, software_version="1.53", bms_version=213
+    )
+    assert t.identity is not None
+    assert t.identity.firmware == "1.53 (BMS 213)"
+    assert t.voltage_v == pytest.approx(52.34)
+    assert t.current_a == pytest.approx(12.34)  # engine sign: + discharging
+    assert t.temperature_c == pytest.approx(-5.2)
+    assert t.alarms == ("low battery SoC warning",)
+    assert t.faults == ()
+    # Garbage diagnostics become None, never a value.
+    _extras_ok(cmd, 10.0, {32100: [0xFFFF, 0x7FFF], 35000: [0x7FFF]})
+    t = cmd.telemetry(10.0)
+    assert (t.voltage_v, t.current_a, t.temperature_c) == (None, None, None)
+
+
+def test_identity_is_read_once_per_connection_and_diagnostics_every_interval() -> None:
+    cmd = VenusCommander("b1", counters_interval_s=10.0)
+    first = cmd.extra_reads_due(0.0, limit=99)
+    assert set(first) == {*IDENTITY_BLOCKS, *DIAGNOSTIC_BLOCKS}
+    assert cmd.extra_reads_due(0.0) == first[:EXTRA_READS_PER_CYCLE]  # spread over cycles
+    _extras_ok(cmd, 0.0, {address: [0] * count for address, count in first})
+    assert cmd.extra_reads_due(5.0, limit=99) == []
+    assert set(cmd.extra_reads_due(10.0, limit=99)) == set(DIAGNOSTIC_BLOCKS)
+    cmd.on_connected()
+    assert set(IDENTITY_BLOCKS) <= set(cmd.extra_reads_due(5.0, limit=99))
+
+
+def test_a_refused_block_is_not_asked_again_and_never_makes_the_battery_offline() -> None:
+    cmd = VenusCommander("b1", counters_interval_s=10.0)
+    _read_ok(cmd, 0.0)
+    cmd.on_extra_read_failed(BLOCK_SERIAL[0], 0.0, refused=True)
+    for _ in range(EXTRA_READ_ATTEMPTS):  # a block that only ever times out is given up too
+        cmd.on_extra_read_failed(BLOCK_FAULTS[0], 0.0, refused=False)
+    assert cmd.telemetry(0.0).online
+    cmd.on_connected()
+    due = cmd.extra_reads_due(1000.0, limit=99)
+    assert BLOCK_SERIAL not in due
+    assert BLOCK_FAULTS not in due
+    assert BLOCK_VERSIONS in due
+
+
+class _NoSerialFirmware(VenusFirmware):
+    """A firmware without 31200 (like the Venus E v3): the serial read gets an exception."""
+
+    def read(self, address: int, count: int, now_s: float) -> list[int] | FirmwareFault:
+        if address == BLOCK_SERIAL[0]:
+            self.reads += 1
+            return FirmwareFault.ILLEGAL_ADDRESS
+        return super().read(address, count, now_s)
+
+
+async def test_identity_and_diagnostics_from_the_simulator(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    firmware = server.firmware
+    assert await battery.apply(1000)
+    _advance(firmware)
+    t = await battery.read()
+    for _ in range(4):  # the reporting-only blocks come two a cycle
+        t = await battery.read()
+    assert t.identity is not None
+    assert t.identity.serial_number == "VNSESIMb1"
+    assert t.identity.firmware == "1.53 (EMS 153, BMS 213)"
+    assert t.voltage_v is not None
+    assert 40.0 <= t.voltage_v <= 58.4
+    assert t.current_a is not None
+    assert t.current_a > 0
+    assert t.temperature_c is not None
+    assert t.temperature_c > 25.0
+    assert (t.alarms, t.faults) == ((), ())
+    # The identification is not read again on the same connection.
+    reads = battery.reads
+    await battery.read()
+    assert battery.reads - reads <= 4  # the vital blocks only (diagnostics not yet due)
+
+
+async def test_a_battery_without_a_serial_register_stays_online() -> None:
+    params = BatteryParams(dead_time_s=0.0, ramp_w_per_s=0.0, relay_delay_s=0.0)
+    firmware = _NoSerialFirmware(VenusE(params, 50.0, name="v3"))
+    server = await start_battery_server(firmware, host="127.0.0.1", port=0)
+    driver = _battery(server)
+    try:
+        telemetry = [await driver.read() for _ in range(6)]
+        assert all(t.online for t in telemetry)
+        identity = telemetry[-1].identity
+        assert identity is not None
+        assert identity.serial_number is None
+        assert identity.software_version == "1.53"
+        refused = firmware.reads
+        await server.set_offline(True)
+        await server.set_offline(False)
+        for _ in range(6):  # reconnects, reads the identification again, minus the serial
+            await driver.read()
+        assert (await _read_until_online(driver)).online
+        assert driver.commander.extra_reads_due(1e9, limit=99).count(BLOCK_SERIAL) == 0
+        assert firmware.reads > refused
+    finally:
+        await driver.close()
+        await server.stop()
+
+
+async def test_a_returning_battery_is_found_by_the_probe_before_the_backoff_ends(
+    server: BatteryServer,
+) -> None:
+    clock = StepClock(start_s=0.0)
+    driver = _battery(
+        server, clock, backoff_initial_s=30.0, backoff_max_s=30.0, probe_interval_s=1.0
+    )
+    try:
+        assert (await driver.read()).online
+        await server.set_offline(True)
+        for _ in range(3):  # connection lost, then refused: backing off for 30 s
+            clock.t_s += 1.0
+            assert (await driver.read()).online is False
+        await server.set_offline(False)
+        back_at_s = None
+        for _ in range(20):  # 20 s of injected time: well inside the 30 s backoff
+            clock.t_s += 1.0
+            if (await driver.read()).online:
+                back_at_s = clock.t_s
+                break
+            # Let the background probe (real sockets) finish before the next cycle.
+            probe = driver._probe_task
+            if probe is not None:
+                await asyncio.wait_for(asyncio.shield(probe), timeout=5.0)
+        assert back_at_s is not None, "the battery stayed out of control for the whole backoff"
+        assert driver.probes >= 1
+        assert await driver.apply(300)  # a new connection: control is taken again
+        assert server.firmware.control_enabled
+    finally:
+        await driver.close()
+
+
+async def test_a_dead_battery_logs_one_line_down_and_one_up_without_pymodbus_noise(
+    server: BatteryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver = _battery(server, backoff_initial_s=0.01, backoff_max_s=0.02, probe_interval_s=0.01)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            assert (await driver.read()).online
+            await server.set_offline(True)
+            for _ in range(30):  # many reconnect attempts and probes
+                await driver.read()
+                await asyncio.sleep(0.01)
+            await server.set_offline(False)
+            assert (await _read_until_online(driver)).online
+    finally:
+        await driver.close()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in caplog.records if "Failed to connect" in r.getMessage()]
+    assert [r.getMessage() for r in warnings if "unavailable" in r.getMessage()] == [
+        warnings[0].getMessage()
+    ]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    back = [r for r in caplog.records if "available again" in r.getMessage()]
+    assert len(back) == 1

@@ -65,8 +65,8 @@ def sample_status(**changes: Any) -> FleetStatus:
         discharge_blocked=False,
         mode=Mode.NORMAL,
         batteries=(
-            BatteryStatus(1, "garage", 55.0, 600.0, BatteryState.DISCHARGING, True, 600),
-            BatteryStatus(2, "attic", None, None, BatteryState.UNAVAILABLE, False, None),
+            BatteryStatus(1, "garage", 55.0, 600.0, BatteryState.DISCHARGING, True, setpoint_w=600),
+            BatteryStatus(2, "attic", None, None, BatteryState.UNAVAILABLE, False),
         ),
         quality="stable",
         grid_rms_w=14.5,
@@ -236,6 +236,18 @@ async def test_an_unknown_grid_reading_disappears_from_the_metrics() -> None:
         _, m = await get_metrics(r)
     assert one("mmbc_grid_power_watts") not in m
     assert one("mmbc_meter_reading_age_seconds") not in m
+
+
+async def test_a_stale_grid_reading_is_never_shown_as_a_value() -> None:
+    async with running() as r:
+        r.server.publish(sample_status(now_s=1001.0, meter_fresh=False, meter_age_s=9.0))
+        _, m = await get_metrics(r)
+        snap = r.server.snapshot()
+    assert one("mmbc_grid_power_watts") not in m
+    assert one("mmbc_grid_error_rms_watts") not in m
+    assert m[one("mmbc_meter_reading_age_seconds")] == 9.0
+    assert snap["status"]["grid_w"] is None
+    assert snap["recent"][1] == [None]
 
 
 async def test_promtool_accepts_the_metrics(tmp_path: Path) -> None:

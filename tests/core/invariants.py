@@ -11,6 +11,7 @@ from engine.core.events import Excluded, LeaderChanged
 from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.policy import MmbcPolicy
 from engine.core.settings import BatterySpec, ControlSettings
+from engine.core.timers import TIMER_SLACK_S
 from tests.strategies import healthy
 
 KEEPALIVE_W = 1  # a 1 W command keeps the relay engaged; it is not "active"
@@ -28,10 +29,11 @@ def charge_limit_w(spec: BatterySpec, soc_pct: float, settings: ControlSettings)
 
 
 def is_stale(snap: Snapshot, limit_s: float) -> bool:
+    """Older than the limit, by more than a clock's rounding (engine.core.timers)."""
     return (
         snap.grid_w is None
         or snap.meter_updated_s is None
-        or snap.now_s - snap.meter_updated_s > limit_s
+        or snap.now_s - snap.meter_updated_s > limit_s + TIMER_SLACK_S
     )
 
 

@@ -23,7 +23,7 @@ from engine.core.status import FleetStatus
 from engine.ports import LoopClock
 from engine.runtime.controller import Controller
 from sim.plant.firmware import VenusFirmware
-from sim.plant.world import PLANT_STEP_S, World
+from sim.plant.world import RECORD_STEP_S, World
 from sim.replay.inprocess import settings_for
 from sim.scenario import load_scenario
 from sim.servers.plant import WorldServers, start_world_servers
@@ -53,8 +53,8 @@ async def _advance(world: World, servers: WorldServers) -> None:
     step = 0
     while True:
         step += 1
-        await asyncio.sleep(start + step * PLANT_STEP_S - loop.time())
-        world.advance(PLANT_STEP_S)
+        await asyncio.sleep(start + step * RECORD_STEP_S - loop.time())
+        world.advance_to(world.now_s + RECORD_STEP_S)
         await servers.apply_faults()
 
 
@@ -69,7 +69,7 @@ async def running_plant() -> AsyncIterator[Plant]:
     servers = await start_world_servers(world)
     task = asyncio.create_task(_advance(world, servers))
     try:
-        await asyncio.sleep(PLANT_STEP_S * 4)  # the meter's first reading is visible
+        await asyncio.sleep(RECORD_STEP_S * 4)  # the meter's first reading is visible
         yield Plant(world, servers, task)
     finally:
         task.cancel()
@@ -189,6 +189,7 @@ class FlakyPolicy:
         self.inner = inner
         self.name = inner.name
         self.period_s = inner.period_s
+        self.learns_meter_phase = inner.learns_meter_phase
         self.failing = False
         self.calls = 0
 

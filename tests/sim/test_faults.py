@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from engine.adapters import marstek_registers as reg
 from engine.adapters.marstek import VenusCommander
 from engine.core.model import Plan, Snapshot
+from engine.core.schedule import RETRY_S
 from sim.plant.params import FAULT_KINDS, METER_FAULTS
 from sim.plant.world import World
 from sim.replay.inprocess import run_scenario
@@ -87,9 +89,15 @@ def test_there_is_a_scenario_for_every_fault_kind() -> None:
 def test_mmbc_holds_every_invariant(path: Path) -> None:
     run = replay(path.stem)
     assert run.result.invariants == dict.fromkeys(INVARIANTS, True), run.result.report.details
-    # The checks ran on every cycle (one a second).
+    # The checks ran on every cycle: about one a second (a poll that found no new reading
+    # is followed up sooner), from the run's first tick to the end.
     duration_s = sum(run.result.record.dt_s)
-    assert len(run.cycles) == round(duration_s)
+    times = [c.t_s for c in run.cycles]
+    assert times[0] < 2.0
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) <= 1.0 + 0.1
+    assert min(gaps) >= RETRY_S - 1e-9
+    assert duration_s - 1.1 <= times[-1] < duration_s
 
 
 # ---------------------------------------------------------------------- the baseline fails
@@ -175,7 +183,7 @@ def test_a_battery_that_does_not_follow_is_excluded_once_and_comes_back() -> Non
     run = replay("battery_not_following")
     lines = run.notes_with("battery_1 excluded")
     assert len(lines) == 1, run.result.notes
-    excluded_s = float(lines[0].split()[0])
+    excluded_s = next(c.t_s for c in run.cycles if c.states.get("battery_1") == "excluded")
     assert 600 < excluded_s <= 600 + 20
     for c in run.during(excluded_s, excluded_s + 300):
         assert _sp(c, "battery_1") == 0
@@ -212,7 +220,9 @@ def test_a_broker_restart_leaves_control_untouched() -> None:
 def test_an_engine_error_fails_safe_logs_once_and_runs_on() -> None:
     run = replay("engine_error")
     failing = run.during(600, 630)
-    assert [c.t_s for c in failing] == [600.5 + i for i in range(30)]  # one cycle a second
+    times = [c.t_s for c in failing]
+    assert 29 <= len(times) <= 33  # about one a second
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 1.1
     assert all(c.setpoints is None for c in failing[1:])
     assert all(c.firmware_w == {"battery_1": 0.0, "battery_2": 0.0} for c in failing[1:])
     lines = run.notes_with("control cycle failed")

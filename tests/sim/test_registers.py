@@ -14,6 +14,10 @@ from sim.plant.params import BatteryParams
 # Hard-coded from the protocol reference, Part 1, section 1.2 (register map) and 1.4 (control).
 EXPECTED_ADDRESSES = {
     "REG_DEVICE_NAME": 31000,
+    "REG_SOFTWARE_VERSION": 31100,
+    "REG_EMS_VERSION": 31101,
+    "REG_BMS_VERSION": 31102,
+    "REG_SERIAL_NUMBER": 31200,
     "REG_BATTERY_VOLTAGE": 32100,
     "REG_BATTERY_CURRENT": 32101,
     "REG_BATTERY_POWER": 32102,
@@ -29,8 +33,12 @@ EXPECTED_ADDRESSES = {
     "REG_DAILY_DISCHARGE": 33006,
     "REG_MONTHLY_CHARGE": 33008,
     "REG_MONTHLY_DISCHARGE": 33010,
+    "REG_INTERNAL_TEMPERATURE": 35000,
+    "REG_MOS1_TEMPERATURE": 35001,
+    "REG_MOS2_TEMPERATURE": 35002,
     "REG_INVERTER_STATE": 35100,
     "REG_ALARMS": 36000,
+    "REG_FAULTS": 36100,
     "REG_RS485_CONTROL": 42000,
     "REG_FORCE_MODE": 42010,
     "REG_CHARGE_SETPOINT": 42020,
@@ -43,6 +51,10 @@ EXPECTED_ADDRESSES = {
 }
 EXPECTED_CONSTANTS = {
     "DEVICE_NAME_REGS": 10,
+    "SERIAL_NUMBER_REGS": 10,
+    "VERSION_REGS": 3,
+    "ALARM_REGS": 2,
+    "FAULT_REGS": 4,
     "RS485_ENABLE": 21930,  # 0x55AA
     "RS485_DISABLE": 21947,  # 0x55BB
     "FORCE_STOP": 0,
@@ -143,6 +155,62 @@ def test_identification_and_battery_registers() -> None:
     assert read1(fw, reg.REG_DISCHARGE_CUTOFF) == 120
     assert read1(fw, reg.REG_MAX_CHARGE_POWER) == 2500
     assert read1(fw, reg.REG_MAX_DISCHARGE_POWER) == 2500
+
+
+def test_serial_number_and_versions() -> None:
+    fw = make()
+    serial = fw.read(reg.REG_SERIAL_NUMBER, reg.SERIAL_NUMBER_REGS, 0.0)
+    assert isinstance(serial, list)
+    assert reg.decode_text(serial) == "VNSESIMVNSE3-0"
+    fw.serial_number = "AB12"
+    serial = fw.read(reg.REG_SERIAL_NUMBER, reg.SERIAL_NUMBER_REGS, 0.0)
+    assert isinstance(serial, list)
+    assert serial[:3] == [0x4142, 0x3132, 0]  # high byte first, NUL padded
+    versions = fw.read(reg.REG_SOFTWARE_VERSION, reg.VERSION_REGS, 0.0)
+    assert isinstance(versions, list)
+    assert all(0 < value < 0xFFFF for value in versions)
+    # The identification blocks end where the reference says: one more register is unmapped.
+    assert fw.read(reg.REG_SERIAL_NUMBER, 11, 0.0) is FirmwareFault.ILLEGAL_ADDRESS
+    assert fw.read(reg.REG_SOFTWARE_VERSION, 4, 0.0) is FirmwareFault.ILLEGAL_ADDRESS
+
+
+def test_temperatures_are_tenths_of_a_degree_and_rise_with_load() -> None:
+    fw = make()
+    idle_c = reg.to_i16(read1(fw, reg.REG_INTERNAL_TEMPERATURE)) / 10.0
+    assert 15.0 <= idle_c <= 35.0
+    assert fw.write(reg.REG_RS485_CONTROL, [reg.RS485_ENABLE], 0.0) is None
+    command(fw, 2500, 0.0)
+    settle(fw)
+    temps = fw.read(reg.REG_INTERNAL_TEMPERATURE, 3, 10.0)
+    assert isinstance(temps, list)
+    assert reg.to_i16(temps[0]) / 10.0 > idle_c
+    assert all(reg.to_i16(t) >= temps[0] for t in temps[1:])  # MOSFETs run warmer
+
+
+def test_alarm_and_fault_bitfields_span_their_registers() -> None:
+    fw = make()
+    assert fw.read(reg.REG_FAULTS, reg.FAULT_REGS, 0.0) == [0, 0, 0, 0]
+    fw.fault_bits = (1 << 21) | (1 << 58)  # BMS protection, over-temperature
+    fw.alarm_bits = 1 << 17  # BLE abnormal
+    faults = fw.read(reg.REG_FAULTS, reg.FAULT_REGS, 0.0)
+    alarms = fw.read(reg.REG_ALARMS, reg.ALARM_REGS, 0.0)
+    assert isinstance(faults, list)
+    assert isinstance(alarms, list)
+    assert faults == [0, 1 << 5, 0, 1 << 10]
+    assert alarms == [0, 1 << 1]
+    assert reg.bit_names(reg.bits_of(faults), reg.FAULT_BITS) == (
+        "BMS protection",
+        "over-temperature",
+    )
+    assert reg.bit_names(reg.bits_of(alarms), reg.ALARM_BITS) == ("BLE abnormal",)
+    assert reg.bit_names(1 << 9, reg.ALARM_BITS) == ("bit 9",)
+
+
+def test_decode_text_rejects_blank_and_garbled_blocks() -> None:
+    assert reg.decode_text([0x4142, 0x0043]) == "AB"
+    assert reg.decode_text([0, 0, 0]) == ""
+    assert reg.decode_text([0xFFFF] * 10) == ""
+    assert reg.decode_text([0x41E9]) == ""  # not ASCII
 
 
 def test_soc_register_rounds_the_exact_soc() -> None:

@@ -846,7 +846,7 @@ def _meter_readings(scenario: Scenario) -> list[float]:
     world = World(scenario)
     readings: list[float] = []
     for _ in range(40):
-        world.advance(0.5)
+        world.advance_to(world.now_s + 0.5)
         sample = world.meter.latest(world.now_s)
         if sample is not None:
             readings.append(sample.grid_w)

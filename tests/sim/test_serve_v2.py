@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine.adapters.homewizard_v2 import HomeWizardV2Client, MeasurementStream, pair
-from sim.plant.world import PLANT_STEP_S, World
+from sim.plant.world import RECORD_STEP_S, World
 from sim.replay.serve import env_snippet
 from sim.scenario import DEFAULT_SCENARIO, load_scenario
 from sim.servers.plant import start_world_servers
@@ -115,7 +115,7 @@ def test_serve_refuses_an_unknown_p1_api() -> None:
 async def test_world_servers_serve_both_apis_and_push_after_each_step(tmp_path: Path) -> None:
     world = World(load_scenario(Path(DEFAULT_SCENARIO)))
     for _ in range(4):
-        world.advance(PLANT_STEP_S)
+        world.advance_to(world.now_s + RECORD_STEP_S)
     ca = SimulatorCA()
     ca_file = ca.write_ca(tmp_path / "ca.pem")
     servers = await start_world_servers(
@@ -136,8 +136,8 @@ async def test_world_servers_serve_both_apis_and_push_after_each_step(tmp_path: 
             stream = MeasurementStream(client)
             frames = stream.readings()
             first = await anext(frames)
-            world.advance(PLANT_STEP_S)
-            world.advance(PLANT_STEP_S)  # a new sample is visible now
+            world.advance_to(world.now_s + RECORD_STEP_S)
+            world.advance_to(world.now_s + RECORD_STEP_S)  # a new sample is visible now
             await servers.apply_faults()  # the step's hook pushes it
             async with asyncio.timeout(5):
                 second = await anext(frames)

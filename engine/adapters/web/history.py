@@ -25,7 +25,7 @@ def point_of(status: FleetStatus) -> Point:
     """The chart point of one cycle: time, grid power, each battery's power, each SoC."""
     return (
         status.now_s,
-        status.grid_w,
+        status.grid_w if status.meter_fresh else None,
         *(b.power_w for b in status.batteries),
         *(b.soc_pct for b in status.batteries),
     )

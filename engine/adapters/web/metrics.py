@@ -170,8 +170,11 @@ class EngineMetrics(Collector):
                 "Time since the last completed control cycle.",
                 value=max(0.0, self._now() - s.now_s),
             )
+        # A stale or missing reading is left out, never shown as a value.
         yield from _gauge(
-            "mmbc_grid_power_watts", "Grid power at the meter: + import, - export.", s.grid_w
+            "mmbc_grid_power_watts",
+            "Grid power at the meter: + import, - export.",
+            s.grid_w if s.meter_fresh else None,
         )
         yield from _gauge("mmbc_pv_power_watts", "PV production (>= 0).", s.pv_w)
         yield from _gauge(
@@ -180,7 +183,9 @@ class EngineMetrics(Collector):
             s.meter_age_s,
         )
         yield from _gauge(
-            "mmbc_grid_error_rms_watts", "RMS grid error over the last minute.", s.grid_rms_w
+            "mmbc_grid_error_rms_watts",
+            "RMS grid error over the last minute.",
+            s.grid_rms_w if s.meter_fresh else None,
         )
         yield from _gauge(
             "mmbc_fleet_power_watts",
@@ -261,7 +266,7 @@ class EngineMetrics(Collector):
                 setpoint.add_metric([b.name], float(b.setpoint_w))
             if b.soc_pct is not None:
                 soc.add_metric([b.name], b.soc_pct / 100.0)
-            available.add_metric([b.name], 1.0 if b.online else 0.0)
+            available.add_metric([b.name], 1.0 if b.available else 0.0)
             _add_states(state, list(BatteryState), b.state, b.name)
         yield from (power, setpoint, soc, available, state)
 

@@ -74,7 +74,8 @@ def status_json(status: FleetStatus) -> dict[str, Any]:
     """The live state the page shows (engine signs: grid + import, battery + discharging)."""
     return {
         "now_s": status.now_s,
-        "grid_w": _finite(status.grid_w),
+        # A stale or missing reading is shown as unavailable, never as a value.
+        "grid_w": _finite(status.grid_w) if status.meter_fresh else None,
         "pv_w": _finite(status.pv_w),
         "battery_power_w": _finite(status.battery_power_w),
         "soc_pct": _finite(status.soc_pct),
@@ -82,7 +83,7 @@ def status_json(status: FleetStatus) -> dict[str, Any]:
         "discharge_blocked": status.discharge_blocked,
         "fleet_state": None if status.fleet_state is None else status.fleet_state.value,
         "quality": status.quality,
-        "grid_rms_w": _finite(status.grid_rms_w),
+        "grid_rms_w": _finite(status.grid_rms_w) if status.meter_fresh else None,
         "meter_age_s": _finite(status.meter_age_s),
         "charge_total_wh": _finite(status.charge_total_wh),
         "discharge_total_wh": _finite(status.discharge_total_wh),
@@ -91,7 +92,7 @@ def status_json(status: FleetStatus) -> dict[str, Any]:
             {
                 "index": b.index,
                 "name": b.name,
-                "online": b.online,
+                "online": b.available,
                 "state": None if b.state is None else b.state.value,
                 "soc_pct": _finite(b.soc_pct),
                 "power_w": _finite(b.power_w),

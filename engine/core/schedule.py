@@ -1,0 +1,130 @@
+"""When the next control cycle runs: once a period, placed just after the meter's refresh.
+
+A cycle acts on the newest reading the meter shows; a reading that appeared just before the
+poll is the freshest there is, one that appeared just after waits a whole period. The meter
+does not say when it refreshes, so the schedule learns it from the only thing a poll reveals:
+whether the reading is new. It keeps its polls ``margin`` after the refresh it expects and
+creeps them ``creep`` earlier each time one finds a new reading; a poll that finds none came
+too early, so the refresh is about to happen: the next poll follows ``retry`` later and the
+expectation moves there. So the polls stay just after the refresh, following a meter's clock
+that drifts against ours, at the cost of an occasional extra poll. Without learning (the
+classic policy, or the feature switched off) cycles run on a fixed grid of periods.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Final
+
+MARGIN_S: Final = 0.05  # poll this long after the expected refresh (the meter's own jitter)
+CREEP_S: Final = 0.002  # per found reading: how much earlier the next refresh is expected
+RETRY_S: Final = 0.1  # after a poll that found no new reading: poll again this much later
+INTERVAL_READINGS: Final = 9  # the meter's interval is the median spacing of this many
+MIN_INTERVAL_READINGS: Final = 4
+INTERVAL_RESOLUTION_S: Final = 0.01
+
+
+class CycleSchedule:
+    """The times of the control cycles; ``next_s`` is called after each cycle."""
+
+    def __init__(self, period_s: float, *, learn_phase: bool) -> None:
+        if not period_s > 0:
+            msg = f"period_s must be positive, got {period_s}"
+            raise ValueError(msg)
+        self.period_s = period_s
+        self.learn_phase = learn_phase
+        self._first_s: float | None = None
+        self._count = 0
+        self._refresh_s: float | None = None  # an expected refresh instant (absolute)
+        self._missing_since_s: float | None = None  # polls find nothing new since then
+        self._previous_s: float | None = None
+        self._lost = False  # no reading for a whole interval: no retries until one comes
+        # When recent polls first saw a new reading: over many readings their spacing is the
+        # meter's interval (a single spacing is off by the polls' own creep and retries).
+        self._seen: deque[float] = deque(maxlen=INTERVAL_READINGS)
+        self.retries = 0  # polls that found no new reading and were followed up at once
+
+    def next_s(
+        self, cycle_s: float, *, meter_updated_s: float | None, busy_until_s: float
+    ) -> float:
+        """When to run the cycle after the one at ``cycle_s``, whose poll saw the meter's
+        reading change at ``meter_updated_s``; the cycle's work lasted until
+        ``busy_until_s`` (the next never starts before)."""
+        new_reading = meter_updated_s is not None and meter_updated_s >= cycle_s
+        if new_reading:
+            self._seen.append(cycle_s)
+        interval_s = self.interval_s()
+        if self._first_s is None:
+            self._first_s = cycle_s
+        if not self.learn_phase:
+            # A fixed grid; a cycle that ran late restarts it (no burst to catch up).
+            self._count += 1
+            tick_s = self._first_s + self._count * self.period_s
+            if tick_s < busy_until_s:
+                self._first_s, self._count, tick_s = busy_until_s, 0, busy_until_s
+            return tick_s
+        previous_s, self._previous_s = self._previous_s, cycle_s
+        expected = self._refresh_between(previous_s, cycle_s, interval_s)
+        if new_reading:
+            if self._missing_since_s is not None:
+                # It came between the last poll and this one: the refresh is known closely.
+                self._refresh_s = cycle_s - 0.5 * RETRY_S
+            elif self._refresh_s is None:
+                self._refresh_s = cycle_s - MARGIN_S
+            elif expected:
+                self._refresh_s -= CREEP_S  # perhaps earlier still: probe for it
+            else:
+                # Earlier than expected (a slow meter between two polls): in between.
+                self._refresh_s = 0.5 * (cycle_s + (previous_s or cycle_s))
+            self._missing_since_s = None
+            self._lost = False
+        elif not self._lost and (expected or self._missing_since_s is not None):
+            if self._missing_since_s is None:
+                self._missing_since_s = cycle_s
+            if cycle_s - self._missing_since_s < interval_s:
+                # Too early: the refresh is still to come. Look again shortly.
+                self.retries += 1
+                self._refresh_s = cycle_s
+                return max(cycle_s + RETRY_S, busy_until_s)
+            # Nothing for a whole interval: the meter is late or gone. Keep the period
+            # until readings return (no retries meanwhile).
+            self._missing_since_s = None
+            self._lost = True
+        return self._after(cycle_s, interval_s, busy_until_s)
+
+    def interval_s(self) -> float:
+        """The meter's interval between refreshes, as the polls have seen it.
+
+        The median spacing of the polls that found a new reading, to the nearest
+        ``INTERVAL_RESOLUTION_S``: the polls' own creep shifts each spacing by a few
+        milliseconds, which must not feed back into where the next poll goes.
+        """
+        seen = self._seen
+        if len(seen) < MIN_INTERVAL_READINGS:
+            return self.period_s
+        gaps = sorted(b - a for a, b in zip(seen, list(seen)[1:], strict=False))
+        typical = gaps[len(gaps) // 2]
+        return max(
+            INTERVAL_RESOLUTION_S, round(typical / INTERVAL_RESOLUTION_S) * INTERVAL_RESOLUTION_S
+        )
+
+    def _refresh_between(self, from_s: float | None, to_s: float, interval_s: float) -> bool:
+        """Whether a refresh was expected after the poll at ``from_s``, by ``to_s``."""
+        if self._refresh_s is None or from_s is None:
+            return False
+        k = math.floor((to_s - self._refresh_s) / interval_s + 1e-9)
+        return self._refresh_s + k * interval_s > from_s
+
+    def _after(self, cycle_s: float, interval_s: float, busy_until_s: float) -> float:
+        """The next poll about a period on, moved to land just after an expected refresh."""
+        earliest_s = max(cycle_s + 0.5 * self.period_s, busy_until_s)
+        if self._refresh_s is None:
+            return max(cycle_s + self.period_s, busy_until_s)
+        # The first refresh (plus margin) at least half a period on; a slow meter refreshes
+        # once in several periods: the polls in between keep the period, aligned to it.
+        k = math.ceil((earliest_s - MARGIN_S - self._refresh_s) / interval_s - 1e-9)
+        poll_s = self._refresh_s + k * interval_s + MARGIN_S
+        while poll_s - self.period_s >= earliest_s:
+            poll_s -= self.period_s
+        return poll_s

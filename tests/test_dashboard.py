@@ -221,7 +221,7 @@ async def test_dashboard_in_chromium_follows_the_engine_live(tmp_path: Path) -> 
 [[fault]]
 at_s = 25
 kind = "battery_offline"
-duration_s = 600
+duration_s = 15
 battery = 2
 """
     path = scenario(tmp_path, "dashboard_battery_offline", faults)
@@ -295,6 +295,21 @@ battery = 2
                     lambda: _not_discharging(served.modbus_port),
                 )
                 assert TOKEN not in await page.evaluate("document.body.innerText")
+                # Battery 2 answers again: that is an event too, and its card comes back.
+                # (Newest first: a return above the loss; the one at start-up sits below it.)
+                back = await page.wait_for(
+                    "(() => { const items = [...document.querySelectorAll('#events li')];"
+                    " const at = (kind) => items.findIndex(li => li.dataset.kind === kind"
+                    " && li.textContent.includes('battery_2'));"
+                    " const back = at('BatteryReturned'), lost = at('BatteryLost');"
+                    " return back >= 0 && back < lost && items[back].textContent; })()",
+                    bound_s=BOUND_S,
+                )
+                assert "available again" in back
+                assert await page.wait_for(
+                    "document.querySelector('.battery[data-name=battery_2]').dataset.online"
+                    " === 'true'"
+                )
             finally:
                 await watch.close()
 

@@ -9,7 +9,7 @@ cycle latency (meter answer to last battery write) the engine logs when it stops
 
 Without ``--dashboard`` the engine's HTTP server is off (the baseline; target <= 80 MB). With
 it the server listens on loopback and the script keeps a dashboard open the way the page does:
-the live event stream read continuously, ``/api/snapshot`` every 60 s, plus a Prometheus-style
+the live event stream read continuously, ``/api/long`` every 60 s, plus a Prometheus-style
 scrape of ``/metrics`` every 15 s (target <= 60 MB).
 
     .venv/bin/python scripts/measure_memory.py --duration 3600               # baseline hour
@@ -188,11 +188,11 @@ def _poll(url: str, every_s: float, stop: threading.Event, counts: dict[str, int
 
 def _open_dashboard(port: int, stop: threading.Event) -> dict[str, int]:
     base = f"http://127.0.0.1:{port}"
-    counts = {"events": 0, "metrics": 0, "snapshot": 0, "stream_errors": 0, "poll_errors": 0}
+    counts = {"events": 0, "metrics": 0, "long": 0, "stream_errors": 0, "poll_errors": 0}
     for target, args in (
         (_read_stream, (f"{base}/api/stream", stop, counts)),
         (_poll, (f"{base}/metrics", SCRAPE_EVERY_S, stop, counts)),
-        (_poll, (f"{base}/api/snapshot", SNAPSHOT_EVERY_S, stop, counts)),
+        (_poll, (f"{base}/api/long", SNAPSHOT_EVERY_S, stop, counts)),
     ):
         threading.Thread(target=target, args=args, daemon=True).start()
     for asset in ("/", "/static/dashboard.js", "/static/vendor/uPlot.iife.min.js"):
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if counts:
         print(
             f"dashboard: {counts['events']} stream events, {counts['metrics']} scrapes,"
-            f" {counts['snapshot']} snapshots, {counts['stream_errors']} stream errors,"
+            f" {counts['long']} history refreshes, {counts['stream_errors']} stream errors,"
             f" {counts['poll_errors']} poll errors"
         )
     print(stopped[-1] if stopped else "engine did not log its latency")

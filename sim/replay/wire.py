@@ -16,7 +16,7 @@ in virtual time it is the message gaps only; the servers run in the same process
 so the figure includes the servers' own work: it is an upper bound of the engine's.
 
 With ``dashboard`` the engine's HTTP server runs on the same loop as in the daemon, with a
-dashboard open (its live stream read, its snapshot fetched every minute) and ``/metrics``
+dashboard open (its live stream read, its long history fetched every minute) and ``/metrics``
 scraped every 15 s of loop time, so the latency can be compared with and without it.
 """
 
@@ -137,7 +137,7 @@ async def _dashboard_client(base: str, counts: dict[str, int]) -> None:
         await asyncio.gather(
             stream(session),
             poll(session, "/metrics", SCRAPE_EVERY_S),
-            poll(session, "/api/snapshot", SNAPSHOT_EVERY_S),
+            poll(session, "/api/long", SNAPSHOT_EVERY_S),
         )
 
 
@@ -187,7 +187,7 @@ async def _run(
     )
     web: DashboardServer | None = None
     client: asyncio.Task[None] | None = None
-    counts = {"events": 0, "/metrics": 0, "/api/snapshot": 0, "reconnects": 0}
+    counts = {"events": 0, "/metrics": 0, "/api/long": 0, "reconnects": 0}
     if dashboard:
         web = DashboardServer(
             clock=clock,
@@ -244,7 +244,8 @@ async def _run(
         *(
             [
                 f"dashboard: {counts['events']} stream events, {counts['/metrics']} scrapes,"
-                f" {counts['/api/snapshot']} snapshots, {counts['reconnects']} stream reconnects"
+                f" {counts['/api/long']} history refreshes,"
+                f" {counts['reconnects']} stream reconnects"
             ]
             if dashboard
             else []

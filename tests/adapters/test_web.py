@@ -416,6 +416,13 @@ async def test_the_stream_sends_a_snapshot_then_every_cycle() -> None:
             assert update["events"] == [
                 {"t_s": 1001.0, "kind": "MeterLost", "level": "warning", "text": describe(lost)}
             ]
+        async with r.session.get(f"{r.url}/api/long") as response:
+            long = await response.json()
+    # Since start, in buckets (the first 60 s bucket averages both cycles); never the hour.
+    assert long == {
+        "long": [[960.0], [-14.0], [600.0], [None], [55.0], [None]],
+        "long_bucket_s": 60.0,
+    }
 
 
 async def until(condition: Callable[[], bool], bound_s: float = 30.0) -> None:

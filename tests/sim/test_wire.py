@@ -110,9 +110,10 @@ def test_wire_with_the_dashboard_open_streams_every_cycle() -> None:
     result = run_wire(scenario, dashboard=True)
     assert all(result.invariants.values()), result.report.details
     note = next(n for n in result.notes if n.startswith("dashboard:"))
-    events, scrapes, snapshots, reconnects = (int(w) for w in re.findall(r"\d+", note))
-    # One status per cycle (plus the first snapshot), a scrape every 15 s, a snapshot a minute.
+    events, scrapes, refreshes, reconnects = (int(w) for w in re.findall(r"\d+", note))
+    # One status per cycle (plus the first snapshot), a scrape every 15 s, the long history
+    # every minute.
     assert events >= result.metrics["cycles"]
     assert scrapes >= 300 // 15 - 1
-    assert snapshots >= 300 // 60 - 1
+    assert refreshes >= 300 // 60 - 1
     assert reconnects == 0

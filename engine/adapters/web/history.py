@@ -9,10 +9,12 @@ browser maps them to its own wall clock.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import deque
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from engine.core.status import FleetStatus
 
@@ -62,27 +64,45 @@ class _Bucket:
         return (self.start_s, *means)
 
 
+_TRIM_EVERY: Final = 512  # points past the window before the arrays are cut (amortised)
+
+
 @dataclass(slots=True)
 class History:
-    """The recent window and the long history of chart points (see the module docstring)."""
+    """The recent window and the long history of chart points (see the module docstring).
+
+    The window is kept as one array per series (times as doubles, values as 32-bit floats,
+    NaN for unknown): an hour at 1 s is a few hundred kB instead of 3600 tuples of objects.
+    """
 
     window_s: float = 3600.0
     bucket_s: float = 60.0  # the long history's first bucket width; doubles as it fills
     max_buckets: int = 720
-    _recent: deque[Point] = field(default_factory=deque)
+    _times: array[float] = field(default_factory=lambda: array("d"))
+    _values: list[array[float]] = field(default_factory=list)
     _buckets: list[_Bucket] = field(default_factory=list)
 
     def add(self, point: Point) -> None:
         t_s = point[0]
         if t_s is None:
             return
-        if self._recent and (last := self._recent[-1][0]) is not None and t_s < last:
+        if self._times and t_s < self._times[-1]:
             return  # time never runs backwards on one clock; ignore rather than corrupt
-        self._recent.append(point)
-        horizon = t_s - self.window_s
-        while (first := self._recent[0][0]) is not None and first < horizon:
-            self._recent.popleft()
+        if not self._values:
+            self._values = [array("f") for _ in point[1:]]
+        self._times.append(t_s)
+        for column, value in zip(self._values, point[1:], strict=True):
+            column.append(math.nan if value is None or not math.isfinite(value) else value)
+        first = self._first()
+        if first >= _TRIM_EVERY:
+            del self._times[:first]
+            for column in self._values:
+                del column[:first]
         self._add_long(t_s, point[1:])
+
+    def _first(self) -> int:
+        """Index of the first point inside the window."""
+        return bisect.bisect_left(self._times, self._times[-1] - self.window_s)
 
     def _add_long(self, t_s: float, values: Sequence[float | None]) -> None:
         if not self._buckets or t_s >= self._buckets[-1].start_s + self.bucket_s:
@@ -104,7 +124,7 @@ class History:
         self._buckets = merged
 
     def __len__(self) -> int:
-        return len(self._recent)
+        return len(self._times) - self._first() if self._times else 0
 
     @property
     def long_length(self) -> int:
@@ -112,7 +132,13 @@ class History:
 
     def recent_columns(self) -> Columns:
         """The recent window as columns (uPlot's data layout): times first, then each series."""
-        return _columns(list(self._recent))
+        if not self._times:
+            return []
+        first = self._first()
+        return [
+            [_rounded(t) for t in self._times[first:]],
+            *([_rounded(v) for v in column[first:]] for column in self._values),
+        ]
 
     def long_columns(self) -> Columns:
         """The long history as columns: bucket start times and the mean of each series."""

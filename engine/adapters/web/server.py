@@ -11,7 +11,8 @@ Routes:
 =========================  ==============================================================
 ``GET /``                  the dashboard page (assets under ``/static/``, all served here)
 ``GET /api/stream``        server-sent events: ``snapshot`` first, then ``status`` per cycle
-``GET /api/snapshot``      the same snapshot as JSON (the page refreshes its long history)
+``GET /api/snapshot``      the same snapshot as JSON
+``GET /api/long``          only the history since start (the page refreshes it every minute)
 ``GET /metrics``           Prometheus text exposition (``engine.adapters.web.metrics``)
 ``GET /healthz``           200 while cycles complete and the meter is fresh, else 503
 ``POST /api/mode``         ``{"mode": "hold"}``; needs ``Authorization: Bearer <token>``
@@ -289,6 +290,7 @@ class DashboardServer:
         app.router.add_get("/", self._index)
         app.router.add_get("/api/stream", self._stream)
         app.router.add_get("/api/snapshot", self._snapshot)
+        app.router.add_get("/api/long", self._long)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_post("/api/mode", self._set_mode)
@@ -321,6 +323,12 @@ class DashboardServer:
     async def _snapshot(self, request: web.Request) -> web.Response:
         del request
         return web.json_response(self.snapshot(), headers={"Cache-Control": "no-store"})
+
+    async def _long(self, request: web.Request) -> web.Response:
+        del request
+        # Small (at most max_buckets points): refreshed often without re-sending the hour.
+        body = {"long": self.history.long_columns(), "long_bucket_s": self.history.bucket_s}
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         if len(self._streams) >= MAX_STREAMS:

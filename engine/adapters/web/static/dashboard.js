@@ -169,10 +169,10 @@
 
   async function refreshLong() {
     try {
-      const response = await fetch("/api/snapshot", { cache: "no-store" });
+      const response = await fetch("/api/long", { cache: "no-store" });
       if (!response.ok) return;
-      const snap = await response.json();
-      state.long = snap.long;
+      const history = await response.json();
+      state.long = history.long;
       if (state.view === "long") state.dirty = true;
     } catch (err) { /* the stream shows the link state; try again later */ }
   }

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING
 from engine import __version__
 from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.marstek import MarstekBattery
-from engine.config import config_error_exit_message, load_config
+from engine.adapters.p1 import P1Meter, P1SetupError, locate_pv, open_p1
+from engine.config import config_error_exit_message, load_config, load_meter_config
 from engine.core.policies import make_policy
 from engine.errors import ConfigError, DeviceError
 from engine.logs import setup_logging
 from engine.ports import Clock, LoopClock
 from engine.runtime.controller import SHUTDOWN_BUDGET_S, Controller
 from engine.runtime.energy_store import EnergyStateFile
-from engine.runtime.event_log import describe, level
-from engine.settings import EngineSettings, MqttSettings
+from engine.runtime.event_log import describe, severity
+from engine.settings import EngineSettings, LogFormat, LogLevel, MqttSettings
 
 if TYPE_CHECKING:
     from engine.adapters.mqtt import MqttBridge
@@ -42,8 +43,61 @@ MQTT_CHECK_TIMEOUT_S = 5.0
 _EXIT_STATUS_HELP = """exit status:
   0  stopped on SIGTERM/SIGINT with every battery at 0 W and released (--check: all answered)
   1  --check: a device did not answer
-  2  invalid configuration (the message names the key)
-  3  stopped, but a battery could not be released (it may still run its last setpoint)"""
+  2  invalid configuration (the message names the key), or no P1 meter to read as configured
+  3  stopped, but a battery could not be released (it may still run its last setpoint)
+discover: 0 devices listed, 1 none found; pair-p1: 0 paired, 1 no token, 2 no meter to pair"""
+
+
+def _source_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument("--config", type=Path, default=default, help="TOML configuration file")
+    parser.add_argument(
+        "--env-file", type=Path, default=default, help="a .env file (default: ./.env if present)"
+    )
+
+
+def _add_meter_commands(parser: argparse.ArgumentParser) -> None:
+    """``discover`` and ``pair-p1``: they read only the P1 meter's settings."""
+    commands = parser.add_subparsers(dest="command", metavar="{discover,pair-p1}")
+    discover = commands.add_parser(
+        "discover", help="list the HomeWizard devices on the network (mDNS) and exit"
+    )
+    _source_options(discover, argparse.SUPPRESS)
+    pair = commands.add_parser(
+        "pair-p1",
+        help="pair with the P1 meter's API v2: press its button when asked; the token is"
+        " stored in the token file (P1_TOKEN_FILE)",
+    )
+    _source_options(pair, argparse.SUPPRESS)
+    pair.add_argument(
+        "--print", action="store_true", help="print the token for P1_TOKEN instead of storing it"
+    )
+    pair.add_argument(
+        "--wait-s",
+        type=float,
+        default=60.0,
+        help="how long to wait for the button (default 60 s; the meter grants 30 s from a press)",
+    )
+
+
+def _meter_command(args: argparse.Namespace) -> int:
+    from engine.p1_commands import discover, pair_p1
+
+    try:
+        meter, config_file = load_meter_config(
+            environ=os.environ, config_file=args.config, dotenv_file=args.env_file
+        )
+    except ConfigError as err:
+        print(f"mmbc-engine: {config_error_exit_message(err)}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(LogLevel.WARNING, LogFormat.TEXT)
+    if args.command == "discover":
+        return asyncio.run(discover(meter))
+    if not args.wait_s > 0:
+        print("mmbc-engine pair-p1: --wait-s must be > 0", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(
+        pair_p1(meter, config_file=config_file, print_token=args.print, wait_s=args.wait_s)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,8 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=_EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
-    parser.add_argument("--env-file", type=Path, help="a .env file (default: ./.env if present)")
+    _source_options(parser)
     parser.add_argument(
         "--dry-run", action="store_true", help="read and decide, but write nothing to batteries"
     )
@@ -64,11 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--state-file",
         type=Path,
-        help="where the energy totals are kept across restarts"
-        " (default: /data/mmbc-state.json if /data is writable, else ./mmbc-state.json)",
+        help="where the energy totals are kept across restarts (overrides MMBC_STATE_FILE;"
+        " default: /data/mmbc-state.json if /data is writable, else ./mmbc-state.json)",
     )
     parser.add_argument("--version", action="version", version=f"mmbc-engine {__version__}")
+    _add_meter_commands(parser)
     args = parser.parse_args(argv)
+    if args.command is not None:
+        return _meter_command(args)
     try:
         config = load_config(environ=os.environ, config_file=args.config, dotenv_file=args.env_file)
     except ConfigError as err:
@@ -80,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         return asyncio.run(check(config))
     return asyncio.run(
-        run(config, dry_run=args.dry_run or config.dry_run, state_file=args.state_file)
+        run(
+            config,
+            dry_run=args.dry_run or config.dry_run,
+            state_file=args.state_file or config.state_file,
+        )
     )
 
 
@@ -110,6 +170,24 @@ async def _check_meter(name: str, url: str, timeout_s: float) -> bool:
     finally:
         await meter.close()
     print(f"{name} meter {url}: OK, {reading.active_power_w:.0f} W")
+    return True
+
+
+async def _check_p1(config: EngineSettings, clock: Clock) -> bool:
+    """Find the P1 meter as the engine would and read it once."""
+    try:
+        meter = await open_p1(config.meter, clock=clock, config_file=config.config_file)
+    except P1SetupError as err:
+        print(f"P1 meter: FAILED ({err})")
+        return False
+    try:
+        reading = await meter.read()
+    except DeviceError as err:
+        print(f"P1 meter {meter.describe()}: FAILED ({err})")
+        return False
+    finally:
+        await meter.close()
+    print(f"P1 meter {meter.describe()}: OK, {reading.active_power_w:.0f} W")
     return True
 
 
@@ -151,9 +229,14 @@ async def check(config: EngineSettings) -> int:
     print(f"mmbc-engine {__version__}: configuration is valid")
     print(config.describe())
     clock = LoopClock()
-    results = [await _check_meter("P1", config.meter.url, config.meter.timeout_s)]
+    results = [await _check_p1(config, clock)]
     if config.pv_meter is not None:
-        results.append(await _check_meter("PV", config.pv_meter.url, config.pv_meter.timeout_s))
+        pv_url = await locate_pv(config.pv_meter, config.meter, None)
+        if pv_url is None:
+            print(f"PV meter serial {config.pv_meter.serial}: FAILED (not found by mDNS)")
+            results.append(False)
+        else:
+            results.append(await _check_meter("PV", pv_url, config.pv_meter.timeout_s))
     for battery in build_batteries(config, clock):
         try:
             tel = await battery.read()
@@ -237,7 +320,7 @@ def _make_server(
         on_mode=controller.set_mode,
         on_block_discharge=controller.set_block_discharge,
         describe=describe,
-        level=level,
+        severity=severity,
         host=http.host,
         port=http.port,
         token=None if http.token is None else http.token.get_secret_value(),
@@ -265,6 +348,16 @@ def _latency_summary(controller: Controller) -> str:
     )
 
 
+async def _open_meter(config: EngineSettings, clock: Clock) -> P1Meter | None:
+    """The P1 meter as configured (found by mDNS without an address); None after printing
+    why there is none to read (exit status 2)."""
+    try:
+        return await open_p1(config.meter, clock=clock, config_file=config.config_file)
+    except P1SetupError as err:
+        print(f"mmbc-engine: P1 meter: {err}", file=sys.stderr)
+        return None
+
+
 async def run(config: EngineSettings, *, dry_run: bool, state_file: Path | None = None) -> int:
     """Run until SIGTERM/SIGINT; then every battery to 0 W and released within 5 s.
 
@@ -279,10 +372,13 @@ async def run(config: EngineSettings, *, dry_run: bool, state_file: Path | None 
     clock = LoopClock()
     settings = config.control_settings()
     policy = make_policy(settings)
-    meter = HomeWizardClient(config.meter.url, timeout_s=config.meter.timeout_s)
+    meter = await _open_meter(config, clock)
+    if meter is None:
+        return EXIT_CONFIG
+    pv_url = await locate_pv(config.pv_meter, config.meter, None) if config.pv_meter else None
     pv = (
-        HomeWizardClient(config.pv_meter.url, timeout_s=config.pv_meter.timeout_s, name="pv")
-        if config.pv_meter
+        HomeWizardClient(pv_url, timeout_s=config.pv_meter.timeout_s, name="pv")
+        if config.pv_meter and pv_url
         else None
     )
     batteries = build_batteries(config, clock)
@@ -299,6 +395,7 @@ async def run(config: EngineSettings, *, dry_run: bool, state_file: Path | None 
         dry_run=dry_run,
         battery_numbers={b.name: b.number for b in config.batteries},
         energy_store=EnergyStateFile(state_file),
+        push=meter.stream,
     )
     mqtt = config.mqtt
     bridge = _make_bridge(config, mqtt, controller, clock) if mqtt is not None else None
@@ -309,7 +406,7 @@ async def run(config: EngineSettings, *, dry_run: bool, state_file: Path | None 
         __version__,
         policy.name,
         len(batteries),
-        config.meter.url,
+        meter.describe(),
         "on" if bridge is not None else "off",
         f"port {config.http.port}" if config.http.serves else "off",
         " (dry run: nothing is written)" if dry_run else "",

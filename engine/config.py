@@ -41,7 +41,6 @@ from engine.core.settings import ControlSettings, WarnAbove
 from engine.errors import ConfigError
 from engine.settings import (
     MAX_BATTERY_NUMBER,
-    METER_DATA_PATH,
     BatterySettings,
     EngineSettings,
     HttpSettings,
@@ -64,6 +63,7 @@ __all__ = [
     "config_error_exit_message",
     "env_names",
     "load_config",
+    "load_meter_config",
     "parse_dotenv",
     "section_fields",
 ]
@@ -105,7 +105,15 @@ _ENV_PREFIX: Final = {
 _ENV_EXCEPTIONS: Final[dict[tuple[str, str], str]] = {
     ("meter", "url"): "P1_API_URL",
     ("meter", "host"): "P1_HOST",
+    ("meter", "api"): "P1_API",
+    ("meter", "serial"): "P1_SERIAL",
+    ("meter", "token"): "P1_TOKEN",
+    ("meter", "token_file"): "P1_TOKEN_FILE",
+    ("meter", "ca_file"): "P1_CA_FILE",
+    ("meter", "push"): "P1_PUSH",
+    ("meter", "mdns_interfaces"): "P1_MDNS_INTERFACES",
     ("pv_meter", "url"): "PV_API_URL",
+    ("pv_meter", "serial"): "PV_SERIAL",
     ("pv_meter", "negative_when_producing"): "PV_NEGATIVE_WHEN_PRODUCING",
     ("mqtt", "tls_ca_file"): "MQTT_CA_FILE",
     ("mqtt", "tls_cert_file"): "MQTT_CERT_FILE",
@@ -113,6 +121,7 @@ _ENV_EXCEPTIONS: Final[dict[tuple[str, str], str]] = {
     ("battery", "host"): "IP",  # BATTERY_<n>_IP
     ("battery", "unit_id"): "ADDRESS",
 }
+USER_TOP_LEVEL: Final = frozenset({"dry_run", "state_file"})  # top-level fields that are settings
 # Model fields that are not user settings: sections, derived values, connection tuning.
 INTERNAL_FIELDS: Final = frozenset(
     {("battery", "number"), ("control", "batteries")}
@@ -120,7 +129,7 @@ INTERNAL_FIELDS: Final = frozenset(
         ("mqtt", name)
         for name in ("keepalive_s", "timeout_s", "reconnect_min_s", "reconnect_max_s")
     }
-    | {("", name) for name in EngineSettings.model_fields if name != "dry_run"}
+    | {("", name) for name in EngineSettings.model_fields if name not in USER_TOP_LEVEL}
 )
 
 
@@ -133,8 +142,9 @@ def section_fields(section: str) -> dict[str, FieldInfo]:
 
 METER_HOST_HELP: Final = (
     "The meter's address or base URL: `192.168.1.50`, `http://192.168.1.50` or"
-    " `http://192.168.1.50/api` all mean `http://192.168.1.50/api/v1/data`. Used when no URL is"
-    " set in the same or a higher source."
+    " `http://192.168.1.50/api` all mean `http://192.168.1.50/api/v1/data` over API v1, and"
+    " `https://192.168.1.50` over API v2 (a port may follow: `192.168.1.50:8443`). Used when no"
+    " URL is set in the same or a higher source."
 )
 
 
@@ -167,8 +177,6 @@ def _all_names() -> tuple[SettingName, ...]:
         for field in section_fields(section):
             if (section, field) not in INTERNAL_FIELDS:
                 names.append(_setting_name(section, field))
-            if (section, field) == ("meter", "url"):  # an alternative way to give the URL
-                names.append(_setting_name("meter", "host"))
     return tuple(names)
 
 
@@ -399,11 +407,12 @@ def _merge(layers: list[_Layer], warnings: list[str]) -> _Layer:
         for path, value in layer.items():
             if not (meter_taken and path in (_METER_URL, _METER_HOST)):
                 merged.setdefault(path, value)
-    given = merged.pop(_METER_HOST, None)
+    given = merged.get(_METER_HOST)
     if given is not None:
         if not isinstance(given.value, str):
             raise ConfigError(given.key, f"expected a string, got {_show(given.value)}")
         try:
+            # The API v1 URL it means; over API v2 the host itself is used.
             merged[_METER_URL] = _Value(given.key, meter_url_from_host(given.value))
         except ValueError as exc:
             raise ConfigError(given.key, str(exc)) from None
@@ -411,24 +420,20 @@ def _merge(layers: list[_Layer], warnings: list[str]) -> _Layer:
 
 
 def _drop_switched_off(merged: _Layer, warnings: list[str]) -> None:
-    """A PV meter without URL or MQTT without host is off: their other settings are ignored."""
+    """A PV meter without URL or serial, or MQTT without host, is off: their other settings
+    are ignored."""
     for section, needed, why in (
-        ("pv_meter", "url", "PV_API_URL is not set"),
-        ("mqtt", "host", "MQTT_HOST is not set (MQTT is off)"),
+        ("pv_meter", ("url", "serial"), "neither PV_API_URL nor PV_SERIAL is set"),
+        ("mqtt", ("host",), "MQTT_HOST is not set (MQTT is off)"),
     ):
-        if (section, needed) not in merged:
+        if not any((section, name) in merged for name in needed):
             for path in sorted(p for p in merged if p[0] == section):
                 warnings.append(f"{merged.pop(path).key}: ignored because {why}")
 
 
 def _check_presence(merged: _Layer) -> list[int]:
-    """The settings without a default: the meter's URL, at least one battery with its IP."""
-    if _METER_URL not in merged:
-        raise ConfigError(
-            "P1_API_URL",
-            f"not set: give the P1 meter's data URL (P1_API_URL=http://192.168.1.50"
-            f"{METER_DATA_PATH}), or its address as P1_HOST, or [meter] url in the config file",
-        )
+    """The settings without a default: at least one battery with its IP (without an address
+    the P1 meter is found on the network)."""
     numbers = sorted({int(p[1]) for p in merged if p[0] == "battery"})
     for n in numbers:
         if ("battery", n, "host") not in merged:
@@ -764,21 +769,25 @@ def _pick_file(explicit: Path | None, default: Path, discover: bool) -> Path | N
     return default if discover and _is_file(default) else None
 
 
-def load_config(
-    *,
-    environ: Mapping[str, str] | None = None,
-    config_file: Path | None = None,
-    dotenv_file: Path | None = None,
-    options_file: Path | None = None,
-    discover_files: bool = True,
-) -> EngineSettings:
-    """Read and validate every source; raises ``ConfigError(key, problem)``.
+@dataclass(frozen=True, slots=True)
+class _Sources:
+    """Every source, read: what ``build_config`` validates."""
 
-    ``environ`` defaults to ``os.environ``. ``config_file`` is the TOML file (``--config``); if
-    ``None``, ``MMBC_CONFIG`` from the environment or ``.env`` names it. ``dotenv_file`` and
-    ``options_file`` default to ``./.env`` and ``/data/options.json`` when those exist (and
-    ``discover_files`` is true). An explicitly named file that is missing is an error.
-    """
+    environ: dict[str, str]
+    dotenv: dict[str, str] | None
+    toml: dict[str, object] | None
+    options: dict[str, object] | None
+    names: tuple[str, ...]
+    toml_path: Path | None
+
+
+def _read_sources(
+    environ: Mapping[str, str] | None,
+    config_file: Path | None,
+    dotenv_file: Path | None,
+    options_file: Path | None,
+    discover_files: bool,
+) -> _Sources:
     env = dict(os.environ if environ is None else environ)
     sources: list[str] = ["environment"]
     dotenv_path = _pick_file(dotenv_file, DEFAULT_DOTENV_FILE, discover_files)
@@ -799,6 +808,60 @@ def load_config(
     if options_path is not None:
         options = _read_options(options_path)
         sources.append(str(options_path))
-    return build_config(
-        environ=env, dotenv=dotenv, toml=toml, options=options, sources=tuple(sources)
+    return _Sources(env, dotenv, toml, options, tuple(sources), toml_path)
+
+
+def load_config(
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    dotenv_file: Path | None = None,
+    options_file: Path | None = None,
+    discover_files: bool = True,
+) -> EngineSettings:
+    """Read and validate every source; raises ``ConfigError(key, problem)``.
+
+    ``environ`` defaults to ``os.environ``. ``config_file`` is the TOML file (``--config``); if
+    ``None``, ``MMBC_CONFIG`` from the environment or ``.env`` names it. ``dotenv_file`` and
+    ``options_file`` default to ``./.env`` and ``/data/options.json`` when those exist (and
+    ``discover_files`` is true). An explicitly named file that is missing is an error.
+    """
+    read = _read_sources(environ, config_file, dotenv_file, options_file, discover_files)
+    settings = build_config(
+        environ=read.environ,
+        dotenv=read.dotenv,
+        toml=read.toml,
+        options=read.options,
+        sources=read.names,
     )
+    return settings.model_copy(update={"config_file": read.toml_path})
+
+
+def load_meter_config(
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    dotenv_file: Path | None = None,
+    options_file: Path | None = None,
+    discover_files: bool = True,
+) -> tuple[MeterSettings, Path | None]:
+    """Only the P1 meter's settings, from the same sources as ``load_config``, and the TOML
+    file read (if any): for ``mmbc-engine discover`` and ``pair-p1``, which need no battery.
+    Raises ``ConfigError`` for a bad name anywhere or a bad meter value."""
+    read = _read_sources(environ, config_file, dotenv_file, options_file, discover_files)
+    warnings: list[str] = []
+    layers: list[_Layer] = [_env_layer(read.environ, warnings)]
+    if read.dotenv is not None:
+        layers.append(_env_layer(read.dotenv, warnings))
+    if read.toml is not None:
+        layers.append(_toml_layer(read.toml))
+    if read.options is not None:
+        layers.append(_options_layer(read.options, warnings))
+    merged = {path: value for path, value in _merge(layers, warnings).items() if path[0] == "meter"}
+    try:
+        meter = MeterSettings.model_validate({str(p[1]): v.value for p, v in merged.items()})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        located: ErrorDetails = {**error, "loc": ("meter", *error["loc"])}
+        raise _config_error(located, merged, []) from None
+    return meter, read.toml_path

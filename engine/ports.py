@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from engine.core.meter import P1Reading
@@ -33,6 +34,29 @@ class LoopClock:
 
 class MeterSource(Protocol):
     async def read(self) -> P1Reading: ...
+
+
+class PushedMeterReading(Protocol):
+    """A reading the meter pushed, and when it arrived (the loop clock, s)."""
+
+    @property
+    def reading(self) -> P1Reading: ...
+
+    @property
+    def received_s(self) -> float: ...
+
+
+class MeterPush(Protocol):
+    """Readings the meter pushes as it has them (``engine.adapters.homewizard_v2``'s stream).
+
+    ``readings`` never ends by itself (it reconnects); ``connected`` says whether a socket
+    is up right now.
+    """
+
+    @property
+    def connected(self) -> bool: ...
+
+    def readings(self) -> AsyncIterator[PushedMeterReading]: ...
 
 
 class BatteryLink(Protocol):

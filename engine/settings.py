@@ -9,6 +9,7 @@ their settings from here. docs/configuration.md's tables are generated from thes
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import ssl
 from enum import StrEnum
@@ -161,6 +162,13 @@ def _existing_file(path: Path) -> Path:
     return path
 
 
+def _non_empty_path(path: Path) -> Path:
+    if str(path) in ("", "."):
+        msg = "must not be empty"
+        raise ValueError(msg)
+    return path
+
+
 def _secret_text(value: object) -> object:
     # A TOML/JSON number is a valid password once written as text; its value is never shown.
     if isinstance(value, int) and not isinstance(value, bool):
@@ -169,6 +177,63 @@ def _secret_text(value: object) -> object:
         msg = "contains control characters"  # a NUL would end it early on the wire
         raise ValueError(msg)
     return value
+
+
+_SERIAL: Final = re.compile(r"[0-9a-f]{12}")
+# A bearer token (RFC 6750 token68); HomeWizard's are 32 of A-F0-9.
+_BEARER_TOKEN: Final = re.compile(r"[A-Za-z0-9._~+/=-]{1,256}")
+
+
+def _serial(text: str) -> str:
+    serial = text.lower()
+    if not _SERIAL.fullmatch(serial):
+        msg = (
+            f"expected the device's serial, 12 hexadecimal digits (3c39e7aabbcc), got {text!r};"
+            " `mmbc-engine discover` lists them"
+        )
+        raise ValueError(msg)
+    return serial
+
+
+def _bearer_token(token: SecretStr) -> SecretStr:
+    if not _BEARER_TOKEN.fullmatch(token.get_secret_value()):
+        msg = "not a token as the meter hands them out (letters and digits, no spaces)"
+        raise ValueError(msg)
+    return token
+
+
+def _address_list(value: object) -> object:
+    """``"127.0.0.1, 192.168.1.2"`` (the environment) or a list (TOML) -> a tuple of text."""
+    if isinstance(value, str):
+        return tuple(part for part in re.split(r"[\s,]+", value.strip()) if part)
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    return value
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        msg = f"expected the IPv4 address of a network interface of this machine, got {text!r}"
+        raise ValueError(msg) from None
+
+
+def _meter_host(text: str) -> str:
+    meter_url_from_host(text)  # raises ValueError saying what is wrong
+    return text
+
+
+def _not_a_directory(path: Path) -> Path:
+    try:
+        directory = path.is_dir()
+    except (OSError, ValueError) as exc:
+        msg = f"not a usable file name ({exc})"
+        raise ValueError(msg) from None
+    if directory:
+        msg = f"expected a file name, got the directory {str(path)!r}"
+        raise ValueError(msg)
+    return path
 
 
 Text = Annotated[str, BeforeValidator(_text)]
@@ -183,6 +248,20 @@ Secret = Annotated[SecretStr, BeforeValidator(_secret_text)]
 ListenHost = Annotated[str, BeforeValidator(_text), AfterValidator(lambda t: t and _host(t))]
 Port = Annotated[IntSetting, Field(ge=1, le=65535)]
 SettingsFile = Annotated[Path, BeforeValidator(_text), AfterValidator(_existing_file)]
+Serial = Annotated[str, BeforeValidator(_text), AfterValidator(_serial)]
+BearerToken = Annotated[Secret, AfterValidator(_bearer_token)]
+MeterHost = Annotated[
+    str, BeforeValidator(_text), AfterValidator(_non_empty), AfterValidator(_meter_host)
+]
+Interfaces = Annotated[
+    tuple[Annotated[str, BeforeValidator(_text), AfterValidator(_ipv4)], ...],
+    BeforeValidator(_address_list),
+]
+TokenPath = Annotated[
+    Path, BeforeValidator(_text), AfterValidator(_non_empty_path), AfterValidator(_not_a_directory)
+]
+# A file the engine writes: it may not exist yet (created on the first save).
+StateFile = TokenPath
 
 
 class _Settings(BaseModel):
@@ -195,21 +274,107 @@ class _Settings(BaseModel):
 # --- the devices --------------------------------------------------------------------------------
 
 
-class MeterSettings(_Settings):
-    """The HomeWizard P1 meter (required)."""
+class MeterApi(StrEnum):
+    """Which local API the P1 meter is read with."""
 
-    url: MeterUrl
-    """Full URL of the meter's data endpoint, `http://<meter>/api/v1/data`. A URL without a
-    path is rejected (the host setting takes just the address)."""
+    AUTO = "auto"  # v2 when the meter has it and a token exists, else v1
+    V1 = "v1"
+    V2 = "v2"
+
+
+class MeterSettings(_Settings):
+    """The HomeWizard P1 meter: at the address given, or found on the network by mDNS.
+
+    The token is a ``SecretStr``: it never appears in ``repr``, logs or messages.
+    """
+
+    url: MeterUrl | None = None
+    """API v1: full URL of the meter's data endpoint, `http://<meter>/api/v1/data`. A URL
+    without a path is rejected (the host setting takes just the address). Without this and
+    without `P1_HOST` the meter is found on the network (mDNS)."""
+    host: MeterHost | None = None
+    """The meter's address, `192.168.1.50` or `192.168.1.50:8443`, or its base URL."""
+    api: MeterApi = MeterApi.AUTO
+    """`auto`: API v2 when the meter offers it and MMBC has a token for it (`mmbc-engine
+    pair-p1`), else v1; `v1` or `v2` force one. `P1_API_URL` is always v1."""
+    serial: Serial | None = None
+    """The serial of the P1 meter to use (12 hexadecimal digits; `mmbc-engine discover`
+    lists them): needed when the network has several; by default the one paired with."""
+    token: BearerToken | None = None
+    """API v2 token, as `mmbc-engine pair-p1 --print` shows it. Never logged or shown.
+    Without it the token file is read."""
+    token_file: TokenPath | None = None
+    """Where `mmbc-engine pair-p1` keeps the API v2 token (readable by its owner only):
+    by default `p1-token.json` beside the TOML configuration file, else in `/data` (the
+    Docker volume) if writable, else in the working directory."""
+    ca_file: SettingsFile | None = None
+    """CA certificate (PEM) the meter's HTTPS certificate must be signed by; by default
+    HomeWizard's own CA, bundled with MMBC. The device's name is checked either way."""
+    push: BoolSetting = True
+    """API v2: receive each reading the moment the meter has it (websocket) instead of
+    polling for it; polling stands in whenever the stream is down."""
+    mdns_interfaces: Interfaces | None = None
+    """IPv4 addresses of this machine's network interfaces to look for HomeWizard devices on
+    (comma-separated); by default all."""
     timeout_s: FloatSetting = Field(2.0, gt=0.0, le=60.0)
     """Seconds to wait for the meter's answer."""
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_loads(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise _cannot_load("a CA certificate", path, exc) from None
+        return path
+
+    @field_validator("api")
+    @classmethod
+    def _api_fits_the_address(cls, api: MeterApi, info: ValidationInfo) -> MeterApi:
+        if api is not MeterApi.V2:
+            return api
+        host = info.data.get("host")
+        if host is None and info.data.get("url") is not None:
+            message = (
+                "v2, but P1_API_URL is API v1's data URL: give the meter's address as"
+                " P1_HOST instead (or leave both out to find the meter by mDNS)"
+            )
+            raise PydanticCustomError("related", message, {"partner": "url"})
+        if isinstance(host, str) and urlsplit(host).scheme.lower() == "http":
+            message = f"v2 speaks HTTPS only, but P1_HOST is {host!r}"
+            raise PydanticCustomError("related", message, {"partner": "host"})
+        return api
+
+    def token_text(self) -> str | None:
+        """The token itself, for the one place that sends it (the meter connection)."""
+        return None if self.token is None else self.token.get_secret_value()
+
+    def describe(self) -> str:
+        """Where and how the meter is read, for ``--check`` and the start-up log; no token."""
+        if self.host is not None:
+            where = self.host
+        elif self.url is not None:
+            where = self.url
+        else:
+            where = "found by mDNS" + (f", serial {self.serial}" if self.serial else "")
+        api = "API v1" if self.url is not None and self.host is None else f"API {self.api}"
+        details = [api, f"timeout {self.timeout_s:g} s"]
+        if self.api is not MeterApi.V1 and not (self.url is not None and self.host is None):
+            details.append("push on" if self.push else "push off")
+            details.append("token set" if self.token is not None else "token from the token file")
+        return f"{where} ({', '.join(details)})"
+
 
 class PvMeterSettings(_Settings):
-    """An optional HomeWizard kWh meter on the PV inverter (same ``/api/v1/data`` API)."""
+    """An optional HomeWizard kWh meter on the PV inverter (read with API v1), at its URL or
+    found on the network by its serial."""
 
-    url: MeterUrl
+    url: MeterUrl | None = None
     """Full URL of the PV meter's `/api/v1/data`."""
+    serial: Serial | None = None
+    """Instead of the URL: the kWh meter's serial; it is then found on the network (mDNS)."""
     negative_when_producing: BoolSetting = True
     """`true` if the meter reads negative while the panels produce (most installs); `false`
     if it reads positive."""
@@ -495,7 +660,7 @@ class HttpSettings(_Settings):
 class EngineSettings(_Settings):
     """Everything the engine needs, validated. ``engine.config.load_config`` builds it."""
 
-    meter: MeterSettings
+    meter: MeterSettings = Field(default_factory=MeterSettings)
     pv_meter: PvMeterSettings | None = None
     batteries: tuple[BatterySettings, ...] = Field(min_length=1)
     mqtt: MqttSettings | None = None
@@ -504,10 +669,14 @@ class EngineSettings(_Settings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     dry_run: BoolSetting = False
     """Read and decide, but write nothing to the batteries (same as `--dry-run`)."""
+    state_file: StateFile | None = None
+    """Where the energy totals are kept across restarts (same as `--state-file`; default
+    `/data/mmbc-state.json` when `/data` is writable, else `./mmbc-state.json`)."""
     # What was read, not settings: the sources (highest precedence first) and the non-fatal
     # remarks (ignored legacy names, values that weaken a safety) to log at start-up.
     sources: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    config_file: Path | None = None  # the TOML file read, if any (the token file goes beside)
 
     @field_validator("batteries")
     @classmethod
@@ -525,12 +694,13 @@ class EngineSettings(_Settings):
     def describe(self) -> str:
         """A human-readable summary (for ``--check`` and the start-up log); no secrets."""
         lines = [f"sources: {', '.join(self.sources) or 'defaults only'}"]
-        lines.append(f"meter: {self.meter.url} (timeout {self.meter.timeout_s:g} s)")
+        lines.append(f"meter: {self.meter.describe()}")
         if self.pv_meter is None:
             lines.append("pv meter: none")
         else:
             sign = "negative" if self.pv_meter.negative_when_producing else "positive"
-            lines.append(f"pv meter: {self.pv_meter.url} (reads {sign} while producing)")
+            where = self.pv_meter.url or f"serial {self.pv_meter.serial}, found by mDNS"
+            lines.append(f"pv meter: {where} (reads {sign} while producing)")
         lines.extend(
             f"{b.name}: {b.host}:{b.port} unit {b.unit_id}, max charge {b.max_charge_w} W,"
             f" max discharge {b.max_discharge_w} W, capacity {b.capacity_wh:.10g} Wh,"
@@ -564,6 +734,7 @@ class EngineSettings(_Settings):
         else:
             lines.append("http: disabled")
         lines.append(f"log: {self.log.level} {self.log.format}; dry run: {self.dry_run}")
+        lines.append(f"state file: {self.state_file or 'default'}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -577,6 +748,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "LogSettings",
+    "MeterApi",
     "MeterSettings",
     "MqttSettings",
     "PvMeterSettings",

@@ -27,6 +27,8 @@ from typing import Any
 from engine.core.settings import ControlSettings
 from sim.cli import main as mmbc_sim
 from sim.replay.inprocess import OVERRIDES_ENV
+from sim.scoring.metrics import Metrics
+from sim.scoring.metrics import totals as suite_totals
 
 COLUMNS = (
     ("excess_wh", "excess Wh"),
@@ -60,13 +62,9 @@ def bench(scenarios: list[str], overrides: dict[str, object], jobs: int | None) 
 
 
 def totals(runs: Runs) -> dict[str, float]:
-    """Suite totals as the bench's TOTAL line: sums, crossings per total simulated hour."""
-    metrics = [r["metrics"] for r in runs]
-    hours = sum(m["sim_seconds"] for m in metrics) / 3600.0
-    out = {k: sum(m[k] for m in metrics) for k, _ in COLUMNS}
-    crossings = sum(m["band_crossings_per_h"] * m["sim_seconds"] / 3600.0 for m in metrics)
-    out["band_crossings_per_h"] = crossings / hours if hours else 0.0
-    return out
+    """Suite totals as the bench's TOTAL line (``sim.scoring.metrics.totals``)."""
+    total = suite_totals([Metrics.from_json(r["metrics"]) for r in runs])
+    return {k: float(getattr(total, k)) for k, _ in COLUMNS}
 
 
 def worst(base: Runs, off: Runs, key: str = "excess_wh") -> str:

@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-import os
 import sys
+import textwrap
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from sim.replay.bench import available_cores, run_bench
 from sim.replay.inprocess import run_scenario
 from sim.replay.invariants import INVARIANTS
 from sim.replay.result import RunResult, result_json
+from sim.replay.timing import swept_phases
 from sim.scenario import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, load_scenarios
-from sim.scoring.metrics import DEFAULT_TABLE_KEYS, format_side_by_side, format_table
+from sim.scoring.metrics import phase_mean
+from sim.scoring.series import series_paths, write_series
+from sim.scoring.tables import (
+    DEFAULT_TABLE_KEYS,
+    bench_tables,
+    make_console,
+    print_tables,
+    run_table,
+)
 
 POLICIES = ("mmbc", "classic")
+DEFAULT_BENCH_PHASES = 4  # tick phases per scenario in the bench (mean and worst)
 SCENARIO_ROOT = Path(DEFAULT_SCENARIO).parent
 EXIT_USAGE = 2
 # The run table: the scoring's default columns less the absolute cost (the regret says more).
 RUN_KEYS = tuple(key for key in DEFAULT_TABLE_KEYS if key != "cost_eur")
+_INVARIANT_HEADER_CHARS = 14  # invariant names are headed on two or three lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,18 +71,54 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", type=Path)
     run.add_argument("--policy", choices=(*POLICIES, "all"), default="all")
     run.add_argument("--json", type=Path, help="write the results as JSON")
-    run.add_argument("--plot", type=Path, help="draw grid, battery power and SoC to a PNG")
+    run.add_argument(
+        "--plot",
+        type=Path,
+        help="draw grid, battery power and SoC to a PNG, with a zoom of the worst minute",
+    )
+    run.add_argument(
+        "--series",
+        type=Path,
+        metavar="FILE.csv",
+        help="write the per-step time series (one file per policy; see docs/scoring.md)",
+    )
     run.add_argument("--wire", action="store_true", help="through real sockets (mmbc only)")
     run.add_argument(
         "--dashboard",
         action="store_true",
         help="with --wire: the engine's HTTP server on, a dashboard open and scraped",
     )
+    timing = run.add_mutually_exclusive_group()
+    timing.add_argument(
+        "--phase",
+        type=_fraction,
+        help="where the cycles fall against the meter's refresh, a fraction in [0, 1)"
+        " (default: drawn from the scenario's seed; 0 is the luckiest)",
+    )
+    timing.add_argument(
+        "--phases",
+        type=_positive_int,
+        metavar="N",
+        help="sweep N phases: one line per phase, then their mean and the worst",
+    )
     bench = sub.add_parser("bench", help="run scenarios for every policy, side by side")
     bench.add_argument("scenarios", nargs="*", type=Path)
     bench.add_argument("--json", type=Path)
     bench.add_argument("--policy", action="append", choices=POLICIES)
-    bench.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    bench.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=available_cores(),
+        help="scenarios run in parallel in this many processes (default: every core)",
+    )
+    bench.add_argument(
+        "--phases",
+        type=_positive_int,
+        metavar="N",
+        default=DEFAULT_BENCH_PHASES,
+        help="tick phases per scenario: the table shows their mean and the worst phase's"
+        f" excess (default {DEFAULT_BENCH_PHASES})",
+    )
     serve = sub.add_parser("serve", help="serve the plant in real time for an external engine")
     serve.add_argument("scenario", type=Path)
     serve.add_argument("--host", default="127.0.0.1")
@@ -92,50 +143,107 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
+
+
 def _default_run_args() -> argparse.Namespace:
     return argparse.Namespace(
         scenario=Path(DEFAULT_SCENARIO),
         policy="all",
         json=None,
         plot=None,
+        series=None,
         wire=False,
+        phase=None,
+        phases=None,
         dashboard=False,
     )
 
 
 # ---------------------------------------------------------------------- run
+def _phase_label(r: RunResult) -> str:
+    return r.scenario if r.phase is None else f"{r.scenario} @{r.phase:.2f}"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     policies = POLICIES if args.policy == "all" else (args.policy,)
+    phases: list[float | None] = (
+        [args.phase] if args.phases is None else list(swept_phases(args.phases))
+    )
     results = []
     for policy in policies:
-        if args.wire and policy == "mmbc":
-            from sim.replay.wire import run_wire
+        for phase in phases:
+            label = f"{scenario.name} {policy}" + ("" if phase is None else f" @{phase:.2f}")
+            if args.wire and policy == "mmbc":
+                from sim.replay.wire import run_wire
 
-            result = run_wire(
-                scenario,
-                progress=_progress(f"{scenario.name} {policy} (wire)"),
-                dashboard=args.dashboard,
-            )
-        else:
-            result = run_scenario(scenario, policy, progress=_progress(f"{scenario.name} {policy}"))
-        results.append(result)
+                result = run_wire(
+                    scenario,
+                    progress=_progress(f"{label} (wire)"),
+                    phase=phase,
+                    dashboard=args.dashboard,
+                )
+            else:
+                result = run_scenario(scenario, policy, progress=_progress(label), phase=phase)
+            results.append(result)
     _clear_progress()
     print(f"{scenario.name}: {scenario.description}".strip())
-    print(format_table([(r.scenario, r.policy, r.metrics) for r in results], list(RUN_KEYS)))
     print()
-    print(_invariant_table(results))
+    rows = [(_phase_label(r), r.policy, r.metrics) for r in results]
+    if args.phases is not None:
+        for policy in policies:
+            mean = phase_mean([r.metrics for r in results if r.policy == policy])
+            rows.append((f"{scenario.name} mean of {args.phases}", policy, mean))
+    print_tables(run_table(rows, RUN_KEYS), _invariant_table(results), console=make_console())
+    if args.phases is None:
+        for r in results:
+            print(f"  [{r.policy}] cycles at phase {r.phase:.3f} of the meter's refresh")
     for r in results:
         for note in r.notes[:20]:
             print(f"  [{r.policy}] {note}")
     if args.json:
         _write_json(args.json, results)
+    if args.series:
+        paths = series_paths(args.series, [r.policy for r in results])
+        for r, path in zip(results, paths, strict=True):
+            write_series(r.record, path)
+            print(f"time series of {r.policy} written to {path}")
     if args.plot:
         from sim.scoring.plot import plot_runs
 
         plot_runs(results, args.plot)
         print(f"plot written to {args.plot}")
+    elif args.series is None:
+        print(
+            f"\nSee it: mmbc-sim run {_shown_path(args.scenario)} --plot {scenario.name}.png"
+            " (pip install 'mmbc[plot]'), or --series out.csv for the time series."
+        )
     return 0
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # ---------------------------------------------------------------------- bench
@@ -146,65 +254,25 @@ def _bench_paths(paths: list[Path]) -> list[Path]:
     return main_set + sorted((SCENARIO_ROOT / "variants").glob("*.toml"))
 
 
-def _bench_one(job: tuple[str, str, bool]) -> RunResult:
-    path, policy, strip_faults = job
-    scenario = load_scenario(Path(path))
-    if strip_faults:
-        scenario = dataclasses.replace(scenario, faults=(), name=scenario.name + "#nofault")
-    result = run_scenario(scenario, policy)
-    result.record = None  # type: ignore[assignment]  # too big to send between processes
-    return result
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
-    paths = _bench_paths(list(args.scenarios))
-    scenarios = load_scenarios(paths)
+    scenarios = load_scenarios(_bench_paths(list(args.scenarios)))
     policies = tuple(args.policy) if args.policy else POLICIES
-    jobs: list[tuple[str, str, bool]] = []
-    for sc in scenarios:
-        for policy in policies:
-            jobs.append((str(sc.path), policy, False))
-            if sc.faults:
-                jobs.append((str(sc.path), policy, True))
-    results: list[RunResult] = []
-    show = _progress("bench")
-    if args.jobs > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for i, r in enumerate(pool.map(_bench_one, jobs), start=1):
-                results.append(r)
-                if show:
-                    show(i, len(jobs))
-    else:
-        for i, job in enumerate(jobs, start=1):
-            results.append(_bench_one(job))
-            if show:
-                show(i, len(jobs))
+    results = run_bench(
+        scenarios,
+        policies,
+        jobs=args.jobs,
+        phases=swept_phases(args.phases),
+        progress=_progress("bench"),
+    )
     _clear_progress()
-    results = _attach_fault_costs(results)
-    main_results = [r for r in results if not r.scenario.endswith("#nofault")]
-    print(format_side_by_side([(r.scenario, r.policy, r.metrics) for r in main_results]))
-    print()
-    print(_invariant_table(main_results))
+    print_tables(
+        *bench_tables([(r.scenario, r.policy, r.metrics) for r in results]),
+        _invariant_table(results),
+        console=make_console(),
+    )
     if args.json:
-        _write_json(args.json, main_results)
+        _write_json(args.json, results)
     return 0
-
-
-def _attach_fault_costs(results: list[RunResult]) -> list[RunResult]:
-    """Grid exchange a fault cost: the same scenario and policy, run without its faults."""
-    suffix = "#nofault"
-    base = {
-        (r.scenario.removesuffix(suffix), r.policy): r
-        for r in results
-        if r.scenario.endswith(suffix)
-    }
-    for r in results:
-        ref = base.get((r.scenario, r.policy))
-        if ref is not None:
-            exchange = r.metrics["import_wh"] + r.metrics["export_wh"]
-            ref_exchange = ref.metrics["import_wh"] + ref.metrics["export_wh"]
-            r.metrics["fault_cost_wh"] = exchange - ref_exchange
-    return results
 
 
 # ---------------------------------------------------------------------- serve
@@ -233,25 +301,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- output
-def _invariant_table(results: list[RunResult]) -> str:
-    short = {name: name.replace("_", " ") for name in INVARIANTS}
-    header = f"{'scenario':<34} {'policy':<8} " + " ".join(f"{n[:12]:>12}" for n in INVARIANTS)
-    # The grid exchange (import + export) a fault cost against the same run without it.
-    costs = any("fault_cost_wh" in r.metrics for r in results)
+def _invariant_table(results: list[RunResult]) -> Group:
+    """One line per run: each invariant's pass, or FAIL@t_s of its first violation; with the
+    grid exchange a fault cost against the same run without it, when any run has one."""
+    table = Table(
+        box=box.SIMPLE,
+        show_edge=False,
+        header_style="bold",
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("\nscenario", no_wrap=True)
+    table.add_column("\npolicy", no_wrap=True)
+    for name in INVARIANTS:
+        header = textwrap.fill(name.replace("_", " "), width=_INVARIANT_HEADER_CHARS)
+        table.add_column(Text(header), justify="right", no_wrap=True)
+    costs = any(r.metrics.fault_cost_wh is not None for r in results)
     if costs:
-        header += f" {'fault Wh':>9}"
-    lines = ["invariants (pass, or FAIL@t_s of the first violation):", header]
+        table.add_column(Text("fault\nWh"), justify="right", no_wrap=True)
     for r in results:
-        cells = []
+        cells: list[Text] = [Text(r.scenario), Text(r.policy)]
         for name in INVARIANTS:
             t = r.report.first_violation_s.get(name) if r.report else None
-            cells.append(f"{'pass' if t is None else f'FAIL@{t:.0f}':>12}")
+            cells.append(Text("pass", "green") if t is None else Text(f"FAIL@{t:.0f}", "bold red"))
         if costs:
-            cost = r.metrics.get("fault_cost_wh")
-            cells.append(f"{'-' if cost is None else f'{cost:+.0f}':>9}")
-        lines.append(f"{r.scenario[:34]:<34} {r.policy:<8} " + " ".join(cells))
-    del short
-    return "\n".join(lines)
+            cost = r.metrics.fault_cost_wh
+            cells.append(Text("-" if cost is None else f"{cost:+.0f}"))
+        table.add_row(*cells)
+    title = Text("invariants (pass, or FAIL@t_s of the first violation):")
+    return Group(title, table)
 
 
 def _write_json(path: Path, results: list[RunResult]) -> None:

@@ -53,10 +53,13 @@ from sim.plant.params import (
 from sim.plant.traces import Trace, TraceError, load_trace
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
-DEFAULT_SCENARIO = SCENARIO_DIR / "default.toml"
+# What `mmbc-sim` replays without arguments: a real house at 6-s resolution, an evening's
+# cooking with kettle bursts and fast cycling, two batteries: where control quality shows.
+DEFAULT_SCENARIO = SCENARIO_DIR / "ukdale_cooking.toml"
 FAULT_SCENARIO_DIR = SCENARIO_DIR / "faults"
 VARIANT_SCENARIO_DIR = SCENARIO_DIR / "variants"
 LONG_SCENARIO_DIR = SCENARIO_DIR / "long"
+PUSH_SCENARIO_DIR = SCENARIO_DIR / "push"  # [meter] api = "v2" variants, not in the bench
 DEFAULT_SEED = 1
 # The engine's configuration numbers batteries 1..16.
 MAX_BATTERIES = 16
@@ -343,6 +346,7 @@ def _build(doc: _Document, path: Path) -> Scenario:
             latency_s=meter.latency_s,
             noise_w=meter.noise_w,
             seed=doc.seed if meter.seed is None else meter.seed,
+            api=meter.api,
         ),
         pv_meter=doc.pv_meter.enabled,
         events=_seeded(doc.event, doc.seed),

@@ -1,4 +1,4 @@
-"""Suite-wide test settings: hypothesis profiles and quiet third-party loggers."""
+"""Suite-wide test settings: hypothesis profiles, quiet third-party loggers, shared fixtures."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import logging
 import os
 
 from hypothesis import HealthCheck, settings
+
+# The mDNS fixtures (loopback_multicast, advertiser) for every test that needs them.
+pytest_plugins = ["tests.mdns"]
 
 # `dev` for quick local runs, `ci` (the default) for the full suite: no deadlines, since a
 # loaded 2-core CI machine makes per-example timings meaningless.

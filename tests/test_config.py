@@ -32,7 +32,7 @@ from engine.config import (
 from engine.core.settings import POLICY_NAMES, BatterySpec, ControlSettings
 from engine.errors import ConfigError
 from engine.logs import QUIET_LOGGERS, setup_logging
-from engine.settings import BatterySettings, EngineSettings
+from engine.settings import BatterySettings, EngineSettings, MeterApi
 from tests.mqtt_broker import make_tls_files
 
 _R = TypeVar("_R")
@@ -308,6 +308,14 @@ def test_control_thresholds_are_read_from_the_environment() -> None:
     assert (c.reselect_interval_s, c.loop_period_s) == (120.0, 0.5)
     assert (c.deadband_w, c.grid_target_w, c.policy) == (40, -50, "classic")
     assert (config.log.level, config.log.format, config.dry_run) == ("DEBUG", "json", True)
+
+
+def test_the_state_file_is_a_setting(tmp_path: Path) -> None:
+    assert env_config().state_file is None  # the engine picks /data or the working directory
+    config = env_config(MMBC_STATE_FILE=str(tmp_path / "new" / "state.json"))
+    assert config.state_file == tmp_path / "new" / "state.json"  # need not exist yet
+    with pytest.raises(ConfigError, match=r"MMBC_STATE_FILE.*expected a file name"):
+        env_config(MMBC_STATE_FILE=str(tmp_path))
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -653,11 +661,13 @@ def test_invalid_environment_names_the_key(extra: dict[str, str], key: str, prob
     assert str(err).startswith(f"{key}: ")
 
 
-def test_missing_p1_url_is_an_error_naming_it() -> None:
-    err = config_error(environ={"BATTERY_1_IP": "192.168.1.101"})
+def test_without_a_p1_address_the_meter_is_found_on_the_network() -> None:
+    config = build_config(environ={"BATTERY_1_IP": "192.168.1.101"})
 
-    assert err.key == "P1_API_URL"
-    assert "not set" in err.problem
+    assert (config.meter.url, config.meter.host) == (None, None)
+    assert config.meter.api is MeterApi.AUTO
+    assert config.meter.push
+    assert "found by mDNS" in config.describe()
 
 
 def test_no_battery_is_an_error_naming_battery_1_ip() -> None:

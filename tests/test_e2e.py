@@ -210,7 +210,7 @@ def test_engine_keeps_the_served_meter_near_zero_and_releases_on_sigterm(
 ) -> None:
     engine, out = start_engine(tmp_path, served.engine_env())
     try:
-        out.wait_for("battery_2 available")
+        out.wait_for("battery_2 connected")
         time.sleep(20.0)  # 20 s of a winter evening under control
         # Under control right now: RS485 mode on, the fleet discharging.
         assert read_register(served.modbus_port, reg.REG_RS485_CONTROL) == reg.RS485_ENABLE
@@ -244,7 +244,7 @@ def test_engine_keeps_the_served_meter_near_zero_and_releases_on_sigterm(
 def test_dry_run_reads_but_never_writes(served: Served, tmp_path: Path) -> None:
     engine, out = start_engine(tmp_path, served.engine_env(), "--dry-run")
     try:
-        out.wait_for("battery_2 available")
+        out.wait_for("battery_2 connected")
         time.sleep(3.0)
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(timeout=EXIT_BOUND_S) == 0, out.rest()
@@ -466,7 +466,7 @@ async def test_hold_mode_and_floods_end_on_the_last_command(served: Served, tmp_
 def test_exit_status_says_a_battery_was_not_released(served: Served, tmp_path: Path) -> None:
     engine, out = start_engine(tmp_path, served.engine_env())
     try:
-        out.wait_for("battery_2 available")
+        out.wait_for("battery_2 connected")
         time.sleep(2.0)
         served.proc.kill()  # the batteries' link dies: nothing can release them now
         served.proc.wait()
@@ -513,9 +513,10 @@ async def test_a_battery_is_published_under_its_configured_number(
             "MQTT_USERNAME": TEST_USERNAME,
             "MQTT_PASSWORD": TEST_PASSWORD,
             "MQTT_MIN_INTERVAL_S": "0",
+            "MMBC_STATE_FILE": str(tmp_path / "state" / "energy.json"),  # a new directory too
         }
-        state_file = tmp_path / "state.json"
-        engine, out = start_engine(tmp_path, env, "--state-file", str(state_file))
+        state_file = tmp_path / "state" / "energy.json"
+        engine, out = start_engine(tmp_path, env)
         try:
             async with aiomqtt.Client(
                 broker.host, broker.port, username=TEST_USERNAME, password=TEST_PASSWORD

@@ -112,6 +112,7 @@ from engine.errors import (
 from engine.ports import Clock
 
 _LOGGER = logging.getLogger(__name__)
+_NO_IDENTITY: Final = BatteryIdentity()  # nothing identified yet
 
 # A Venus E delivers at most 2500 W; anything far beyond is a garbled reply, not a reading.
 MAX_PLAUSIBLE_AC_W: Final = 5000
@@ -505,7 +506,7 @@ class VenusCommander:
         cycle = self._cycle
         online = not cycle.failed and cycle.soc_pct is not None and cycle.power_w is not None
         self._note_availability(online, cycle, now_s)
-        identity = self._identity if self._identity != BatteryIdentity() else None
+        identity = self._identity if self._identity != _NO_IDENTITY else None
         if cycle.failed:
             return BatteryTelemetry(name=self.name, online=False, identity=identity)
         diagnostics = self._diagnostics
@@ -537,7 +538,7 @@ class VenusCommander:
                 "Battery %s unavailable: %s", self.name, cycle.problem or "no valid reading"
             )
         elif previous is None:
-            _LOGGER.info("Battery %s online (SoC %.0f%%)", self.name, cycle.soc_pct or 0.0)
+            _LOGGER.info("Battery %s connected (SoC %.0f%%)", self.name, cycle.soc_pct or 0.0)
         else:
             since_s = self._offline_since_s if self._offline_since_s is not None else now_s
             _LOGGER.info("Battery %s available again after %.1f s", self.name, now_s - since_s)

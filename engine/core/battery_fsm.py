@@ -21,6 +21,7 @@ from typing import Any, Final
 from transitions import Machine
 
 from engine.core.events import (
+    BatteryConnected,
     BatteryLost,
     BatteryReturned,
     CutoffCleared,
@@ -183,6 +184,9 @@ class BatteryFsm:
         self.stalled_cycles = 0
         self.cutoff_direction = Direction.NONE
         self.cutoff_soc_pct = 0.0
+        # Out of reach, what it is assumed to still deliver (its last command, + discharge).
+        self.assumed_w = 0
+        self.seen = False  # it has given a valid reading since start
         self._machine = Machine(
             model=self,
             states=BatteryState,
@@ -251,12 +255,16 @@ class BatteryFsm:
             if self.available:
                 self.lose()
                 events.append(BatteryLost(self.name))
+                # The firmware has no watchdog: out of reach, it keeps its last setpoint.
+                self.assumed_w = self.command_w
             self.command_w = 0
             self.misses = 0
             return
+        self.assumed_w = 0
         if not self.available:
             self.recover()
-            events.append(BatteryReturned(self.name))
+            events.append(BatteryReturned(self.name) if self.seen else BatteryConnected(self.name))
+            self.seen = True
             self.command_w = 0
             self.command_since_s = now_s
         self.soc_pct = telemetry.soc_pct

@@ -87,6 +87,7 @@ class ControlCycle:
         batteries: tuple[BatteryTelemetry, ...],
         inputs: UserInputs,
         pv_w: float | None = None,
+        reading_age_s: float | None = None,
     ) -> Snapshot:
         """What the decision may see: a reading only while the meter answers."""
         return Snapshot(
@@ -97,6 +98,7 @@ class ControlCycle:
             mode=inputs.mode,
             discharge_blocked=inputs.discharge_blocked,
             pv_w=pv_w,
+            reading_age_s=reading_age_s,
         )
 
     def run(self, snap: Snapshot) -> CycleResult:

@@ -46,6 +46,7 @@ class DemandEstimator:
         self.demand_w = 0.0  # the house's estimated demand less the grid target
         self.anticipating = False  # the target includes a predicted edge
         self.last_direction = Direction.NONE  # the fleet's last working direction
+        self.reading_age_s = period_s  # how long the last reading may have waited for its poll
 
     # ------------------------------------------------------------------ inputs
     def restart(self) -> None:
@@ -85,7 +86,9 @@ class DemandEstimator:
         elif s.feature_response_window:
             # The reading describes an instant between (seen - latency - one poll period)
             # and when it was seen: the batteries' power then lies within these bounds.
-            lo, hi = self.history.bounds(seen_s - s.meter_latency_s - self.period_s, seen_s)
+            age_s = self.period_s if snap.reading_age_s is None else snap.reading_age_s
+            self.reading_age_s = age_s
+            lo, hi = self.history.bounds(seen_s - s.meter_latency_s - age_s, seen_s)
         else:
             lo = hi = self.history.at(seen_s - s.meter_latency_s - 0.5 * self.period_s)
         est = self.filter.update(snap.now_s, snap.grid_w + lo, snap.grid_w + hi)
@@ -95,9 +98,6 @@ class DemandEstimator:
             or abs(demand - self.demand_w) >= s.min_change_w
             or (demand != 0 and self.demand_w == 0)
         ):
-            if abs(demand - self.demand_w) >= s.step_threshold_w and not self.anticipating:
-                fleet_w = self.history.latest_w()
-                self.response.start(snap.now_s, fleet_w, fleet_w + demand - self.demand_w)
             self.demand_w = demand
         if s.feature_fast_load_hold:
             self.hold.observe(seen_s - s.meter_latency_s, demand, self.loop_delay_s())
@@ -109,6 +109,7 @@ class DemandEstimator:
                 grid_w=snap.grid_w,
                 interval_s=self.cadence.typical_interval_s(),
                 lead_s=self.response.lead_s,
+                ramp_w_per_s=self.response.ramp_w_per_s,
             )
 
     def anticipate(self, now_s: float, room_w: Callable[[Direction], float]) -> None:
@@ -121,7 +122,9 @@ class DemandEstimator:
         s = self.settings
         predicted = None
         if s.feature_pulse_prediction and self.predictor.active:
-            predicted = self.predictor.target_w(now_s, self.response.lead_s)
+            predicted = self.predictor.target_w(
+                now_s, self.response.dead_s, self.response.ramp_w_per_s
+            )
             for level in self.predictor.levels_w():
                 need = level - s.grid_target_w
                 direction = Direction.DISCHARGE if need > 0 else Direction.CHARGE
@@ -129,30 +132,36 @@ class DemandEstimator:
                     predicted = None
         self.anticipating = predicted is not None
         self.filter.damping_enabled = s.feature_oscillation_damping and not self.anticipating
+        before_w = self.target_w
         if predicted is not None:
             self.target_w = predicted - s.grid_target_w
         elif self.hold.active:
             self.target_w = self.hold.target_w(self.demand_w)
         else:
             self.target_w = self.demand_w
+        if abs(self.target_w - before_w) >= s.step_threshold_w:
+            # A large new setpoint: time how the batteries answer it (dead time, ramp).
+            fleet_w = self.history.latest_w()
+            self.response.start(now_s, fleet_w, fleet_w + self.target_w - before_w)
 
     def loop_delay_s(self) -> float:
         """From a load's change to the batteries matching it, as measured: the meter samples
         it (half its interval on average) and shows it after its latency, a poll sees it
-        (half a period on average), the batteries take their dead time and half their ramp
+        (half the poll's uncertainty), the batteries take their dead time and half their ramp
         (the response timer's lead)."""
         s = self.settings
         return (
             0.5 * self.cadence.typical_interval_s()
             + s.meter_latency_s
-            + 0.5 * self.period_s
+            + 0.5 * self.reading_age_s
             + self.response.lead_s
         )
 
-    def direction(self) -> Direction:
-        """The fleet's direction: idle inside the idle band; a reversal needs a clear demand."""
+    def direction(self, target_w: float | None = None) -> Direction:
+        """The fleet's direction for ``target_w`` (default: the target): idle inside the idle
+        band; a reversal needs a clear demand."""
         s = self.settings
-        target = self.target_w
+        target = self.target_w if target_w is None else target_w
         band = s.idle_band_w
         want = (
             Direction.DISCHARGE

@@ -19,6 +19,7 @@ import math
 from collections import deque
 from itertools import pairwise
 from statistics import median
+from typing import NamedTuple
 
 
 class PowerHistory:
@@ -190,43 +191,64 @@ class NetDemandFilter:
 
 
 class ResponseTimer:
-    """Learns how long the batteries take to get half-way to a new setpoint.
+    """Learns how the batteries answer a new setpoint: dead time, ramp rate, half-way time.
 
     Started on a large setpoint change, it watches the fleet's measured power and records
-    when it crossed the half-way mark (interpolated between cycles). That is the lead a
-    prediction needs: dead time plus half the ramp.
+    when it passed 10 %, half and 90 % of the way (interpolated between cycles). The half-way
+    time is the lead a centred prediction needs (dead time plus half the ramp); the 10 % and
+    90 % marks give the ramp rate (W/s of the whole fleet) and, from it, the dead time.
     """
 
     def __init__(self, initial_s: float = 2.0, timeout_s: float = 15.0) -> None:
         self.lead_s = initial_s
+        self.dead_s = 0.5 * initial_s
+        self.ramp_w_per_s = 1000.0  # until measured: a Venus E's nominal ramp
         self.samples = 0
+        self.ramp_samples = 0
         self.timeout_s = timeout_s
-        self._start: tuple[float, float, float] | None = None  # t, from W, half-way W
+        self._start: tuple[float, float, float] | None = None  # t, from W, to W
+        self._marks: dict[float, float] = {}  # fraction of the way -> when passed
         self._last: tuple[float, float] | None = None
 
     def start(self, t_s: float, from_w: float, to_w: float) -> None:
-        self._start = (t_s, from_w, 0.5 * (from_w + to_w))
+        self._start = (t_s, from_w, to_w)
+        self._marks = {}
         self._last = (t_s, from_w)
 
     def observe(self, t_s: float, power_w: float) -> None:
         if self._start is None or self._last is None:
             return
-        t0, from_w, half_w = self._start
+        t0, from_w, to_w = self._start
         last_t, last_w = self._last
         self._last = (t_s, power_w)
         if t_s - t0 > self.timeout_s:
             self._start = None  # it never got there (saturated, blocked): no sample
             return
-        rising = half_w > from_w
-        crossed = power_w >= half_w if rising else power_w <= half_w
-        if not crossed:
+        span_w = to_w - from_w
+        for fraction in (0.1, 0.5, 0.9):
+            if fraction in self._marks:
+                continue
+            mark_w = from_w + fraction * span_w
+            crossed = power_w >= mark_w if span_w > 0 else power_w <= mark_w
+            if not crossed:
+                break
+            step = power_w - last_w
+            frac = (mark_w - last_w) / step if step else 1.0
+            self._marks[fraction] = last_t + min(max(frac, 0.0), 1.0) * (t_s - last_t) - t0
+            if fraction == 0.5:
+                self.samples += 1
+                weight = 1.0 / min(self.samples, 5)
+                self.lead_s += weight * (self._marks[0.5] - self.lead_s)
+        if 0.9 not in self._marks:
             return
-        span = power_w - last_w
-        frac = (half_w - last_w) / span if span else 1.0
-        sample = last_t + min(max(frac, 0.0), 1.0) * (t_s - last_t) - t0
-        self.samples += 1
-        weight = 1.0 / min(self.samples, 5)
-        self.lead_s += weight * (sample - self.lead_s)
+        ramp_s = self._marks[0.9] - self._marks[0.1]
+        if ramp_s > 1e-6:
+            rate = 0.8 * abs(span_w) / ramp_s
+            dead = self._marks[0.1] - 0.1 * abs(span_w) / rate
+            self.ramp_samples += 1
+            weight = 1.0 / min(self.ramp_samples, 5)
+            self.ramp_w_per_s += weight * (rate - self.ramp_w_per_s)
+            self.dead_s += weight * (max(0.0, dead) - self.dead_s)
         self._start = None
 
 
@@ -266,6 +288,8 @@ class PulsePredictor:
         self._edge: tuple[float, int] | None = None  # the edge whose grid energy is summed
         self._residual: list[tuple[float, float]] = []
         self._response_s = 6.0  # lead and readings: how long an edge shows on the grid
+        self._ramp_w_per_s = 1000.0  # the fleet's measured ramp (for the edges' own import)
+        self._trusted = True  # its rises may be anticipated (no miss since one was seen)
 
     # ---------------------------------------------------------------- observation
     def observe(
@@ -277,9 +301,11 @@ class PulsePredictor:
         grid_w: float,
         interval_s: float,
         lead_s: float,
+        ramp_w_per_s: float = 1000.0,
     ) -> None:
         """A reading of instant ``t_s``: demand estimate ``value_w`` (``narrow``: exact)."""
         self._response_s = 2.0 * lead_s + 2.0 * interval_s
+        self._ramp_w_per_s = ramp_w_per_s
         if self.active:
             self._correct_timing(t_s, grid_w)
         if not narrow:
@@ -314,7 +340,7 @@ class PulsePredictor:
             return
         d = [b[0] - a[0] for a, b in pairwise(edges)]
         on, off = d[0::2], d[1::2]  # "on": the phase after an edge like the last one
-        tolerance_s = 1.5 * interval_s
+        tolerance_s = 0.5 * interval_s
         if max(on) - min(on) > tolerance_s or max(off) - min(off) > tolerance_s:
             return
         sizes = [e[2] for e in edges]
@@ -333,6 +359,7 @@ class PulsePredictor:
         self._misses = 0
         self._suppress_until_s = float("-inf")
         self._edge = None
+        self._trusted = True
         self.active = True
 
     def _track_levels(self, t_s: float, value_w: float) -> None:
@@ -344,10 +371,21 @@ class PulsePredictor:
         near_s = min(t_s - self._last_edge_until(t_s)[0], self._next_edge_after(t_s)[0] - t_s)
         if near_s <= guard_s:
             return
-        if seen != self._state_at(t_s):
+        expected = self._state_at(t_s)
+        expected_w = high_w if expected == 1 else self._base_w
+        if abs(value_w - expected_w) >= self.threshold_w and (
+            abs(value_w - high_w) >= self.threshold_w
+            and abs(value_w - self._base_w) >= self.threshold_w
+        ):
+            # Far from both levels: the slow part under the rhythm moved (a kettle, a heater
+            # on top of a hob's pulsing). The rhythm goes on from the new level.
+            self._base_w += value_w - expected_w
+            return
+        if seen != expected:
             self._miss(t_s)
             return
         if seen == 1:
+            self._trusted = True
             self._size_w += 0.3 * (self._rise * (value_w - self._base_w) - self._size_w)
         else:
             self._base_w += 0.3 * (value_w - self._base_w)
@@ -378,7 +416,9 @@ class PulsePredictor:
         step_s = (samples[-1][0] - samples[0][0]) / (len(samples) - 1)
         grid_ws = sum(g for _, g in samples) * step_s
         direction = self._rise if new_state == 1 else -self._rise
-        error_s = -direction * grid_ws / self._size_w
+        # Anticipated import-side, each edge imports the batteries' ramp: its triangle.
+        expected_ws = 0.5 * self._size_w * self._size_w / max(self._ramp_w_per_s, 1.0)
+        error_s = -direction * (grid_ws - expected_ws) / self._size_w
         if abs(error_s) > MISS_SHARE * window_s:
             self._miss(edge_t)  # the edge did not come (or far off the rhythm)
             return
@@ -409,17 +449,31 @@ class PulsePredictor:
             return start + self._on_s, 0
         return start, 1
 
-    def target_w(self, now_s: float, lead_s: float) -> float | None:
-        """The demand to steer to now, ``lead_s`` ahead; None when not anticipating."""
-        if not self.active or now_s < self._suppress_until_s:
+    def target_w(self, now_s: float, dead_s: float, ramp_w_per_s: float) -> float | None:
+        """The demand to steer to now; None when not anticipating.
+
+        Each edge is anticipated so that it never makes the batteries export (between two
+        errors the import side): the batteries start towards a higher level as the load
+        rises (a dead time ahead) and have left a higher level by the time it falls (a dead
+        time and their whole ramp ahead). Measured: ``dead_s`` and the fleet's ramp rate.
+        """
+        if not self.active or not self._trusted or now_s < self._suppress_until_s:
             return None
-        return self._base_w + self._rise * self._size_w * self._state_at(now_s + lead_s)
+        ramp_s = self._size_w / max(ramp_w_per_s, 1.0)
+        edge_s, new_state = self._next_edge_after(now_s)
+        load_rises = (new_state == 1) == (self._rise > 0)
+        lead_s = dead_s if load_rises else dead_s + ramp_s
+        state = new_state if edge_s - now_s <= lead_s else self._state_at(now_s)
+        return self._base_w + self._rise * self._size_w * state
 
     def levels_w(self) -> tuple[float, float]:
         """The demand while "off" and while "on"."""
         return self._base_w, self._base_w + self._rise * self._size_w
 
     def _miss(self, t_s: float) -> None:
+        # A rise anticipated that does not come is export: after a miss, rises are trusted
+        # again only once the load is seen on in the rhythm.
+        self._trusted = False
         self._misses += 1
         if self._misses >= 2:
             self.forget()
@@ -444,33 +498,35 @@ PLL_PERIOD_GAIN = 0.05  # share of an "on" edge's timing error that corrects the
 
 
 class FastLoadHold:
-    """A load component the loop cannot follow is held at its cheapest level, not chased.
+    """A load excursion the loop cannot follow profitably is held through, not chased.
 
     From a load's edge to the batteries matching it takes the loop ``d`` (the meter's
     sampling and latency, the poll, the batteries' dead time and half their ramp: measured,
-    ``DemandEstimator.loop_delay_s``). A load that switches a component of size ``E`` on for
-    ``t_on`` and off for ``t_off`` costs, per cycle and watt of ``E``, when chased: ``d`` of
-    import at each rise and ``d`` of export at each fall; when held on: its off times as
-    export; when held off: its on times as import. Export counts ``w`` times import (the
-    worse error). The cheapest of ``(1 + w) d``, ``w t_off`` and ``t_on`` wins, from the
-    load's own recent pulses and the measured ``d``: a slow load is chased, a fast one held.
+    ``DemandEstimator.loop_delay_s``). An excursion of the load (up and back down, or down and
+    back up) that lasts ``t`` costs, chased, ``d`` at each of its two edges, one of them as
+    export; held through (the batteries stay at the level before it), ``t`` as import for an
+    excursion up and ``t`` as export for one down. Export counts ``w`` times import (the worse
+    error). So over the load's own recent excursions: excursions up are held while their mean
+    ``t`` is below ``(1 + w) d``, excursions down while their mean ``w t`` is; the one of the
+    two that saves more wins, the other is chased.
 
-    While held, the demand reads as a slow part plus the two-level fast component: edges of
-    the pulses' own size (within ``PATTERN_SPREAD``) switch the component, any other change
-    is the slow part and is followed at once (a kettle amid a hob's cycling). The target is
-    the slow part plus the component at its held level. A phase longer than the pulses' own
-    (by ``PATTERN_SPREAD``) is no pulse: the component is followed again.
+    Holding means: an edge into the held direction is not followed, the edge back is; any
+    change below the step threshold (the slow part) is followed at once. An excursion that
+    outlasts the recent ones (by ``PATTERN_SPREAD``), or is larger than any of them, is no
+    excursion of this pattern: it is followed (a kettle amid a washing machine's drum).
     """
 
     def __init__(self, *, threshold_w: float, export_weight: float) -> None:
         self.threshold_w = threshold_w
         self.export_weight = export_weight
         self._level_w: float | None = None  # the demand's current level (edges move it)
-        self._edge: tuple[float, int] | None = None  # the last edge: time, sign
-        # Recent phases: (ended at, lasted s, +1 on / -1 off, size W of their closing edge).
-        self._phases: deque[tuple[float, float, int, float]] = deque()
-        self._on = False  # the fast component is on now (by its own edges)
-        self._held_on = False
+        self._edges: deque[tuple[float, float]] = deque(maxlen=2)  # (t, signed size) recent
+        # Recent excursions: (ended at, lasted s, +1 up / -1 down, size W).
+        self._excursions: deque[tuple[float, float, int, float]] = deque()
+        self._pattern: dict[int, _Pattern] = {}  # per direction, from _excursions (cached)
+        self.held_direction = 0  # +1: excursions up are held, -1: down, 0: none
+        self._held_w = 0.0  # how much of the demand is held back now (+: an excursion up)
+        self._held_since_s: float | None = None
         self.active = False
 
     def observe(self, t_s: float, demand_w: float, loop_delay_s: float) -> None:
@@ -483,67 +539,102 @@ class FastLoadHold:
         else:
             self._on_edge(t_s, step_w)
             self._level_w = demand_w
-        phases = self._phases
-        longest_s = max([p[1] for p in phases], default=0.0)
+        longest_s = max([p.longest_s for p in self._pattern.values()], default=0.0)
         memory_s = 4.0 * max(2.0 * loop_delay_s, longest_s)
-        while phases and t_s - phases[0][0] > memory_s:
-            phases.popleft()
-        self._decide(t_s, loop_delay_s)
+        if self._excursions and t_s - self._excursions[0][0] > memory_s:
+            while self._excursions and t_s - self._excursions[0][0] > memory_s:
+                self._excursions.popleft()
+            self._summarise()
+        self._decide(loop_delay_s)
+        self._check_outlasting(t_s, loop_delay_s)
 
     def _on_edge(self, t_s: float, step_w: float) -> None:
         sign = 1 if step_w > 0 else -1
         size_w = abs(step_w)
-        in_pattern = self._in_pattern(size_w)
-        if self._edge is not None and self._edge[1] != sign:
-            # A phase ended: on (rise ... fall) or off (fall ... rise).
-            self._phases.append((t_s, t_s - self._edge[0], self._edge[1], size_w))
-        self._edge = (t_s, sign)
-        if in_pattern or not self.active:
-            self._on = sign > 0
-
-    def _decide(self, t_s: float, loop_delay_s: float) -> None:
-        on = [p[1] for p in self._phases if p[2] > 0]
-        off = [p[1] for p in self._phases if p[2] < 0]
-        if len(on) < 2 or len(off) < 2:
-            self.active = False
+        if self._edges and (self._edges[-1][1] > 0) != (sign > 0):
+            start_s, start_w = self._edges[-1]
+            self._excursions.append(
+                (t_s, t_s - start_s, 1 if start_w > 0 else -1, min(abs(start_w), size_w))
+            )
+            self._summarise()
+        self._edges.append((t_s, step_w))
+        held = self.held_direction
+        if not self.active or held == 0:
             return
+        if sign == held:
+            if size_w <= PATTERN_SPREAD * self._pattern[held].largest_w:
+                if self._held_w == 0.0:
+                    self._held_since_s = t_s
+                self._held_w += held * size_w  # into the held direction: not followed
+            return
+        # The edge back: followed (what was held back is released by as much).
+        if held > 0:
+            self._held_w = max(0.0, self._held_w - size_w)
+        else:
+            self._held_w = min(0.0, self._held_w + size_w)
+        if self._held_w == 0.0:
+            self._held_since_s = None
+
+    def _decide(self, loop_delay_s: float) -> None:
         w = self.export_weight
-        on_s, off_s = sum(on) / len(on), sum(off) / len(off)
-        chase, hold_on, hold_off = (1.0 + w) * loop_delay_s, w * off_s, on_s
-        self.active = min(hold_on, hold_off) < chase
-        self._held_on = hold_on < hold_off
-        # A phase longer than the pulses' own is no pulse: the component is followed again.
-        if self._edge is not None and self.active:
-            current_s = t_s - self._edge[0]
-            usual_s = max(on) if self._on else max(off)
-            if current_s > PATTERN_SPREAD * usual_s:
-                self.active = False
+        chase = (1.0 + w) * loop_delay_s
+        saving = {}
+        for direction, weight in ((1, 1.0), (-1, w)):
+            pattern = self._pattern.get(direction)
+            if pattern is not None and pattern.excursions >= MIN_EXCURSIONS:
+                saving[direction] = chase - weight * pattern.mean_s
+        best = max(saving, key=lambda d: saving[d], default=0)
+        self.active = best != 0 and saving[best] > 0
+        if not self.active or best != self.held_direction:
+            self._held_w = 0.0
+            self._held_since_s = None
+        self.held_direction = best if self.active else 0
 
-    def _in_pattern(self, size_w: float) -> bool:
-        size = self.amplitude_w()
-        return size > 0 and size / PATTERN_SPREAD <= size_w <= size * PATTERN_SPREAD
+    def _check_outlasting(self, t_s: float, loop_delay_s: float) -> None:
+        if self._held_since_s is None:
+            return
+        pattern = self._pattern.get(self.held_direction)
+        usual_s = 2.0 * loop_delay_s if pattern is None else pattern.longest_s
+        if t_s - self._held_since_s > max(2.0 * loop_delay_s, PATTERN_SPREAD * usual_s):
+            self._held_w = 0.0  # longer than any of them: a new level, followed
+            self._held_since_s = None
 
-    def amplitude_w(self) -> float:
-        """The fast component's size: the median size of its recent edges."""
-        sizes = sorted(p[3] for p in self._phases)
-        return sizes[len(sizes) // 2] if sizes else 0.0
+    def _summarise(self) -> None:
+        lasted: dict[int, list[float]] = {}
+        sizes: dict[int, list[float]] = {}
+        for _end_s, lasted_s, direction, size_w in self._excursions:
+            lasted.setdefault(direction, []).append(lasted_s)
+            sizes.setdefault(direction, []).append(size_w)
+        self._pattern = {
+            d: _Pattern(len(ls), sum(ls) / len(ls), max(ls), max(sizes[d]))
+            for d, ls in lasted.items()
+        }
 
     def target_w(self, demand_w: float) -> float:
-        """The demand with its fast component at the held level."""
-        if not self.active:
-            return demand_w
-        size_w = self.amplitude_w()
-        on_now = size_w if self._on else 0.0
-        return demand_w - on_now + (size_w if self._held_on else 0.0)
+        """The demand less what is held back."""
+        return demand_w - self._held_w if self.active else demand_w
 
     def forget(self) -> None:
         self._level_w = None
-        self._edge = None
-        self._phases.clear()
-        self._on = False
-        self._held_on = False
+        self._edges.clear()
+        self._excursions.clear()
+        self._pattern = {}
+        self.held_direction = 0
+        self._held_w = 0.0
+        self._held_since_s = None
         self.active = False
 
 
-PATTERN_SPREAD = 1.6  # edges within this factor of the pulses' size, phases within this
-# factor of their longest, belong to the pattern
+class _Pattern(NamedTuple):
+    """A direction's recent excursions: how many, their mean and longest duration, the
+    largest size."""
+
+    excursions: int
+    mean_s: float
+    longest_s: float
+    largest_w: float
+
+
+MIN_EXCURSIONS = 2  # a pattern needs at least this many excursions of one direction
+PATTERN_SPREAD = 1.6  # excursions up to this many times the largest (in size and in length)
+# seen belong to the pattern

@@ -29,6 +29,13 @@ class SafeHoldCause(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class BatteryConnected:
+    """A battery gave its first valid reading since the engine started."""
+
+    battery: str
+
+
+@dataclass(frozen=True, slots=True)
 class BatteryLost:
     """A battery stopped giving a valid reading: it gets no command until it returns."""
 
@@ -108,7 +115,8 @@ class SafeHoldLeft:
 
 
 DecisionEvent: TypeAlias = (
-    BatteryLost
+    BatteryConnected
+    | BatteryLost
     | BatteryReturned
     | Excluded
     | ExclusionEnded

@@ -89,6 +89,9 @@ class Snapshot:
     mode: Mode = Mode.NORMAL
     discharge_blocked: bool = False
     pv_w: float | None = None  # production (>= 0), reporting only: never used by the control law
+    # How long the reading can at most have been visible when it was polled (the cycle
+    # schedule's bound, engine.core.schedule); None: up to a loop period.
+    reading_age_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

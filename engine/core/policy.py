@@ -123,6 +123,14 @@ class MmbcPolicy:
         self._observe(snap, events)
         usable = [b for b in self.batteries.values() if b.available]
         parts = {b.name: b.telemetry.power_w or 0.0 for b in usable if b.telemetry is not None}
+        # A battery out of reach keeps its last setpoint (no watchdog): it is counted as
+        # still delivering it, in the house's demand and in what the others must carry.
+        # Were it stopped, the meter shows the difference and the others take it up.
+        parts |= {
+            b.name: float(b.assumed_w)
+            for b in self.batteries.values()
+            if not b.available and b.assumed_w
+        }
         self.demand.observe_batteries(now, parts)
         cycle = Cycle(snap, usable, self.demand.new_reading(snap.meter_updated_s), events)
         meter_fresh = (
@@ -194,10 +202,10 @@ class MmbcPolicy:
         now = cycle.snap.now_s
         events = cycle.events
         sel = self.fleet.selection
-        target = self.demand.target_w
+        target = self.demand.target_w - self._out_of_reach_w()
         discharge_blocked = cycle.snap.discharge_blocked
         hold = discharge_blocked or self.fleet.state is FleetState.HOLD
-        direction = self.demand.direction()
+        direction = self.demand.direction(target)
         if direction is Direction.DISCHARGE and hold:
             direction = Direction.NONE
         candidates = self._candidates(cycle.usable, direction) if direction else []
@@ -245,6 +253,10 @@ class MmbcPolicy:
             else:
                 want = self._keepalive(b, now, direction, discharge_blocked)
             cycle.setpoints[b.name] = b.command(want, now, at_zero=at_zero)
+
+    def _out_of_reach_w(self) -> int:
+        """What the batteries out of reach still deliver: their last commands."""
+        return sum(b.assumed_w for b in self.batteries.values() if not b.available)
 
     def _candidates(self, usable: list[BatteryFsm], direction: Direction) -> list[Candidate]:
         """The batteries that may take part in ``direction``, with what each can do now."""
@@ -438,7 +450,8 @@ class MmbcPolicy:
             release=cycle.release,
             quality=quality.value,
             grid_rms_w=self._quality.rms_w(),
-            extra={"target_w": self.demand.target_w},
+            # What the reachable batteries were to carry (less what is out of reach).
+            extra={"target_w": self.demand.target_w - self._out_of_reach_w()},
         )
 
     def _limited(self) -> bool:

@@ -9,6 +9,12 @@ too early, so the refresh is about to happen: the next poll follows ``retry`` la
 expectation moves there. So the polls stay just after the refresh, following a meter's clock
 that drifts against ours, at the cost of an occasional extra poll. Without learning (the
 classic policy, or the feature switched off) cycles run on a fixed grid of periods.
+
+A meter that pushes its readings (HomeWizard API v2) says when it refreshes: each push is a
+refresh at its arrival, known rather than guessed (``pushed``). The cycles then run on the
+pushes; the schedule only times the cycles in between (``next_unpolled_s``: a period on, just
+after the next expected push, so a push that comes on time comes first) and says how long a
+push still vouches for the stream (``push_fresh``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ RETRY_S: Final = 0.1  # after a poll that found no new reading: poll again this 
 INTERVAL_READINGS: Final = 9  # the meter's interval is the median spacing of this many
 MIN_INTERVAL_READINGS: Final = 4
 INTERVAL_RESOLUTION_S: Final = 0.01
+PUSH_FRESH_INTERVALS: Final = 2.0  # a push older than this many meter intervals: poll again
 
 
 class CycleSchedule:
@@ -44,6 +51,8 @@ class CycleSchedule:
         # meter's interval (a single spacing is off by the polls' own creep and retries).
         self._seen: deque[float] = deque(maxlen=INTERVAL_READINGS)
         self.retries = 0  # polls that found no new reading and were followed up at once
+        self._anchored = False  # a refresh was caught between a miss and its follow-up
+        self._interval_s = period_s  # interval_s(), updated with each new reading
 
     def next_s(
         self, cycle_s: float, *, meter_updated_s: float | None, busy_until_s: float
@@ -54,7 +63,8 @@ class CycleSchedule:
         new_reading = meter_updated_s is not None and meter_updated_s >= cycle_s
         if new_reading:
             self._seen.append(cycle_s)
-        interval_s = self.interval_s()
+            self._interval_s = self._median_interval_s()
+        interval_s = self._interval_s
         if self._first_s is None:
             self._first_s = cycle_s
         if not self.learn_phase:
@@ -70,6 +80,7 @@ class CycleSchedule:
             if self._missing_since_s is not None:
                 # It came between the last poll and this one: the refresh is known closely.
                 self._refresh_s = cycle_s - 0.5 * RETRY_S
+                self._anchored = True
             elif self._refresh_s is None:
                 self._refresh_s = cycle_s - MARGIN_S
             elif expected:
@@ -93,7 +104,41 @@ class CycleSchedule:
             self._lost = True
         return self._after(cycle_s, interval_s, busy_until_s)
 
+    def pushed(self, received_s: float) -> None:
+        """The meter pushed a new reading that arrived at ``received_s``: a refresh, known."""
+        if not self._seen or received_s > self._seen[-1]:
+            self._seen.append(received_s)
+        self._refresh_s = received_s
+        self._previous_s = received_s
+        self._missing_since_s = None
+        self._lost = False
+        self._anchored = True
+
+    def next_unpolled_s(self, cycle_s: float, *, busy_until_s: float) -> float:
+        """When to run the cycle after the one at ``cycle_s`` that did not poll the meter
+        (its readings are pushed): about a period on, just after an expected refresh.
+        Nothing is learnt from such a cycle."""
+        return self._after(cycle_s, self.interval_s(), busy_until_s)
+
+    def push_fresh(self, now_s: float, last_received_s: float | None) -> bool:
+        """Whether the last push (arrived at ``last_received_s``) is recent enough that the
+        stream can be trusted to bring the next reading: within two meter intervals."""
+        if last_received_s is None:
+            return False
+        return now_s - last_received_s <= PUSH_FRESH_INTERVALS * self.interval_s() + 1e-9
+
+    def reading_age_bound_s(self) -> float | None:
+        """How long a new reading can at most have been visible when a poll found it: a
+        retry's span and the margin once the refresh has been caught, else unknown."""
+        if self.learn_phase and self._anchored and not self._lost:
+            return RETRY_S + MARGIN_S + CREEP_S * INTERVAL_READINGS
+        return None
+
     def interval_s(self) -> float:
+        """The meter's interval between refreshes, as the polls have seen it."""
+        return self._interval_s
+
+    def _median_interval_s(self) -> float:
         """The meter's interval between refreshes, as the polls have seen it.
 
         The median spacing of the polls that found a new reading, to the nearest

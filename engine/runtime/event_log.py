@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from engine.core.events import (
+    BatteryConnected,
     BatteryLost,
     BatteryReturned,
     CutoffCleared,
@@ -37,6 +38,8 @@ _CAUSE_WORDS = {
 def describe(event: StatusEvent) -> str:
     """One human-readable line for ``event``."""
     match event:
+        case BatteryConnected(battery=name):
+            return f"{name} connected"
         case BatteryLost(battery=name):
             return f"{name} unavailable: no valid reading; it gets no command"
         case BatteryReturned(battery=name):
@@ -73,8 +76,18 @@ def describe(event: StatusEvent) -> str:
     raise AssertionError(f"no description for {event!r}")  # pragma: no cover - exhaustive
 
 
-def level(event: StatusEvent) -> int:
-    """How loud ``event`` is: safety and faults warn, selection changes inform."""
+def severity(event: StatusEvent) -> int:
+    """How much ``event`` matters to a person watching: safety and faults warn (the
+    dashboard's event list marks them), selection changes inform."""
     if isinstance(event, SafeHoldEntered | BatteryLost | Excluded | MeterLost):
         return logging.WARNING
     return logging.INFO
+
+
+def level(event: StatusEvent) -> int:
+    """The log level of ``event``: its severity, except that a battery's availability is the
+    driver's to log (once, with the reason: engine.adapters.marstek); the core's view of it
+    only shows in the debug log."""
+    if isinstance(event, BatteryConnected | BatteryLost | BatteryReturned):
+        return logging.DEBUG
+    return severity(event)

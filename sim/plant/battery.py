@@ -230,6 +230,16 @@ class VenusE:
         """Integrate from ``t_s`` to ``t_end_s``; return the AC energy delivered in W*s."""
         ac_ws = 0.0
         pending = self._pending
+        if self._p_w == 0.0 and self._goal_w == 0.0 and (not pending or pending[0][0] >= t_end_s):
+            # Settled at zero with nothing due (the common case): the loop's first piece.
+            if t_end_s - t_s > 1e-12:
+                self._unblock_charge()
+                self._relay_closed = False
+                self._relay_ready_s = None
+                self._idle(t_end_s - t_s)
+                t_s = t_end_s
+            self._t_s = t_s
+            return ac_ws
         while t_end_s - t_s > 1e-12:
             while pending and pending[0][0] <= t_s + 1e-12:
                 goal_w = pending.popleft()[1]
@@ -238,10 +248,7 @@ class VenusE:
                 else:
                     self._goal_w = goal_w
             seg_end_s = pending[0][0] if pending and pending[0][0] < t_end_s else t_end_s
-            if self._charge_blocked and self.stored_wh < self._ceiling_wh() - (
-                self.capacity_wh * CHARGE_RESUME_HYSTERESIS_PCT / 100.0
-            ):
-                self._charge_blocked = False
+            self._unblock_charge()
             goal_w = self._effective_goal()
             p_w = self._p_w
 
@@ -292,6 +299,12 @@ class VenusE:
             t_s += elapsed_s
         self._t_s = t_s
         return ac_ws
+
+    def _unblock_charge(self) -> None:
+        if self._charge_blocked and self.stored_wh < self._ceiling_wh() - (
+            self.capacity_wh * CHARGE_RESUME_HYSTERESIS_PCT / 100.0
+        ):
+            self._charge_blocked = False
 
     def _next_breakpoint(self, p_w: float, goal_w: float) -> float:
         """The first efficiency-curve point passed on the way from ``p_w`` to ``goal_w``."""

@@ -90,8 +90,12 @@ def _u16(value: float) -> int:
     return raw if 0 <= raw <= 0xFFFF else min(max(raw, 0), 0xFFFF)
 
 
+# The converters run for every register of every read: the in-range case avoids clamping calls.
 def _i16(value: float) -> int:
-    return reg.from_i16(min(max(round(value), -0x8000), 0x7FFF))
+    raw = round(value)
+    if not -0x8000 <= raw <= 0x7FFF:
+        raw = min(max(raw, -0x8000), 0x7FFF)
+    return reg.from_i16(raw)
 
 
 def _u32(value: float) -> tuple[int, int]:
@@ -99,7 +103,10 @@ def _u32(value: float) -> tuple[int, int]:
 
 
 def _i32(value: float) -> tuple[int, int]:
-    return reg.from_i32(min(max(round(value), -0x8000_0000), 0x7FFF_FFFF))
+    raw = round(value)
+    if not -0x8000_0000 <= raw <= 0x7FFF_FFFF:
+        raw = min(max(raw, -0x8000_0000), 0x7FFF_FFFF)
+    return reg.from_i32(raw)
 
 
 def encode_name(name: str, regs: int = reg.DEVICE_NAME_REGS) -> list[int]:
@@ -111,6 +118,9 @@ def encode_name(name: str, regs: int = reg.DEVICE_NAME_REGS) -> list[int]:
 def simulated_serial_number(name: str) -> str:
     """The serial number a simulated battery reports: stable per name, at most 20 characters."""
     return f"{SERIAL_PREFIX}{name}"[: reg.SERIAL_NUMBER_REGS * 2]
+
+
+_Builder = Callable[[dict[int, int], float], None]  # fills a block's registers at an instant
 
 
 class VenusFirmware:
@@ -145,8 +155,10 @@ class VenusFirmware:
         self._month_index: int | None = None
         self._day_base = (0.0, 0.0)
         self._month_base = (0.0, 0.0)
-        # (first, last register, builder): a read computes only the blocks it touches.
-        self._blocks: tuple[tuple[int, int, Callable[[dict[int, int], float], None]], ...] = (
+        # (first, last register, builder): a read computes only the blocks it touches
+        # (remembered per (address, count) in _builders: drivers repeat their reads).
+        self._builders: dict[tuple[int, int], tuple[_Builder, ...]] = {}
+        self._blocks: tuple[tuple[int, int, _Builder], ...] = (
             (
                 reg.REG_DEVICE_NAME,
                 reg.REG_DEVICE_NAME + reg.DEVICE_NAME_REGS - 1,
@@ -162,7 +174,8 @@ class VenusFirmware:
                 reg.REG_SERIAL_NUMBER + reg.SERIAL_NUMBER_REGS - 1,
                 self._block_serial,
             ),
-            (reg.REG_BATTERY_VOLTAGE, reg.REG_CAPACITY, self._block_battery),
+            (reg.REG_BATTERY_VOLTAGE, reg.REG_BATTERY_POWER + 1, self._block_dc),
+            (reg.REG_SOC, reg.REG_CAPACITY, self._block_soc),
             (reg.REG_AC_VOLTAGE, reg.REG_AC_FREQUENCY, self._block_ac),
             (reg.REG_TOTAL_CHARGE, reg.REG_MONTHLY_DISCHARGE + 1, self._block_counters),
             (
@@ -285,10 +298,15 @@ class VenusFirmware:
     def _image(self, address: int, count: int, now_s: float) -> dict[int, int]:
         """The registers of every block that [address, address + count) touches."""
         image: dict[int, int] = {}
-        end = address + count
-        for first, last, build in self._blocks:
-            if address <= last and first < end:
-                build(image, now_s)
+        builders = self._builders.get((address, count))
+        if builders is None:
+            end = address + count
+            builders = tuple(
+                b for first, last, b in self._blocks if first < end and address <= last
+            )
+            self._builders[(address, count)] = builders
+        for build in builders:
+            build(image, now_s)
         return image
 
     def _block_name(self, image: dict[int, int], _now_s: float) -> None:
@@ -313,15 +331,18 @@ class VenusFirmware:
         image[reg.REG_MOS1_TEMPERATURE] = _i16((internal_c + 3.0 * load) * 10.0)
         image[reg.REG_MOS2_TEMPERATURE] = _i16((internal_c + 2.0 * load) * 10.0)
 
-    def _block_battery(self, image: dict[int, int], _now_s: float) -> None:
+    def _block_dc(self, image: dict[int, int], _now_s: float) -> None:
         bat = self.battery
-        soc_pct = bat.soc_pct
         dc_w = bat.dc_power_w
-        battery_v = 48.0 + 6.0 * soc_pct / 100.0  # 16s LFP, roughly linear in the mid range
+        battery_v = 48.0 + 6.0 * bat.soc_pct / 100.0  # 16s LFP, roughly linear in mid range
         image[reg.REG_BATTERY_VOLTAGE] = _u16(battery_v * 100.0)
         image[reg.REG_BATTERY_CURRENT] = _i16(dc_w / battery_v * 100.0)
         image[reg.REG_BATTERY_POWER], image[reg.REG_BATTERY_POWER + 1] = _i32(dc_w)
-        image[reg.REG_SOC] = SOC_GARBAGE if self.soc_garbage else _u16(math.floor(soc_pct + 0.5))
+
+    def _block_soc(self, image: dict[int, int], _now_s: float) -> None:
+        bat = self.battery
+        soc_raw = _u16(math.floor(bat.soc_pct + 0.5))
+        image[reg.REG_SOC] = SOC_GARBAGE if self.soc_garbage else soc_raw
         image[reg.REG_CAPACITY] = _u16(bat.capacity_wh)
 
     def _block_ac(self, image: dict[int, int], _now_s: float) -> None:

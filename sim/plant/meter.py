@@ -163,6 +163,13 @@ class _SampledMeter(ABC):
         self._power_w = float(power_w)
         self._sample_until(now_s, inclusive=True)
 
+    def next_visible_s(self, after_s: float) -> float:
+        """The first instant after ``after_s`` at which a new sample becomes visible (its
+        instant plus the latency): when a pushing meter sends it."""
+        interval_s, latency_s = self.params.interval_s, self.params.latency_s
+        k = math.floor((after_s - latency_s) / interval_s + 1e-9) + 1
+        return k * interval_s + latency_s
+
     def latest(self, now_s: float) -> MeterSample | None:
         """The newest reading visible at ``now_s`` (None before the first)."""
         if self._t_s is not None and now_s - self.params.latency_s >= self._t_s:
@@ -384,9 +391,9 @@ class P1MeterModel(_SampledMeter):
     def _tariff(self, at_s: float) -> int:
         # Dutch double tariff: 2 (normal) on weekdays 07-23 h, else 1 (low). Constant within
         # an hour, so computed once per hour (this runs at every plant step).
-        start_hour = self._start.replace(minute=0, second=0, microsecond=0)
         hour = int((self._into_hour_s + at_s) // 3600.0)
         if hour != self._tariff_hour:
+            start_hour = self._start.replace(minute=0, second=0, microsecond=0)
             t = start_hour + timedelta(hours=hour)
             self._tariff_hour = hour
             self._tariff_value = 2 if t.weekday() < 5 and 7 <= t.hour < 23 else 1

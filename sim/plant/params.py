@@ -123,6 +123,13 @@ class BatteryParams:
         return frozenset(f.name for f in fields(cls))
 
 
+class MeterApi(StrEnum):
+    """How the engine reads the P1 meter in a replay (the meter model serves both)."""
+
+    V1 = "v1"  # HTTP polls on the cycle schedule
+    V2 = "v2"  # HTTPS, and each new reading pushed over the websocket as it appears
+
+
 @with_config(TABLE_CONFIG)
 @dataclass(frozen=True, slots=True)
 class MeterParams:
@@ -132,6 +139,7 @@ class MeterParams:
     latency_s: NonNegative = 0.5  # a reading is visible this long after the instant it describes
     noise_w: NonNegative = 10.0  # Gaussian noise (sigma), W; readings are integer watts
     seed: Seed = 1
+    api: MeterApi = MeterApi.V1
 
     @classmethod
     def field_names(cls) -> frozenset[str]:

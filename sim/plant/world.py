@@ -77,7 +77,7 @@ class World:
             else None
         )
         self._names = [battery_name(i) for i in range(1, len(self.firmwares) + 1)]
-        self.record = RunRecord(n_batteries=len(self.firmwares))
+        self.record = RunRecord(n_batteries=len(self.firmwares), names=list(self._names))
         self.record.step_events = list(self.events.step_times())
         self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
         self._next_fault = 0
@@ -152,6 +152,10 @@ class World:
         Batteries are integrated as far as the last shared instant crossed; ``battery_at``
         and ``settle`` bring them the rest of the way.
         """
+        if self.now_s <= t_s < self._next_s - _EPS_S and t_s <= self.horizon_s:
+            # The common case: nothing shared happens before t_s.
+            self.now_s = t_s
+            return
         t_s = min(t_s, self.horizon_s)
         if t_s < self.now_s - _EPS_S:
             msg = f"the world is at {self.now_s} s; it cannot go back to {t_s} s"

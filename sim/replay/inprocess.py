@@ -8,6 +8,13 @@ phase against the meter's refresh (``sim.replay.timing``), each battery's Modbus
 paced by the daemon's message gap, the writes after the slowest battery's reads, every
 request at its own instant of the plant (``World.battery_at``). ``--wire``
 (``sim.replay.wire``) swaps in the real sockets and gives the same figures.
+
+A scenario whose meter speaks API v2 (``[meter] api = "v2"``) pushes its readings: each new
+sample reaches the loop the instant it becomes visible (``PushMirror``: what the simulated
+device's websocket sends, through the engine's v2 parser), and the loop does what the
+daemon's controller does with a push stream (``engine.runtime.controller``): a cycle at once
+on each new reading (or right after the cycle in progress), no poll while the stream's last
+push is recent, the same ``CycleSchedule`` timing the cycles in between.
 """
 
 from __future__ import annotations
@@ -17,20 +24,23 @@ import heapq
 import json
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import TypeAlias, TypeVar
 
 from engine.adapters.homewizard import parse_data
+from engine.adapters.homewizard_v2 import parse_measurement
 from engine.adapters.marstek import VenusCommander
 from engine.core.cycle import ControlCycle, Release, UserInputs, WriteJob
-from engine.core.meter import MeterTracker
+from engine.core.meter import MeterTracker, P1Reading
 from engine.core.model import BatteryTelemetry, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
 from engine.core.schedule import CycleSchedule
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError, DeviceResponseError, DeviceUnavailable
+from engine.runtime.controller import PUSHED_READING_AGE_S
 from engine.runtime.event_log import describe
 from sim.plant.firmware import FirmwareFault, VenusFirmware
+from sim.plant.params import MeterApi
 from sim.plant.record import RunRecord
 from sim.plant.world import ErrorInjectingPolicy, World
 from sim.replay.invariants import (
@@ -41,7 +51,7 @@ from sim.replay.invariants import (
 from sim.replay.result import RunResult
 from sim.replay.timing import timing_for
 from sim.scenario import Scenario
-from sim.scoring.metrics import score
+from sim.scoring.metrics import Metrics, score
 from sim.scoring.oracle import simulate_oracle
 
 HTTP_OK = 200
@@ -187,33 +197,35 @@ def run_in_time_order(world: World, requests: list[tuple[int, Requests[_T]]]) ->
     """
     results: dict[int, _T] = {}
     heap: list[tuple[float, int]] = []
-
-    def step(k: int, at_s: float | None) -> None:
-        gen = requests[k][1]
+    for k, (_index, gen) in enumerate(requests):
         try:
-            next_s = next(gen) if at_s is None else gen.send(at_s)
+            heap.append((next(gen), k))
         except StopIteration as stop:
             results[k] = stop.value
-            return
-        heapq.heappush(heap, (next_s, k))
-
-    for k in range(len(requests)):
-        step(k, None)
+    heapq.heapify(heap)
+    battery_at = world.battery_at
     while heap:
-        at_s, k = heapq.heappop(heap)
-        world.battery_at(requests[k][0], at_s)
-        step(k, at_s)
+        at_s, k = heap[0]
+        index, gen = requests[k]
+        battery_at(index, at_s)
+        try:
+            heapq.heapreplace(heap, (gen.send(at_s), k))
+        except StopIteration as stop:
+            results[k] = stop.value
+            heapq.heappop(heap)
     return [results[k] for k in range(len(requests))]
 
 
-def _read_meter(world: World, tracker: MeterTracker, now: float) -> None:
+def _read_meter(world: World, tracker: MeterTracker, now: float, api: MeterApi) -> None:
     """What the P1 client would get: the served body, through the real parser."""
     meter = world.meter
+    v2 = api is MeterApi.V2
     body: object
     if meter.fault is None:
-        body = meter.data_json(now)  # fast path: the same dict the server would serialise
+        # fast path: the same dict the server would serialise
+        body = meter.measurement_json(now) if v2 else meter.data_json(now)
     else:
-        response = meter.respond_data(now)
+        response = meter.respond_measurement(now) if v2 else meter.respond_data(now)
         if response is None or response.status != HTTP_OK:
             tracker.failed(now)
             return
@@ -223,11 +235,100 @@ def _read_meter(world: World, tracker: MeterTracker, now: float) -> None:
             tracker.failed(now)
             return
     try:
-        reading = parse_data(body)
+        reading = parse_measurement(body) if v2 else parse_data(body)
     except DeviceError:
         tracker.failed(now)
         return
     tracker.update(reading, now)
+
+
+class PushMirror:
+    """The v2 push stream, in-process: what the simulated device's websocket sends.
+
+    The device sends its latest body when the stream subscribes (the controller's first
+    cycle) and then each changed body the instant its sample becomes visible, unless it
+    answers with an error (an outage, a fault); the stream drops a body the engine's parser
+    rejects. The socket never drops here.
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.connected = False
+        self.last_received_s: float | None = None  # the controller's freshness mark
+        self._last_body: str | None = None  # the device's last pushed body
+        self._checked_s = 0.0  # every push up to here has been offered
+
+    def connect(self, now_s: float) -> None:
+        """Subscribe at ``now_s``: the device sends its latest body at once."""
+        self.connected = True
+        self._checked_s = now_s
+        self._offer(now_s)
+
+    def pushes_until(self, until_s: float) -> Generator[tuple[float, P1Reading]]:
+        """The readings pushed after the last one offered, up to ``until_s``, in order (the
+        world is brought to each push's instant).
+
+        Pushes during the cycle in progress fall before the world's present, which cannot go
+        back: of those only the newest matters (the loop keeps the newest), and it is the
+        sample visible now, so it is taken from the world as it is.
+        """
+        meter = self.world.meter
+        at_s = meter.next_visible_s(self._checked_s)
+        while at_s <= until_s + 1e-9:
+            later_s = meter.next_visible_s(at_s)
+            self._checked_s = at_s
+            past = at_s < self.world.now_s - 1e-9
+            if past and later_s <= min(until_s, self.world.now_s) + 1e-9:
+                at_s = later_s  # a newer one came before the present: this one is replaced
+                continue
+            if not past:
+                self.world.advance_to(at_s)
+            reading = self._offer(at_s, self.world.now_s)
+            if reading is not None:
+                yield at_s, reading
+            at_s = later_s
+
+    def _offer(self, at_s: float, seen_s: float | None = None) -> P1Reading | None:
+        """The device pushes its body as it is at ``seen_s`` (default ``at_s``); the reading
+        arrives at ``at_s``, unless the device or the stream drops it."""
+        seen_s = at_s if seen_s is None else seen_s
+        response = self.world.meter.respond_measurement(seen_s, pushed=True)
+        if response is None or response.status != HTTP_OK or response.body == self._last_body:
+            return None  # the device pushes nothing
+        self._last_body = response.body
+        try:
+            reading = parse_measurement(json.loads(response.body))
+        except (ValueError, DeviceError):
+            return None  # a frame the stream drops
+        self.last_received_s = at_s
+        return reading
+
+
+def _newer(
+    pushes: Iterable[tuple[float, P1Reading]], tracker: MeterTracker
+) -> tuple[float, P1Reading] | None:
+    """As the controller keeps pushes: the newest whose body differs from the one before it
+    (the kept one, else the tracker's), if it still differs from the tracker's."""
+    kept: tuple[float, P1Reading] | None = None
+    for pushed in pushes:
+        latest = kept[1] if kept is not None else tracker.reading
+        if latest is None or latest.fingerprint != pushed[1].fingerprint:
+            kept = pushed
+    current = tracker.reading
+    if kept is None or (current is not None and current.fingerprint == kept[1].fingerprint):
+        return None
+    return kept
+
+
+def _first_new(
+    push: PushMirror, until_s: float, tracker: MeterTracker
+) -> tuple[float, P1Reading] | None:
+    """The first push up to ``until_s`` whose body the tracker lacks (it wakes the loop)."""
+    for pushed in push.pushes_until(until_s):
+        current = tracker.reading
+        if current is None or current.fingerprint != pushed[1].fingerprint:
+            return pushed
+    return None
 
 
 def run_scenario(
@@ -264,10 +365,33 @@ def run_scenario(
     notes: list[str] = []
     probes = shutdown_probe_times(scenario)
     schedule = CycleSchedule(period, learn_phase=policy.learns_meter_phase)
+    api = scenario.meter.api
+    push = PushMirror(world) if api is MeterApi.V2 else None
+    pushed: tuple[float, P1Reading] | None = None
     cycles = 0
     now = timing.first_tick_s
     while now < scenario.duration_s - 1e-9:
-        _cycle(world, links, tracker, core, inputs, checker, now, period, notes, on_cycle)
+        # As the controller: poll unless a push brings the reading or the stream is trusted.
+        trusted = push is not None and schedule.push_fresh(now, push.last_received_s)
+        polled = pushed is None and not trusted
+        if push is not None and not push.connected:
+            push.connect(now)  # the controller's push task subscribes during its first cycle
+        _cycle(
+            world,
+            links,
+            tracker,
+            core,
+            inputs,
+            checker,
+            now,
+            period,
+            notes,
+            on_cycle,
+            schedule.reading_age_bound_s() if polled else PUSHED_READING_AGE_S,
+            api=api,
+            pushed=pushed,
+            poll=polled,
+        )
         while probes and probes[0] <= now + 1e-9:
             probes.pop(0)
             probe_shutdown(world, links, checker)
@@ -275,7 +399,27 @@ def run_scenario(
             progress(now, scenario.duration_s)
         cycles += 1
         # The daemon's own schedule (engine.core.schedule), on the same readings.
-        now = schedule.next_s(now, meter_updated_s=tracker.updated_s, busy_until_s=world.now_s)
+        busy_until_s = world.now_s
+        if pushed is not None:
+            schedule.pushed(pushed[0])
+        if polled:
+            next_s = schedule.next_s(
+                now, meter_updated_s=tracker.updated_s, busy_until_s=busy_until_s
+            )
+        else:
+            next_s = schedule.next_unpolled_s(now, busy_until_s=busy_until_s)
+        pushed = None
+        if push is not None:
+            # A push during the cycle runs the next one right after it; else the first
+            # new push before the timer does.
+            pushed = _newer(push.pushes_until(busy_until_s), tracker)
+            if pushed is not None:
+                next_s = busy_until_s
+            else:
+                pushed = _first_new(push, next_s, tracker)
+                if pushed is not None:
+                    next_s = pushed[0]
+        now = next_s
     end = scenario.duration_s
     world.advance_to(end)
     # The daemon's shutdown: idle setpoints, then 42000 = 0x55BB, every battery at once.
@@ -312,16 +456,28 @@ def _cycle(
     period: float,
     notes: list[str],
     on_cycle: CycleHook | None = None,
+    reading_age_s: float | None = None,
+    *,
+    api: MeterApi = MeterApi.V1,
+    pushed: tuple[float, P1Reading] | None = None,
+    poll: bool = True,
 ) -> None:
-    """One cycle of the daemon's: read, decide (``ControlCycle``), write, then check."""
+    """One cycle of the daemon's: read, decide (``ControlCycle``), write, then check.
+
+    ``pushed``: the reading the meter pushed (and when), used instead of a poll; ``poll``
+    False: the meter is not polled (its readings are pushed)."""
     world.advance_to(now)
-    _read_meter(world, tracker, now)  # the meter answers at once (it is polled first)
+    if pushed is not None:
+        tracker.update(pushed[1], pushed[0])  # as a poll answered when it arrived
+    elif poll:
+        _read_meter(world, tracker, now, api)  # the meter answers at once (polled first)
     telemetry = tuple(run_in_time_order(world, [(ln.index, ln.reading(now)) for ln in links]))
     # The decision follows the slowest battery's reads; the writes follow the decision.
     decided_s = max([now, *(link.busy_until_s for link in links)])
     world.advance_to(decided_s)
     inputs.discharge_blocked = world.discharge_blocked_at(now)
-    result = core.run(ControlCycle.snapshot(now, tracker, telemetry, inputs))
+    snap = ControlCycle.snapshot(now, tracker, telemetry, inputs, reading_age_s=reading_age_s)
+    result = core.run(snap)
     by_name = {link.commander.name: link for link in links}
     run_in_time_order(
         world,
@@ -331,6 +487,9 @@ def _cycle(
         ],
     )
     snap, plan = result.snapshot, result.plan
+    world.record.note_cycle(
+        now, None if result.failure else snap.grid_w, plan.setpoints, plan.release
+    )
     if result.failure is not None:
         if not checker.failing:  # the traceback once per run of failing cycles
             notes.append(
@@ -414,7 +573,7 @@ def probe_shutdown(world: World, links: list[InProcessBattery], checker: Invaria
     )
 
 
-def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> dict[str, float]:
+def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> Metrics:
     """Every metric of one finished run against the reference; ``wall_start`` from
     ``time.perf_counter()`` at the run's start (the reported wall time, not control)."""
     record.wall_seconds = time.perf_counter() - wall_start
@@ -425,7 +584,7 @@ def score_run(scenario: Scenario, record: RunRecord, wall_start: float) -> dict[
         record.discharge_blocked,
         [(b.params, b.soc_pct) for b in scenario.batteries],
     )
+    record.oracle_grid_w = oracle.grid_w
     metrics = score(record, oracle, scenario.tariff)
     record.wall_seconds = time.perf_counter() - wall_start
-    metrics["wall_seconds"] = record.wall_seconds
-    return metrics
+    return metrics.replace(wall_seconds=record.wall_seconds)

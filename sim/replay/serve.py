@@ -9,7 +9,10 @@ their times, whenever those are reached).
 
 The P1 meter speaks API v1 (the default), v2 (HTTPS with a test CA written to ``tls_dir``,
 token pairing with a simulated button: SIGUSR1 presses it, or ``p1_button="always"`` keeps it
-pressed; ``p1_token`` pre-pairs one token; websocket push after every plant step) or both.
+pressed; ``p1_token`` pre-pairs one token; websocket push of each sample the instant it becomes
+visible) or both. The banner's ``plant clock`` line maps plant time to the machine's monotonic
+clock (which the engine's loop clock is too), so an outside measurement can tell when each
+sample was taken and became visible (``scripts/measure_reading_age.py``).
 ``mdns`` advertises the meters on the loopback interface as the real ones do on a LAN.
 
 On SIGINT/SIGTERM it stops and, with ``json_path``, writes the score in ``mmbc-sim run
@@ -296,9 +299,15 @@ async def _serve_in(
             loop.add_signal_handler(signal.SIGUSR1, servers.p1_v2.press_button)
     advertiser = await _advertise(world, servers) if p1.mdns else None
     _print_endpoints(scenario, servers, speed)
+    print(f"plant clock   t = {warm_s:g} s at monotonic {started_s:.6f} s, x{speed:g}", flush=True)
+    pusher = asyncio.create_task(
+        servers.push_samples(lambda t_s: started_s + (t_s - warm_s) / speed)
+    )
     try:
         await _run_plant(world, servers, watch, stop, speed, plant_time)
     finally:
+        pusher.cancel()
+        await asyncio.gather(pusher, return_exceptions=True)
         watch.shutdown()
         if advertiser is not None:
             await advertiser.stop()

@@ -11,6 +11,11 @@ refresh and the driver paces its Modbus requests with the daemon's message gap
 (``sim.replay.timing``), as the in-process replay does: both give the same figures.
 Scoring and invariants are the replay's.
 
+A scenario whose meter speaks API v2 (``[meter] api = "v2"``) is served over HTTPS with a test
+CA, and the engine reads it as the daemon does with ``P1_PUSH``: the real ``HomeWizardV2Client``
+and its ``MeasurementStream`` (the websocket), the controller running a cycle on each pushed
+reading. The device pushes each new sample the instant it becomes visible.
+
 The cycle latency (P1 response to the last Modbus write) is measured in wall-clock time, since
 in virtual time it is the message gaps only; the servers run in the same process and thread,
 so the figure includes the servers' own work: it is an upper bound of the engine's.
@@ -26,20 +31,24 @@ import asyncio
 import logging
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 import looptime
 
 from engine.adapters.homewizard import HomeWizardClient
+from engine.adapters.homewizard_v2 import HomeWizardV2Client, MeasurementStream
 from engine.adapters.marstek import MarstekBattery
 from engine.adapters.web import DashboardServer
 from engine.core.model import Plan, Snapshot
 from engine.core.policies import make_policy
-from engine.ports import LoopClock
+from engine.ports import LoopClock, MeterSource
 from engine.runtime.controller import Controller
-from engine.runtime.event_log import describe, level
+from engine.runtime.event_log import describe, severity
+from sim.plant.params import MeterApi
 from sim.plant.world import RECORD_STEP_S, ErrorInjectingPolicy, World
 from sim.replay.inprocess import (
     ProgressFn,
@@ -65,6 +74,7 @@ WIRE_METER_TIMEOUT_S = 2.0
 NOOP_CYCLES = 2
 SCRAPE_EVERY_S = 15.0
 SNAPSHOT_EVERY_S = 60.0
+WIRE_P1_USER = "local/mmbc"
 
 
 class _Observer:
@@ -79,10 +89,12 @@ class _Observer:
     def cycle_done(self, snap: Snapshot, plan: Plan) -> None:
         for event in plan.events:
             self.notes.append(f"{snap.now_s:8.1f} s {describe(event)}")
+        self.world.record.note_cycle(snap.now_s, snap.grid_w, plan.setpoints, plan.release)
         check_cycle(self.world, self.checker, snap, plan, self.period_s)
 
     def cycle_failed(self, now_s: float, detail: str) -> None:
         # Called after the controller's safe-hold writes: the truth shows their effect.
+        self.world.record.note_cycle(now_s, None, dict.fromkeys(self.world.names, 0))
         self.checker.crashed(now_s, detail, observe_world(self.world))
 
 
@@ -95,14 +107,17 @@ def run_wire(
 ) -> RunResult:
     """Replay ``scenario`` with policy ``mmbc`` through the real engine over loopback sockets.
 
-    Same ``RunResult`` as ``sim.replay.inprocess.run_scenario``; ``metrics`` also holds
+    Same ``RunResult`` as ``sim.replay.inprocess.run_scenario``; its ``metrics`` also have
     ``cycle_latency_median_ms`` and ``cycle_latency_p99_ms`` (wall clock, see the module
     docstring) and ``cycles``. ``phase`` as for ``run_scenario``.
     """
     wall_start = time.perf_counter()  # wall time of the run is a reported metric, not control
     loop = looptime.new_event_loop(start=0.0, noop_cycles=NOOP_CYCLES)
     try:
-        return loop.run_until_complete(_run(scenario, progress, wall_start, phase, dashboard))
+        with tempfile.TemporaryDirectory(prefix="mmbc-wire-") as scratch:
+            return loop.run_until_complete(
+                _run(scenario, progress, wall_start, phase, Path(scratch), dashboard)
+            )
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -146,6 +161,7 @@ async def _run(
     progress: ProgressFn | None,
     wall_start: float,
     phase: float | None,
+    scratch: Path,
     dashboard: bool,
 ) -> RunResult:
     settings = settings_for(scenario, POLICY)
@@ -154,9 +170,35 @@ async def _run(
     timing = timing_for(scenario, policy.period_s, phase)
     checker = InvariantChecker.for_world(settings, world, policy.period_s)
     observer = _Observer(world, checker, policy.period_s)
-    servers = await start_world_servers(world, time_source=asyncio.get_running_loop().time)
+    v2 = scenario.meter.api is MeterApi.V2
+    if v2:
+        from sim.servers.tls import SimulatorCA  # needs cryptography: only for v2
+
+        ca = SimulatorCA()
+        ca_file = ca.write_ca(scratch / "p1-ca.pem")
+        servers = await start_world_servers(
+            world,
+            time_source=asyncio.get_running_loop().time,
+            p1_api="v2",
+            ca=ca,
+            ca_file=ca_file,
+        )
+    else:
+        servers = await start_world_servers(world, time_source=asyncio.get_running_loop().time)
     clock = LoopClock()
-    meter = HomeWizardClient(servers.p1_url, timeout_s=WIRE_METER_TIMEOUT_S)
+    meter: MeterSource
+    stream: MeasurementStream | None = None
+    if servers.p1_v2 is not None:
+        v2_client = HomeWizardV2Client(
+            f"127.0.0.1:{servers.p1_v2.port}",
+            identifier=servers.p1_v2.identifier,
+            token=servers.p1_v2.add_user(WIRE_P1_USER),  # paired
+            ca_file=servers.ca_file,
+            timeout_s=WIRE_METER_TIMEOUT_S,
+        )
+        meter, stream = v2_client, MeasurementStream(v2_client)
+    else:
+        meter = HomeWizardClient(servers.p1_url, timeout_s=WIRE_METER_TIMEOUT_S)
     pv = (
         HomeWizardClient(servers.pv_url, timeout_s=WIRE_METER_TIMEOUT_S, name="pv")
         if servers.pv_url is not None
@@ -184,6 +226,7 @@ async def _run(
         capacities={b.name: b.capacity_wh for b in settings.batteries},
         observer=observer,
         latency_clock=time.perf_counter,
+        push=stream,
     )
     web: DashboardServer | None = None
     client: asyncio.Task[None] | None = None
@@ -195,7 +238,7 @@ async def _run(
             on_mode=controller.set_mode,
             on_block_discharge=controller.set_block_discharge,
             describe=describe,
-            level=level,
+            severity=severity,
             host="127.0.0.1",
             port=0,
             period_s=settings.loop_period_s,
@@ -204,6 +247,7 @@ async def _run(
             raise RuntimeError("the dashboard server did not start")
         controller.sinks.append(web)
         client = asyncio.create_task(_dashboard_client(f"http://127.0.0.1:{web.port}", counts))
+    pusher = asyncio.create_task(servers.push_samples()) if servers.p1_v2 is not None else None
     try:
         shutdown_s = await _drive(world, servers, controller, timing.first_tick_s, progress)
         check_shutdown(world, checker, world.now_s)
@@ -216,6 +260,9 @@ async def _run(
             )
         checker.finish(world.now_s)
     finally:
+        if pusher is not None:
+            pusher.cancel()
+            await asyncio.gather(pusher, return_exceptions=True)
         if client is not None:
             client.cancel()
             await asyncio.gather(client, return_exceptions=True)
@@ -231,16 +278,19 @@ async def _run(
     record = world.finish()
     record.modbus_reads = sum(b.reads for b in batteries)
     record.modbus_writes = sum(b.writes for b in batteries)
-    metrics = score_run(scenario, record, wall_start)
     latencies_ms = [s * 1000.0 for s in controller.stats.latencies_s]
-    metrics["cycles"] = float(controller.stats.cycles)
-    metrics["cycle_latency_median_ms"] = _median(latencies_ms)
-    metrics["cycle_latency_p99_ms"] = _percentile(latencies_ms, 99.0)
+    metrics = score_run(scenario, record, wall_start).replace(
+        cycles=controller.stats.cycles,
+        cycle_latency_median_ms=_median(latencies_ms),
+        cycle_latency_p99_ms=_percentile(latencies_ms, 99.0),
+    )
+    stats = controller.stats
     notes = [
-        f"wire: {controller.stats.cycles} cycles, cycle latency (P1 response to last Modbus"
-        f" write, wall clock) median {metrics['cycle_latency_median_ms']:.2f} ms,"
-        f" p99 {metrics['cycle_latency_p99_ms']:.2f} ms; {record.modbus_reads} Modbus reads,"
-        f" {record.modbus_writes} writes; {metrics['wall_seconds']:.1f} s wall",
+        f"wire: {controller.stats.cycles} cycles ({stats.pushed_cycles} on pushed readings,"
+        f" {stats.polls} polls), cycle latency (P1 response to last Modbus"
+        f" write, wall clock) median {metrics.cycle_latency_median_ms:.2f} ms,"
+        f" p99 {metrics.cycle_latency_p99_ms:.2f} ms; {record.modbus_reads} Modbus reads,"
+        f" {record.modbus_writes} writes; {metrics.wall_seconds:.1f} s wall",
         *(
             [
                 f"dashboard: {counts['events']} stream events, {counts['/metrics']} scrapes,"

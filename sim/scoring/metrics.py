@@ -1,10 +1,10 @@
-"""Control-quality metrics of one run against the reference, and the tables that show them.
+"""Control-quality metrics of one run against the reference: the frozen ``Metrics``, ``score``.
 
 Every metric is defined once here (docs/scoring.md), over the whole ``RunRecord`` handed in: the
 record *is* the scored window (a replay that wants a warm-up leaves it out of the record and
 starts the oracle at the same step). Sample i covers ``[t_s[i], t_s[i] + dt_s[i])`` with its
-powers held, so energies are ``sum(power * dt)``. Every value is a finite float. Choices the
-reference leaves open:
+powers held, so energies are ``sum(power * dt)``. Every value is finite (counts are whole
+numbers). Choices the reference leaves open:
 
 - ``import_wh`` / ``export_wh`` are both >= 0 (export is the magnitude of negative grid).
 - ``tracking_score`` is 1.0 when the reference avoids (almost) nothing, i.e.
@@ -30,12 +30,13 @@ reference leaves open:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from operator import le
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sim.scoring.oracle import ScoringInputError
 
@@ -46,44 +47,145 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BAND_W",
-    "DEFAULT_TABLE_KEYS",
     "METRIC_KEYS",
+    "OPTIONAL_KEYS",
     "SETTLE_BAND_W",
     "SETTLE_HOLD_S",
     "STEADY_ORACLE_W",
+    "MetricInfo",
+    "Metrics",
     "ScoringInputError",
     "StepResponse",
-    "format_side_by_side",
-    "format_table",
+    "metric_info",
     "score",
     "step_responses",
+    "totals",
 ]
 
-METRIC_KEYS: tuple[str, ...] = (
-    "import_wh",
-    "export_wh",
-    "none_import_wh",
-    "none_export_wh",
-    "oracle_import_wh",
-    "oracle_export_wh",
-    "excess_wh",
-    "tracking_score",
-    "mean_abs_grid_w",
-    "steady_rms_w",
-    "band_crossings_per_h",
-    "settle_mean_s",
-    "overshoot_mean_w",
-    "direction_changes",
-    "battery_throughput_wh",
-    "conversion_loss_wh",
-    "cost_eur",
-    "oracle_cost_eur",
-    "cost_regret_eur",
-    "modbus_writes",
-    "modbus_reads",
-    "sim_seconds",
-    "wall_seconds",
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """How a table shows one metric: its column header and the format of its values."""
+
+    key: str
+    header: str  # what it is, a line break, its unit: "excess\nWh"
+    fmt: str  # a format spec, e.g. ".1f"
+
+
+def _metric(header: str, fmt: str = ".1f") -> Any:
+    """A metric field's table header and format, kept in the dataclass field's metadata."""
+    return field(metadata={"header": header, "fmt": fmt})
+
+
+def _optional(header: str, fmt: str = ".1f") -> Any:
+    return field(default=None, metadata={"header": header, "fmt": fmt})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metrics:
+    """Every metric of one run (docs/scoring.md), in the order the JSON lists them.
+
+    The optional ones exist only for some runs: ``cycles`` and the cycle latencies for a
+    ``--wire`` run, ``fault_cost_wh`` for a fault scenario in ``mmbc-sim bench``. Counts are
+    integers here and floats in the JSON (every JSON metric is a float).
+    """
+
+    import_wh: float = _metric("import\nWh")
+    export_wh: float = _metric("export\nWh")
+    none_import_wh: float = _metric("none import\nWh")
+    none_export_wh: float = _metric("none export\nWh")
+    oracle_import_wh: float = _metric("ref. import\nWh")
+    oracle_export_wh: float = _metric("ref. export\nWh")
+    excess_wh: float = _metric("excess\nWh")
+    tracking_score: float = _metric("tracking\nscore", ".3f")
+    mean_abs_grid_w: float = _metric("mean |grid|\nW")
+    steady_rms_w: float = _metric("steady rms\nW")
+    band_crossings_per_h: float = _metric("crossings\nper h", ".2f")
+    settle_mean_s: float = _metric("settle\ns")
+    overshoot_mean_w: float = _metric("overshoot\nW")
+    direction_changes: int = _metric("direction\nchanges", ".0f")
+    battery_throughput_wh: float = _metric("throughput\nWh")
+    conversion_loss_wh: float = _metric("loss\nWh")
+    cost_eur: float = _metric("cost\n€", ".3f")
+    oracle_cost_eur: float = _metric("ref. cost\n€", ".3f")
+    cost_regret_eur: float = _metric("regret\n€", ".3f")
+    modbus_writes: int = _metric("Modbus\nwrites", ".0f")
+    modbus_reads: int = _metric("Modbus\nreads", ".0f")
+    sim_seconds: float = _metric("simulated\ns")
+    wall_seconds: float = _metric("wall\ns")
+    # --wire only: control cycles run, and the cycle latency (P1 response to the last Modbus
+    # write, wall clock)
+    cycles: int | None = _optional("control\ncycles", ".0f")
+    cycle_latency_median_ms: float | None = _optional("latency median\nms", ".2f")
+    cycle_latency_p99_ms: float | None = _optional("latency p99\nms", ".2f")
+    # bench only: the extra grid exchange a fault scenario's faults cost (against the same
+    # scenario and policy without them)
+    fault_cost_wh: float | None = _optional("fault\nWh", "+.0f")
+    # swept over tick phases (sim.replay.timing): the metrics are the phases' mean, and this
+    # the excess of the worst phase
+    worst_excess_wh: float | None = _optional("worst phase\nexcess Wh", ".0f")
+
+    def get(self, key: str) -> float | None:
+        """The value of metric ``key`` (None for an optional metric this run has not);
+        raises ``ScoringInputError`` on an unknown key."""
+        metric_info(key)
+        value: float | None = getattr(self, key)
+        return value
+
+    def items(self) -> Iterator[tuple[str, float]]:
+        """(key, value) of every metric this run has, in JSON order (counts as floats)."""
+        for key in _ALL_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                yield key, float(value)
+
+    def as_json(self) -> dict[str, float]:
+        """The JSON object of ``mmbc-sim run/bench --json``: every metric this run has."""
+        return dict(self.items())
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, float]) -> Metrics:
+        """The metrics ``as_json`` wrote; ``ScoringInputError`` names an unknown or missing
+        key."""
+        unknown = sorted(set(values) - set(_ALL_KEYS))
+        missing = [k for k in METRIC_KEYS if k not in values]
+        if unknown or missing:
+            raise ScoringInputError(
+                f"metrics: unknown keys {unknown or '-'}, missing keys {missing or '-'}"
+            )
+        typed: dict[str, Any] = {
+            k: int(v) if k in _COUNT_KEYS else float(v) for k, v in values.items()
+        }
+        return cls(**typed)
+
+    def replace(self, **changes: float | None) -> Metrics:
+        """A copy with ``changes`` applied (the type is frozen)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_INFO: dict[str, MetricInfo] = {
+    f.name: MetricInfo(f.name, f.metadata["header"], f.metadata["fmt"])
+    for f in dataclasses.fields(Metrics)
+}
+_ALL_KEYS: tuple[str, ...] = tuple(_INFO)
+OPTIONAL_KEYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Metrics) if f.default is None
 )
+# The metrics every run has, in JSON order.
+METRIC_KEYS: tuple[str, ...] = tuple(k for k in _ALL_KEYS if k not in OPTIONAL_KEYS)
+_COUNT_KEYS = frozenset(
+    f.name for f in dataclasses.fields(Metrics) if str(f.type).startswith("int")
+)
+_NOT_SUMMED = frozenset({"cycle_latency_median_ms", "cycle_latency_p99_ms"})
+
+
+def metric_info(key: str) -> MetricInfo:
+    """Label and format of metric ``key``; ``ScoringInputError`` names an unknown key."""
+    try:
+        return _INFO[key]
+    except KeyError:
+        raise ScoringInputError(f"unknown metric key: {key}") from None
+
 
 BAND_W = 20.0  # hunting band for band_crossings_per_h
 SETTLE_BAND_W = 25.0  # |grid| below this counts as settled
@@ -202,8 +304,8 @@ def step_responses(record: RunRecord) -> list[StepResponse]:
     return responses
 
 
-def score(record: RunRecord, oracle: OracleResult, tariff: Tariff) -> dict[str, float]:
-    """Every metric of ``METRIC_KEYS`` (in that order) for one run against its reference.
+def score(record: RunRecord, oracle: OracleResult, tariff: Tariff) -> Metrics:
+    """Every metric of ``METRIC_KEYS`` for one run against its reference (no optional one).
 
     Raises ``ScoringInputError`` when the record and the oracle do not describe the same steps,
     or hold non-finite values.
@@ -257,32 +359,31 @@ def score(record: RunRecord, oracle: OracleResult, tariff: Tariff) -> dict[str, 
     cost_eur = _cost_eur(import_wh, export_wh, tariff)
     oracle_cost_eur = _cost_eur(oracle_import_wh, oracle_export_wh, tariff)
 
-    metrics: dict[str, float] = {
-        "import_wh": import_wh,
-        "export_wh": export_wh,
-        "none_import_wh": none_import_wh,
-        "none_export_wh": none_export_wh,
-        "oracle_import_wh": oracle_import_wh,
-        "oracle_export_wh": oracle_export_wh,
-        "excess_wh": exchange_wh - oracle_exchange_wh,
-        "tracking_score": tracking,
-        "mean_abs_grid_w": abs_ws / sim_s if sim_s > 0.0 else 0.0,
-        "steady_rms_w": math.sqrt(steady_sq_ws / steady_s) if steady_s > 0.0 else 0.0,
-        "band_crossings_per_h": crossings * _SECONDS_PER_HOUR / sim_s if sim_s > 0.0 else 0.0,
-        "settle_mean_s": settle_mean_s,
-        "overshoot_mean_w": overshoot_mean_w,
-        "direction_changes": float(record.direction_changes),
-        "battery_throughput_wh": throughput_ws / _SECONDS_PER_HOUR,
-        "conversion_loss_wh": float(record.conversion_loss_wh),
-        "cost_eur": cost_eur,
-        "oracle_cost_eur": oracle_cost_eur,
-        "cost_regret_eur": cost_eur - oracle_cost_eur,
-        "modbus_writes": float(record.modbus_writes),
-        "modbus_reads": float(record.modbus_reads),
-        "sim_seconds": sim_s,
-        "wall_seconds": float(record.wall_seconds),
-    }
-    return {key: metrics[key] for key in METRIC_KEYS}
+    return Metrics(
+        import_wh=import_wh,
+        export_wh=export_wh,
+        none_import_wh=none_import_wh,
+        none_export_wh=none_export_wh,
+        oracle_import_wh=oracle_import_wh,
+        oracle_export_wh=oracle_export_wh,
+        excess_wh=exchange_wh - oracle_exchange_wh,
+        tracking_score=tracking,
+        mean_abs_grid_w=abs_ws / sim_s if sim_s > 0.0 else 0.0,
+        steady_rms_w=math.sqrt(steady_sq_ws / steady_s) if steady_s > 0.0 else 0.0,
+        band_crossings_per_h=crossings * _SECONDS_PER_HOUR / sim_s if sim_s > 0.0 else 0.0,
+        settle_mean_s=settle_mean_s,
+        overshoot_mean_w=overshoot_mean_w,
+        direction_changes=record.direction_changes,
+        battery_throughput_wh=throughput_ws / _SECONDS_PER_HOUR,
+        conversion_loss_wh=float(record.conversion_loss_wh),
+        cost_eur=cost_eur,
+        oracle_cost_eur=oracle_cost_eur,
+        cost_regret_eur=cost_eur - oracle_cost_eur,
+        modbus_writes=record.modbus_writes,
+        modbus_reads=record.modbus_reads,
+        sim_seconds=sim_s,
+        wall_seconds=float(record.wall_seconds),
+    )
 
 
 def _cost_eur(import_wh: float, export_wh: float, tariff: Tariff) -> float:
@@ -292,274 +393,48 @@ def _cost_eur(import_wh: float, export_wh: float, tariff: Tariff) -> float:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Tables
-
-DEFAULT_TABLE_KEYS: tuple[str, ...] = (
-    "import_wh",
-    "export_wh",
-    "excess_wh",
-    "tracking_score",
-    "mean_abs_grid_w",
-    "steady_rms_w",
-    "band_crossings_per_h",
-    "settle_mean_s",
-    "overshoot_mean_w",
-    "direction_changes",
-    "conversion_loss_wh",
-    "cost_eur",
-    "cost_regret_eur",
-)
-
-REFERENCE_LABEL = "reference"
-
-# What a reference row shows for each key: the oracle's own value, or the value that is by
-# definition the reference's (excess 0, tracking 1). Other keys are blank on that row.
-_REFERENCE_VALUES: dict[str, str | float] = {
-    "import_wh": "oracle_import_wh",
-    "export_wh": "oracle_export_wh",
-    "none_import_wh": "none_import_wh",
-    "none_export_wh": "none_export_wh",
-    "oracle_import_wh": "oracle_import_wh",
-    "oracle_export_wh": "oracle_export_wh",
-    "excess_wh": 0.0,
-    "tracking_score": 1.0,
-    "cost_eur": "oracle_cost_eur",
-    "oracle_cost_eur": "oracle_cost_eur",
-    "cost_regret_eur": 0.0,
-    "sim_seconds": "sim_seconds",
-}
-
-
-def _format_value(key: str, value: float) -> str:
-    if not math.isfinite(value):
-        return str(value)
-    if key == "tracking_score":
-        return f"{value:.3f}"
-    if key.endswith("_eur"):
-        return f"{value:.3f}"
-    if key.endswith("_per_h"):
-        return f"{value:.2f}"
-    if key in {"direction_changes", "modbus_writes", "modbus_reads"}:
-        return f"{value:.0f}"
-    return f"{value:.1f}"
-
-
-def _reference_cell(key: str, metrics: dict[str, float]) -> str:
-    source = _REFERENCE_VALUES.get(key)
-    if source is None:
-        return "-"
-    if isinstance(source, str):
-        return _format_value(key, metrics[source]) if source in metrics else "-"
-    return _format_value(key, source)
-
-
-def _render(header: list[str], body: list[list[str]], n_left: int) -> str:
-    """Aligned columns: the first ``n_left`` left-aligned, the rest right-aligned."""
-    widths = [max(len(row[c]) for row in [header, *body]) for c in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            cell.ljust(widths[c]) if c < n_left else cell.rjust(widths[c])
-            for c, cell in enumerate(cells)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(row) for row in body)])
-
-
-def format_table(
-    rows: Sequence[tuple[str, str, dict[str, float]]],
-    keys: Sequence[str] | None = None,
-    *,
-    reference: bool = True,
-) -> str:
-    """A readable aligned table: one line per (scenario, policy, metrics) row, in row order.
-
-    ``keys`` picks the metric columns (default ``DEFAULT_TABLE_KEYS``). With ``reference`` a row
-    labelled ``reference`` follows each scenario's rows, showing the oracle's import, export and
-    cost (taken from that scenario's first row; other columns ``-``). A missing metric shows
-    ``-``. Raises ``ScoringInputError`` on an unknown key.
-    """
-    columns = list(DEFAULT_TABLE_KEYS if keys is None else keys)
-    unknown = [k for k in columns if k not in METRIC_KEYS]
-    if unknown:
-        raise ScoringInputError(f"unknown metric keys: {', '.join(unknown)}")
-    header = ["scenario", "policy", *columns]
-    body: list[list[str]] = []
-    for index, (scenario, policy, metrics) in enumerate(rows):
-        body.append(
-            [
-                scenario,
-                policy,
-                *(_format_value(k, metrics[k]) if k in metrics else "-" for k in columns),
-            ]
-        )
-        last_of_scenario = index + 1 == len(rows) or rows[index + 1][0] != scenario
-        if reference and last_of_scenario:
-            first = next(m for s, _, m in rows if s == scenario)
-            body.append([scenario, REFERENCE_LABEL, *(_reference_cell(k, first) for k in columns)])
-    return _render(header, body, n_left=2)
-
-
-# Side-by-side bench columns: (metric key, sub-header).
-_SIDE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("excess_wh", "excessWh"),
-    ("tracking_score", "track"),
-    ("band_crossings_per_h", "X/h"),
-    ("direction_changes", "dirs"),
-    ("conversion_loss_wh", "lossWh"),
-)
-_SIDE_MAX_WIDTH = 150
-_SCENARIO_MAX_CHARS = 28
-_POLICY_MAX_CHARS = 36
-
-
-def _shorten(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[: max_chars - 1] + "~"
-
-
-def _side_cell(key: str, value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "-" if value is None else str(value)
-    if key == "tracking_score":
-        return f"{value:.3f}"
-    if key == "band_crossings_per_h":
-        return f"{value:.1f}"
-    return f"{value:.0f}"
-
-
-def _totals(metric_rows: list[dict[str, float]]) -> dict[str, float]:
-    """Bench totals of one policy: energies and counts summed; tracking as the ratio of the
-    summed avoided to the summed avoidable exchange; crossings per total simulated hour."""
-    sums = {k: math.fsum(m.get(k, 0.0) for m in metric_rows) for k in METRIC_KEYS}
+def totals(rows: Sequence[Metrics]) -> Metrics:
+    """Suite totals of several runs (the bench's TOTAL line): energies, counts, costs and
+    times summed; tracking as the ratio of the summed avoided to the summed avoidable
+    exchange; band crossings per total simulated hour. An optional metric is summed over the
+    runs that have it (None when none has); latencies do not add up and are None."""
+    sums: dict[str, Any] = {}
+    for key in _ALL_KEYS:
+        present = [v for m in rows if (v := getattr(m, key)) is not None]
+        if key in _NOT_SUMMED or (key in OPTIONAL_KEYS and not present):
+            sums[key] = None
+        elif key in _COUNT_KEYS:
+            sums[key] = sum(present)
+        else:
+            sums[key] = math.fsum(present)
     avoidable_wh = (sums["none_import_wh"] + sums["none_export_wh"]) - (
         sums["oracle_import_wh"] + sums["oracle_export_wh"]
     )
     avoided_wh = (sums["none_import_wh"] + sums["none_export_wh"]) - (
         sums["import_wh"] + sums["export_wh"]
     )
-    crossings = math.fsum(
-        m.get("band_crossings_per_h", 0.0) * m.get("sim_seconds", 0.0) for m in metric_rows
-    )
+    crossings = math.fsum(m.band_crossings_per_h * m.sim_seconds for m in rows)
     sums["tracking_score"] = avoided_wh / avoidable_wh if avoidable_wh >= _TRACKING_MIN_WH else 1.0
     sums["band_crossings_per_h"] = (
         crossings / sums["sim_seconds"] if sums["sim_seconds"] > 0.0 else 0.0
     )
-    return sums
+    return Metrics(**sums)
 
 
-def format_side_by_side(
-    rows: Sequence[tuple[str, str, dict[str, float]]],
-    policies: Sequence[str] | None = None,
-) -> str:
-    """Bench table: one line per scenario, each policy's excess Wh, tracking score, band
-    crossings per hour, direction changes and conversion loss Wh side by side, after the
-    no-battery and reference exchange (import + export, Wh), then a totals line.
-
-    ``rows`` are the same (scenario, policy, metrics) rows as ``format_table``; ``policies``
-    fixes the column order (default: order of first appearance). A missing (scenario, policy)
-    shows ``-`` and is left out of that policy's total. When all policies do not fit in 150
-    characters the table is split into several blocks, each repeating the scenario columns.
-    Totals: energies and counts summed, tracking = summed avoided / summed avoidable exchange,
-    crossings per total simulated hour.
-    """
-    order = list(dict.fromkeys(p for _, p, _ in rows)) if policies is None else list(policies)
-    scenarios = list(dict.fromkeys(s for s, _, _ in rows))
-    by_key = {(s, p): m for s, p, m in rows}
-    first_metrics = {s: next(m for s2, _, m in rows if s2 == s) for s in scenarios}
-
-    def exchange(metrics: dict[str, float], prefix: str) -> float | None:
-        imp, exp = metrics.get(prefix + "import_wh"), metrics.get(prefix + "export_wh")
-        return None if imp is None or exp is None else imp + exp
-
-    lead_body = [
-        [
-            _shorten(s, _SCENARIO_MAX_CHARS),
-            _side_cell("", exchange(first_metrics[s], "none_")),
-            _side_cell("", exchange(first_metrics[s], "oracle_")),
-        ]
-        for s in scenarios
-    ]
-    all_first = list(first_metrics.values())
-    lead_total = _totals(all_first) if all_first else None
-    lead_body.append(
-        [
-            "TOTAL",
-            _side_cell("", exchange(lead_total, "none_")) if lead_total else "-",
-            _side_cell("", exchange(lead_total, "oracle_")) if lead_total else "-",
-        ]
-    )
-    lead_header = ["scenario", "noneWh", "refWh"]
-
-    groups: list[tuple[str, list[str], list[list[str]]]] = []
-    for policy in order:
-        present = [by_key[(s, policy)] for s in scenarios if (s, policy) in by_key]
-        total = _totals(present) if present else None
-        cells = [
-            [
-                _side_cell(k, by_key[(s, policy)].get(k)) if (s, policy) in by_key else "-"
-                for k, _ in _SIDE_COLUMNS
-            ]
-            for s in scenarios
-        ]
-        cells.append([_side_cell(k, total.get(k)) if total else "-" for k, _ in _SIDE_COLUMNS])
-        groups.append((_shorten(policy, _POLICY_MAX_CHARS), [h for _, h in _SIDE_COLUMNS], cells))
-
-    def widths(header: list[str], body: list[list[str]]) -> list[int]:
-        return [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
-
-    lead_widths = widths(lead_header, lead_body)
-    lead_width = sum(lead_widths) + 2 * (len(lead_widths) - 1)
-    sep = " | "
-
-    def group_widths(group: tuple[str, list[str], list[list[str]]]) -> list[int]:
-        name, header, body = group
-        cols = widths(header, body)
-        extra = len(name) - (sum(cols) + 1 * (len(cols) - 1))
-        if extra > 0:  # widen the last column so the policy name fits over its group
-            cols[-1] += extra
-        return cols
-
-    blocks: list[list[tuple[str, list[str], list[list[str]]]]] = [[]]
-    used = lead_width
-    for group in groups:
-        cols = group_widths(group)
-        width = len(sep) + sum(cols) + (len(cols) - 1)
-        if blocks[-1] and used + width > _SIDE_MAX_WIDTH:
-            blocks.append([])
-            used = lead_width
-        blocks[-1].append(group)
-        used += width
-
-    def lead_line(cells: list[str]) -> str:
-        return "  ".join(
-            cell.ljust(lead_widths[c]) if c == 0 else cell.rjust(lead_widths[c])
-            for c, cell in enumerate(cells)
-        )
-
-    def group_line(cells: list[str], w: list[int]) -> str:
-        return " ".join(cell.rjust(w[c]) for c, cell in enumerate(cells))
-
-    out: list[str] = []
-    for block in blocks:
-        gw = [group_widths(g) for g in block]
-        title = " " * lead_width + "".join(
-            sep + name.center(sum(w) + len(w) - 1)
-            for (name, _, _), w in zip(block, gw, strict=True)
-        )
-        header = lead_line(lead_header) + "".join(
-            sep + group_line(h, w) for (_, h, _), w in zip(block, gw, strict=True)
-        )
-        rule = "-" * len(header)
-        lines = [title.rstrip(), header, rule]
-        for r, lead_cells in enumerate(lead_body):
-            if r == len(lead_body) - 1:
-                lines.append(rule)  # above the totals
-            lines.append(
-                lead_line(lead_cells)
-                + "".join(sep + group_line(b[r], w) for (_, _, b), w in zip(block, gw, strict=True))
-            )
-        out.append("\n".join(lines))
-    return "\n\n".join(out)
+def phase_mean(runs: Sequence[Metrics]) -> Metrics:
+    """The mean of one scenario's runs at several tick phases, with ``worst_excess_wh``: the
+    excess of the worst phase. Counts are rounded to whole numbers; an optional metric is
+    averaged over the runs that have it."""
+    if not runs:
+        msg = "phase_mean needs at least one run"
+        raise ScoringInputError(msg)
+    means: dict[str, Any] = {}
+    for key in _ALL_KEYS:
+        present = [v for m in runs if (v := getattr(m, key)) is not None]
+        if not present:
+            means[key] = None
+            continue
+        mean = math.fsum(present) / len(present)
+        means[key] = round(mean) if key in _COUNT_KEYS else mean
+    means["worst_excess_wh"] = max(m.excess_wh for m in runs)
+    return Metrics(**means)

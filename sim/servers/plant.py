@@ -89,6 +89,26 @@ class WorldServers:
             server.exception_mode = kind == FaultKind.BATTERY_EXCEPTION
             await server.set_offline(kind == FaultKind.BATTERY_OFFLINE)
 
+    async def push_samples(
+        self, loop_time_of: Callable[[float], float] | None = None, *, after_s: float = 1e-6
+    ) -> None:
+        """Push each new P1 sample to the v2 subscribers the instant it becomes visible, as
+        the device does (the plant's steps alone would push it at the next step); forever.
+
+        ``loop_time_of`` maps plant time to the loop's clock (the identity by default);
+        ``after_s`` lets the loop clock's rounding pass, so the sample is surely visible.
+        """
+        if self.p1_v2 is None:
+            return
+        loop = asyncio.get_running_loop()
+        to_loop = loop_time_of or (lambda t_s: t_s)
+        at_s = self.world.meter.next_visible_s(self.world.now_s)
+        while True:
+            await asyncio.sleep(max(0.0, to_loop(at_s) + after_s - loop.time()))
+            if self.p1_v2 is not None:  # the server may be replaced (a meter that moved)
+                await self.p1_v2.publish()
+            at_s = self.world.meter.next_visible_s(at_s)
+
     def env(self) -> dict[str, str]:
         """The engine's configuration for these endpoints, as ``.env`` variables.
 

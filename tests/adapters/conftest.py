@@ -12,7 +12,7 @@ from sim.plant.meter import P1MeterModel
 from sim.plant.params import MeterParams
 from sim.servers.homewizard_v2 import V2MeterServer, start_v2_meter_server
 from sim.servers.tls import SimulatorCA
-from tests.adapters.meters import ManualClock
+from tests.fakes import FakeClock
 
 USER = "local/mmbc-tests"
 
@@ -28,12 +28,12 @@ def ca_file(simulator_ca: SimulatorCA, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def manual_clock() -> ManualClock:
-    return ManualClock()
+def manual_clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def v2_model(manual_clock: ManualClock) -> P1MeterModel:
+def v2_model(manual_clock: FakeClock) -> P1MeterModel:
     """A quiet P1 meter reading 750 W, its first sample visible at the clock's start."""
     model = P1MeterModel(MeterParams(noise_w=0.0), serial="5c2fafaabbcc")
     model.observe(0.0, 750.0)
@@ -43,7 +43,7 @@ def v2_model(manual_clock: ManualClock) -> P1MeterModel:
 
 @pytest.fixture
 async def v2_server(
-    v2_model: P1MeterModel, simulator_ca: SimulatorCA, manual_clock: ManualClock
+    v2_model: P1MeterModel, simulator_ca: SimulatorCA, manual_clock: FakeClock
 ) -> AsyncIterator[V2MeterServer]:
     server = await start_v2_meter_server(
         v2_model, simulator_ca, now=manual_clock.now, push_check_s=None

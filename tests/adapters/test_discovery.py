@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from zeroconf import IPVersion
-from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from engine.adapters.discovery import (
     SERVICE_V1,
@@ -39,8 +34,7 @@ from sim.servers.homewizard_v2 import start_v2_meter_server
 from sim.servers.mdns import AdvertisedDevice, MdnsAdvertiser
 from sim.servers.tls import SimulatorCA
 from tests.adapters.conftest import USER
-
-LOOPBACK = ["127.0.0.1"]
+from tests.mdns import LOOPBACK, fresh_serial
 
 
 def p1(serial: str = "3c39e7aabbcc", **fields: object) -> FoundDevice:
@@ -272,60 +266,6 @@ async def test_follower_reports_a_move_once_and_keeps_the_api(
 
 
 # -- real mDNS on the loopback interface ------------------------------------------------------
-
-
-_PROBED: list[str | None] = []  # the probe's verdict, once per run: None = works
-
-
-@pytest.fixture
-async def loopback_multicast() -> None:
-    """Skip unless mDNS sent on 127.0.0.1 reaches a second responder here.
-
-    It does on Linux (multicast loopback delivers to local sockets even though ``lo`` has no
-    MULTICAST flag, and nothing leaves the machine); a sandbox without it skips these tests
-    rather than failing them.
-    """
-    if not _PROBED:
-        _PROBED.append(await _probe_loopback_multicast())
-    if _PROBED[0] is not None:
-        pytest.skip(_PROBED[0])
-
-
-async def _probe_loopback_multicast() -> str | None:
-    name = f"probe-{secrets.token_hex(4)}._mmbcprobe._tcp.local."
-    info = AsyncServiceInfo(
-        "_mmbcprobe._tcp.local.",
-        name,
-        addresses=[socket.inet_aton("127.0.0.1")],
-        port=9,
-        properties={"probe": "1"},
-    )
-    try:
-        announcer = AsyncZeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
-        listener = AsyncZeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
-    except OSError as err:
-        return f"no mDNS socket on 127.0.0.1 here: {err}"
-    try:
-        await (await announcer.async_register_service(info))
-        found = AsyncServiceInfo("_mmbcprobe._tcp.local.", name)
-        if not await found.async_request(listener.zeroconf, 3000):
-            return "mDNS multicast on 127.0.0.1 does not reach a second socket here"
-    finally:
-        await announcer.async_close()
-        await listener.async_close()
-    return None
-
-
-def fresh_serial() -> str:
-    """Another run on this machine may advertise at the same time: serials of our own."""
-    return "3c39e7" + secrets.token_hex(3)
-
-
-@pytest.fixture
-async def advertiser(loopback_multicast: None) -> AsyncIterator[MdnsAdvertiser]:
-    advertiser = MdnsAdvertiser(LOOPBACK)
-    yield advertiser
-    await advertiser.stop()
 
 
 async def test_browse_finds_the_simulated_devices_on_loopback(advertiser: MdnsAdvertiser) -> None:

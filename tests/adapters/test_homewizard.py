@@ -24,6 +24,8 @@ from engine.settings import meter_url_from_host
 from sim.plant.meter import KwhMeterModel, P1MeterModel
 from sim.plant.params import MeterParams
 from sim.servers.homewizard import MeterServer, start_meter_server
+from tests.adapters.meters import tick
+from tests.fakes import FakeClock
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "homewizard"
 DATA_FIXTURES = sorted(
@@ -188,23 +190,14 @@ def test_parse_data_never_raises_anything_but_the_typed_error(body: object) -> N
 # -- client against the simulated meter ------------------------------------------------------
 
 
-class _Clock:
+@pytest.fixture
+def clock() -> FakeClock:
     """The server's notion of now, moved by the test (no real time involved)."""
-
-    def __init__(self) -> None:
-        self.t_s = 0.0
-
-    def now(self) -> float:
-        return self.t_s
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> _Clock:
-    return _Clock()
-
-
-@pytest.fixture
-def p1(clock: _Clock) -> P1MeterModel:
+def p1(clock: FakeClock) -> P1MeterModel:
     """A quiet P1 meter reading 750 W, its first sample visible at the clock's start."""
     model = P1MeterModel(MeterParams(noise_w=0.0))
     model.observe(0.0, 750.0)
@@ -213,7 +206,7 @@ def p1(clock: _Clock) -> P1MeterModel:
 
 
 @pytest.fixture
-async def server(p1: P1MeterModel, clock: _Clock) -> AsyncIterator[MeterServer]:
+async def server(p1: P1MeterModel, clock: FakeClock) -> AsyncIterator[MeterServer]:
     srv = await start_meter_server(p1, now=clock.now)
     yield srv
     await srv.stop()
@@ -226,21 +219,14 @@ async def client(server: MeterServer) -> AsyncIterator[HomeWizardClient]:
     await hw.close()
 
 
-def _tick(model: P1MeterModel, clock: _Clock, power_w: float) -> None:
-    """Set ``power_w`` now and let one second pass: the sample taken meanwhile is visible."""
-    model.observe(clock.t_s, power_w)
-    clock.t_s += 1.0
-    model.observe(clock.t_s, power_w)
-
-
 async def test_reads_the_live_value(
-    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+    p1: P1MeterModel, clock: FakeClock, client: HomeWizardClient
 ) -> None:
-    _tick(p1, clock, 750.0)
+    tick(p1, clock, 750.0)
     reading = await client.read()
     assert reading.active_power_w == 750.0
     assert reading.active_power_l1_w is not None
-    _tick(p1, clock, -120.0)
+    tick(p1, clock, -120.0)
     assert (await client.read()).active_power_w == -120.0
 
 
@@ -254,15 +240,17 @@ async def test_server_url_and_device_endpoint(
     assert info["api_version"] == "v1"
 
 
-async def test_base_url_is_accepted(server: MeterServer, p1: P1MeterModel, clock: _Clock) -> None:
-    _tick(p1, clock, 42.0)
+async def test_base_url_is_accepted(
+    server: MeterServer, p1: P1MeterModel, clock: FakeClock
+) -> None:
+    tick(p1, clock, 42.0)
     url = meter_url_from_host(f"127.0.0.1:{server.port}")  # as P1_HOST=127.0.0.1:<port> gives
     async with HomeWizardClient(url, timeout_s=0.3) as hw:
         assert hw.url == server.url
         assert (await hw.read()).active_power_w == 42.0
 
 
-async def test_no_sample_yet_is_a_response_error(clock: _Clock) -> None:
+async def test_no_sample_yet_is_a_response_error(clock: FakeClock) -> None:
     srv = await start_meter_server(P1MeterModel(), now=clock.now)
     try:
         async with HomeWizardClient(srv.url, timeout_s=0.3) as hw:
@@ -332,9 +320,9 @@ async def test_wrong_path_is_a_permanent_error(server: MeterServer) -> None:
 
 
 async def test_garbage_never_yields_a_reading(
-    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+    p1: P1MeterModel, clock: FakeClock, client: HomeWizardClient
 ) -> None:
-    _tick(p1, clock, 500.0)
+    tick(p1, clock, 500.0)
     p1.set_fault("garbage")
     with pytest.raises(DeviceResponseError, match="invalid JSON"):
         await client.read()
@@ -343,24 +331,24 @@ async def test_garbage_never_yields_a_reading(
 
 
 async def test_frozen_meter_stops_advancing_updated_s(
-    p1: P1MeterModel, clock: _Clock, client: HomeWizardClient
+    p1: P1MeterModel, clock: FakeClock, client: HomeWizardClient
 ) -> None:
     tracker = MeterTracker()
     for _ in range(3):
-        _tick(p1, clock, 400.0)  # constant power: only the live body's small changes differ
+        tick(p1, clock, 400.0)  # constant power: only the live body's small changes differ
         tracker.update(await client.read(), clock.t_s)
         assert tracker.updated_s == clock.t_s
     live_s = clock.t_s
     p1.set_fault("frozen")
     for _ in range(5):
-        _tick(p1, clock, 900.0)
+        tick(p1, clock, 900.0)
         tracker.update(await client.read(), clock.t_s)
     assert tracker.online
     assert tracker.updated_s == live_s
     assert tracker.grid_w == 400.0
     assert tracker.age_s(clock.t_s) == pytest.approx(5.0)
     p1.clear_fault()
-    _tick(p1, clock, 900.0)
+    tick(p1, clock, 900.0)
     tracker.update(await client.read(), clock.t_s)
     assert tracker.updated_s == clock.t_s
     assert tracker.grid_w == 900.0
@@ -375,7 +363,7 @@ async def test_injected_session_is_left_open(server: MeterServer, p1: P1MeterMod
         assert (await hw.read()).active_power_w == 750.0
 
 
-async def test_pv_kwh_meter_on_its_own_port(clock: _Clock) -> None:
+async def test_pv_kwh_meter_on_its_own_port(clock: FakeClock) -> None:
     pv = KwhMeterModel(MeterParams(noise_w=0.0))
     pv.observe_pv(0.0, 1800.0)
     clock.t_s = 1.0

@@ -256,3 +256,46 @@ async def test_without_a_token_the_stream_does_not_connect(
             await take(stream, 1, within_s=10.0)
         assert meter.server.counters.sockets_opened == 0
     assert not stream.connected
+
+
+async def test_use_moves_the_stream_to_another_address_at_once(
+    simulator_ca: SimulatorCA, ca_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The meter got a new address: the stream leaves the old socket and, without waiting for
+    its backoff, reads from the new one (same device, same token)."""
+    caplog.set_level(logging.INFO, logger=PUSH_LOGGER)
+    loop = asyncio.get_running_loop()
+    async with live_meter(simulator_ca, ca_file) as meter:
+        token = meter.client.token
+        assert token is not None
+        moved = await start_v2_meter_server(
+            meter.model, simulator_ca, host="127.0.0.2", push_check_s=0.01, users={USER: token}
+        )
+        stream = MeasurementStream(meter.client, initial_backoff_s=50.0, max_backoff_s=50.0)
+        moved_at: list[float] = []
+        try:
+            client = HomeWizardV2Client(
+                f"127.0.0.2:{moved.port}",
+                identifier=moved.identifier,
+                token=token,
+                ca_file=ca_file,
+                timeout_s=2.0,
+            )
+
+            async def move(n: int) -> None:
+                if n == 2:
+                    moved_at.append(loop.time())
+                    await meter.server.stop()  # the old address goes dark
+                    stream.use(client)
+
+            readings = await take(stream, 5, each=move)
+            await client.close()
+            assert moved.counters.sockets_opened == 1
+            assert moved.counters.frames_pushed >= 3
+        finally:
+            await moved.stop()
+    after = readings[2:]  # all from the new address
+    assert all(r.received_s >= moved_at[0] for r in after)
+    assert after[0].received_s - moved_at[0] < 50.0  # not after the 50 s backoff
+    assert stream.client is client
+    assert not any("push stream lost" in r.getMessage() for r in caplog.records)

@@ -48,7 +48,8 @@ from sim.servers.homewizard import start_meter_server
 from sim.servers.homewizard_v2 import Button, V2MeterServer, start_v2_meter_server
 from sim.servers.tls import SimulatorCA
 from tests.adapters.conftest import USER
-from tests.adapters.meters import ManualClock, tick
+from tests.adapters.meters import tick
+from tests.fakes import FakeClock
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "homewizard" / "v2"
 MEASUREMENTS = sorted(
@@ -263,7 +264,7 @@ def test_bundled_ca_is_homewizards_and_strict_mode_is_off() -> None:
 
 
 async def test_reads_the_live_value_over_verified_https(
-    v2_model: P1MeterModel, manual_clock: ManualClock, v2_client: HomeWizardV2Client
+    v2_model: P1MeterModel, manual_clock: FakeClock, v2_client: HomeWizardV2Client
 ) -> None:
     tick(v2_model, manual_clock, 750.0)
     reading = await v2_client.read()
@@ -379,7 +380,7 @@ async def test_outage_times_out_as_unavailable(
 
 
 async def test_garbage_never_yields_a_reading(
-    v2_model: P1MeterModel, manual_clock: ManualClock, v2_client: HomeWizardV2Client
+    v2_model: P1MeterModel, manual_clock: FakeClock, v2_client: HomeWizardV2Client
 ) -> None:
     tick(v2_model, manual_clock, 500.0)
     v2_model.set_fault("garbage")
@@ -390,7 +391,7 @@ async def test_garbage_never_yields_a_reading(
 
 
 async def test_frozen_meter_stops_advancing_updated_s(
-    v2_model: P1MeterModel, manual_clock: ManualClock, v2_client: HomeWizardV2Client
+    v2_model: P1MeterModel, manual_clock: FakeClock, v2_client: HomeWizardV2Client
 ) -> None:
     tracker = MeterTracker()
     for _ in range(3):
@@ -417,7 +418,7 @@ async def test_refused_connection_is_unavailable(simulator_ca: SimulatorCA, ca_f
 
 
 async def test_pv_kwh_meter_over_v2_reads_negative_while_producing(
-    simulator_ca: SimulatorCA, ca_file: Path, manual_clock: ManualClock
+    simulator_ca: SimulatorCA, ca_file: Path, manual_clock: FakeClock
 ) -> None:
     pv = KwhMeterModel(MeterParams(noise_w=0.0), serial="5c2fafddeeff")
     pv.observe_pv(0.0, 1800.0)
@@ -502,7 +503,7 @@ def pairing_client(v2_server: V2MeterServer, ca_file: Path) -> HomeWizardV2Clien
 
 
 async def test_pairing_asks_for_the_button_and_gets_a_token_after_the_press(
-    v2_server: V2MeterServer, pairing_client: HomeWizardV2Client, manual_clock: ManualClock
+    v2_server: V2MeterServer, pairing_client: HomeWizardV2Client, manual_clock: FakeClock
 ) -> None:
     asked: list[str] = []
 
@@ -549,7 +550,7 @@ async def test_pairing_again_replaces_the_old_token(
 
 
 async def test_button_window_closes_after_30_s(
-    v2_server: V2MeterServer, pairing_client: HomeWizardV2Client, manual_clock: ManualClock
+    v2_server: V2MeterServer, pairing_client: HomeWizardV2Client, manual_clock: FakeClock
 ) -> None:
     v2_server.press_button()
     manual_clock.t_s += 31.0

@@ -53,6 +53,7 @@ from sim.plant.battery import VenusE
 from sim.plant.firmware import FirmwareFault, VenusFirmware, encode_name
 from sim.plant.params import BatteryParams
 from sim.servers.modbus import BatteryServer, start_battery_server
+from tests.fakes import FakeClock
 
 # ---------------------------------------------------------------------------------------
 # Pure tests of VenusCommander
@@ -436,25 +437,6 @@ def test_battery_settings_are_validated() -> None:
 TIMEOUT_S = 0.5  # per request; the stall tests stall longer than this
 
 
-class StepClock:
-    """An injected clock that moves only when told (or slept on): deterministic schedules.
-
-    The socket I/O still runs on the real loop; only the driver's own timeline is stepped.
-    """
-
-    def __init__(self, start_s: float = 1000.0) -> None:
-        self.t_s = start_s
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t_s
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t_s += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-
 def _firmware(soc_pct: float = 50.0, name: str = "b1") -> VenusFirmware:
     # instant response, so one advance() step shows a commanded power at the AC terminals
     params = BatteryParams(dead_time_s=0.0, ramp_w_per_s=0.0, relay_delay_s=0.0)
@@ -653,7 +635,7 @@ async def test_control_lost_on_the_device_is_reapplied_within_the_recheck_interv
     server: BatteryServer,
 ) -> None:
     firmware = server.firmware
-    clock = StepClock()
+    clock = FakeClock(1000.0)
     driver = _battery(server, clock, control_recheck_s=60.0, reassert_s=1000.0)
     try:
         await driver.read()
@@ -681,7 +663,7 @@ async def test_control_lost_on_the_device_is_reapplied_within_the_recheck_interv
 async def test_reconnect_backs_off_exponentially_on_the_injected_clock(
     server: BatteryServer,
 ) -> None:
-    clock = StepClock(start_s=0.0)
+    clock = FakeClock()
     driver = _battery(server, clock, backoff_initial_s=1.0, backoff_max_s=4.0)
     try:
         await server.set_offline(True)
@@ -701,7 +683,7 @@ async def test_reconnect_backs_off_exponentially_on_the_injected_clock(
 
 
 async def test_requests_are_paced_through_the_injected_clock(server: BatteryServer) -> None:
-    clock = StepClock()
+    clock = FakeClock(1000.0)
     driver = _battery(server, clock, message_gap_s=0.2)
     try:
         assert (await driver.read()).online
@@ -889,7 +871,7 @@ async def test_a_battery_without_a_serial_register_stays_online() -> None:
 async def test_a_returning_battery_is_found_by_the_probe_before_the_backoff_ends(
     server: BatteryServer,
 ) -> None:
-    clock = StepClock(start_s=0.0)
+    clock = FakeClock()
     driver = _battery(
         server, clock, backoff_initial_s=30.0, backoff_max_s=30.0, probe_interval_s=1.0
     )

@@ -46,6 +46,7 @@ from engine.core.model import BatteryIdentity, BatteryTelemetry, Mode, Plan, Sna
 from engine.core.states import BatteryState, FleetState
 from engine.core.status import BatteryStatus, FleetStatus, build_status
 from engine.ports import LoopClock
+from tests.fakes import FakeClock
 from tests.mqtt_broker import (
     HOST,
     TEST_PASSWORD,
@@ -897,24 +898,10 @@ async def test_command_sent_while_engine_is_away_is_delivered(broker: TestBroker
             await until(lambda: commands.blocked == [True] and commands.modes == [Mode.CHARGE])
 
 
-class GatedClock:
-    """The loop's clock, but every sleep first waits until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    async def sleep(self, seconds: float) -> None:
-        await self.gate.wait()
-        await asyncio.sleep(seconds)
-
-
 async def test_command_sent_during_reconnect_after_broker_restart_is_delivered() -> None:
     if broker_kind() != "mosquitto":
         pytest.skip("needs a broker that keeps sessions across a restart (mosquitto)")
-    clock = GatedClock()
+    clock = FakeClock(gated=True)
     commands = Commands()
     async with start_broker(persistence=True) as persistent:
         bridge = make_bridge(make_settings(persistent), commands, clock=clock)
@@ -924,7 +911,7 @@ async def test_command_sent_during_reconnect_after_broker_restart_is_delivered()
             await until(lambda: not bridge.connected)  # now held in its reconnect backoff
             async with observe(persistent) as sender:
                 await sender.send("mmbc/control/block_discharge", "true")
-            clock.gate.set()
+            clock.open_gate()
             await until(lambda: commands.blocked == [True])
             assert bridge.connections == 2
 
@@ -1222,26 +1209,10 @@ async def test_discovery_can_be_disabled(broker: TestBroker) -> None:
         assert not [m for m in observer.messages if m.topic.startswith("homeassistant/")]
 
 
-class InstantClock:
-    """Records the bridge's sleeps and returns at once (virtual time)."""
-
-    def __init__(self) -> None:
-        self.now_s = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.now_s
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now_s += seconds
-        await asyncio.sleep(0)
-
-
 async def test_unreachable_broker_backs_off_to_30_s_and_logs_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = InstantClock()
+    clock = FakeClock()
     settings_ = MqttSettings(host=HOST, port=_free_port())  # nobody listens there
     bridge = make_bridge(settings_, clock=clock)
     with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
@@ -1277,7 +1248,7 @@ async def test_tls_refuses_an_untrusted_broker(
     files = make_tls_files(tmp_path)
     if files is None:
         pytest.skip("needs the openssl CLI to make a certificate")
-    clock = InstantClock()
+    clock = FakeClock()
     async with start_broker(tls=files) as tls_broker:
         # TLS on, but the self-signed certificate is not in the system's CA store.
         bridge = make_bridge(make_settings(tls_broker, tls=True), clock=clock)

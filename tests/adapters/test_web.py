@@ -33,7 +33,7 @@ from engine.core.events import (
 from engine.core.model import Mode
 from engine.core.states import BatteryState, FleetState
 from engine.core.status import BatteryStatus, FleetStatus
-from engine.runtime.event_log import describe, level
+from engine.runtime.event_log import describe, severity
 
 TOKEN = "correct-horse-battery"
 LOGGER = "engine.adapters.web.server"
@@ -125,7 +125,7 @@ async def running(token: str | None = None, **kwargs: Any) -> AsyncIterator[Runn
         on_mode=inputs.modes.append,
         on_block_discharge=inputs.blocks.append,
         describe=describe,
-        level=level,
+        severity=severity,
         host="127.0.0.1",
         port=0,
         token=token,
@@ -512,7 +512,7 @@ async def test_a_port_in_use_is_one_log_line_and_no_crash(caplog: pytest.LogCapt
             on_mode=lambda mode: None,
             on_block_discharge=lambda blocked: None,
             describe=describe,
-            level=level,
+            severity=severity,
             host="127.0.0.1",
             port=port,
         )

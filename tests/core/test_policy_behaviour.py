@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
 from engine.core.events import (
     BatteryLost,
     BatteryReturned,
-    DecisionEvent,
     Direction,
     Excluded,
     ExclusionEnded,
@@ -17,84 +14,28 @@ from engine.core.events import (
     SafeHoldCause,
     SafeHoldEntered,
 )
-from engine.core.model import BatteryTelemetry, Mode, Plan, Snapshot
-from engine.core.policy import MmbcPolicy
+from engine.core.model import Mode, Plan
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.core.states import BatteryState
+from tests.fakes import FakeBattery as Battery
+from tests.fakes import IdealPlant
 
 
-@dataclass
-class Battery:
-    soc_pct: float
-    power_w: float = 0.0  # what it delivers now (+ discharging)
-    follows: bool = True  # False: acknowledges commands but delivers nothing
-    online: bool = True
-
-
-@dataclass
-class House:
+def make_house(
+    settings: ControlSettings,
+    batteries: dict[str, Battery],
+    *,
+    meter_period_s: float = 1.0,
+    mode: Mode = Mode.NORMAL,
+) -> IdealPlant:
     """A house, its meter and its batteries around one policy.
 
     A battery reaches its command one period after it was issued; the meter's reading shows
     the batteries as they were one period earlier (meter latency), as a real P1 meter does.
     """
-
-    settings: ControlSettings
-    batteries: dict[str, Battery]
-    load_w: float = 0.0
-    now_s: float = 1000.0
-    meter_period_s: float = 1.0  # how often the meter has a new reading
-    meter_frozen: bool = False
-    mode: Mode = Mode.NORMAL
-    discharge_blocked: bool = False
-    grid_w: float | None = None
-    meter_updated_s: float | None = None
-    policy: MmbcPolicy = field(init=False)
-    _seen_w: float = 0.0  # battery power the meter's next reading shows
-    plans: list[Plan] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.policy = MmbcPolicy(self.settings)
-
-    def step(self, load_w: float | None = None, *, noise_w: float = 0.0) -> Plan:
-        self.now_s += self.settings.loop_period_s
-        if load_w is not None:
-            self.load_w = load_w
-        due = self.meter_updated_s is None or (
-            self.now_s - self.meter_updated_s >= self.meter_period_s - 1e-9
-        )
-        if due and not self.meter_frozen:
-            self.grid_w = self.load_w - self._seen_w + noise_w
-            self.meter_updated_s = self.now_s
-        snap = Snapshot(
-            now_s=self.now_s,
-            grid_w=self.grid_w,
-            meter_updated_s=self.meter_updated_s,
-            batteries=tuple(
-                BatteryTelemetry(n, online=b.online, soc_pct=b.soc_pct, power_w=b.power_w)
-                for n, b in self.batteries.items()
-            ),
-            mode=self.mode,
-            discharge_blocked=self.discharge_blocked,
-        )
-        plan = self.policy.decide(snap)
-        self.plans.append(plan)
-        self._seen_w = sum(b.power_w for b in self.batteries.values() if b.online)
-        for name, power in plan.setpoints.items():
-            b = self.batteries[name]
-            b.power_w = float(power) if b.follows else 0.0
-        for name in plan.release:
-            self.batteries[name].power_w = 0.0
-        return plan
-
-    def run(self, cycles: int, load_w: float | None = None) -> Plan:
-        plan = self.step(load_w)
-        for _ in range(cycles - 1):
-            plan = self.step()
-        return plan
-
-    def events(self) -> list[DecisionEvent]:
-        return [e for p in self.plans for e in p.events]
+    return IdealPlant(
+        settings, batteries, meter_lag_cycles=1, meter_period_s=meter_period_s, mode=mode
+    )
 
 
 def fleet(*specs: BatterySpec, **overrides: object) -> ControlSettings:
@@ -108,8 +49,8 @@ def active(plan: Plan) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------- one battery
 def test_single_battery_covers_a_constant_import() -> None:
-    house = House(fleet(BatterySpec("a")), {"a": Battery(soc_pct=50.0)})
-    first = house.step(load_w=600.0)
+    house = make_house(fleet(BatterySpec("a")), {"a": Battery(soc_pct=50.0)})
+    first = house.step(net_w=600.0)
     # First reading: grid 600 W with the battery at 0 W -> the house needs 600 W.
     assert first.setpoints == {"a": 600}
     house.run(20)
@@ -120,17 +61,17 @@ def test_single_battery_covers_a_constant_import() -> None:
 
 
 def test_a_load_step_is_taken_at_once_as_grid_plus_battery_power() -> None:
-    house = House(fleet(BatterySpec("a")), {"a": Battery(soc_pct=50.0)})
-    house.run(15, load_w=300.0)
+    house = make_house(fleet(BatterySpec("a")), {"a": Battery(soc_pct=50.0)})
+    house.run(15, net_w=300.0)
     assert house.batteries["a"].power_w == pytest.approx(300, abs=3)
-    plan = house.step(load_w=800.0)  # the reading shows grid 500 W with the battery at 300 W
+    plan = house.step(net_w=800.0)  # the reading shows grid 500 W with the battery at 300 W
     assert house.grid_w == pytest.approx(500, abs=3)
     assert plan.setpoints["a"] == pytest.approx(800, abs=3)
 
 
 def test_an_export_is_charged_away() -> None:
-    house = House(fleet(BatterySpec("a")), {"a": Battery(soc_pct=50.0)})
-    house.run(15, load_w=-900.0)
+    house = make_house(fleet(BatterySpec("a")), {"a": Battery(soc_pct=50.0)})
+    house.run(15, net_w=-900.0)
     assert house.plans[-1].setpoints["a"] == pytest.approx(-900, abs=5)
     assert house.plans[-1].battery_states == {"a": "charging"}
     assert house.grid_w is not None
@@ -139,34 +80,34 @@ def test_an_export_is_charged_away() -> None:
 
 # ---------------------------------------------------------------------------- selection
 @pytest.mark.parametrize(
-    ("load_w", "leader"),
+    ("net_w", "leader"),
     [(700.0, "high"), (-700.0, "low")],
     ids=["discharge-highest-soc", "charge-lowest-soc"],
 )
-def test_one_battery_by_soc_below_the_split(load_w: float, leader: str) -> None:
-    house = House(
+def test_one_battery_by_soc_below_the_split(net_w: float, leader: str) -> None:
+    house = make_house(
         fleet(BatterySpec("mid"), BatterySpec("low"), BatterySpec("high")),
         {"mid": Battery(55.0), "low": Battery(30.0), "high": Battery(80.0)},
     )
-    plan = house.run(10, load_w=load_w)
+    plan = house.run(10, net_w=net_w)
     assert set(active(plan)) == {leader}
     assert all(set(active(p)) <= {leader} for p in house.plans)
 
 
 def test_equal_soc_ties_are_broken_by_name() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("zeta"), BatterySpec("alpha")),
         {"zeta": Battery(60.0), "alpha": Battery(60.0)},
     )
-    assert set(active(house.run(3, load_w=500.0))) == {"alpha"}
+    assert set(active(house.run(3, net_w=500.0))) == {"alpha"}
 
 
 def test_reselection_waits_for_the_interval_then_hands_over() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("a"), BatterySpec("b")),
         {"a": Battery(80.0), "b": Battery(70.0)},
     )
-    house.run(5, load_w=500.0)
+    house.run(5, net_w=500.0)
     assert set(active(house.plans[-1])) == {"a"}
     # b is now clearly fuller, but the choice is kept for reselect_interval_s (300 s).
     house.batteries["a"].soc_pct = 60.0
@@ -192,11 +133,11 @@ def test_reselection_waits_for_the_interval_then_hands_over() -> None:
 
 
 def test_a_leader_that_becomes_ineligible_is_replaced_at_once() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("a"), BatterySpec("b")),
         {"a": Battery(80.0), "b": Battery(70.0)},
     )
-    house.run(5, load_w=500.0)
+    house.run(5, net_w=500.0)
     house.batteries["a"].soc_pct = 11.0  # at min_soc_pct: may no longer discharge
     plan = house.step()
     assert active(plan) == {"b": pytest.approx(500, abs=5)}
@@ -205,11 +146,11 @@ def test_a_leader_that_becomes_ineligible_is_replaced_at_once() -> None:
 
 
 def test_small_soc_advantage_does_not_change_the_leader() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("a"), BatterySpec("b"), reselect_interval_s=10.0),
         {"a": Battery(80.0), "b": Battery(70.0)},
     )
-    house.run(5, load_w=500.0)
+    house.run(5, net_w=500.0)
     house.batteries["b"].soc_pct = 81.0  # better, but within soc_hysteresis_pct (3 %)
     house.run(40)
     assert not any(isinstance(e, LeaderChanged) for e in house.events())
@@ -218,37 +159,37 @@ def test_small_soc_advantage_does_not_change_the_leader() -> None:
 
 # ---------------------------------------------------------------------------- split
 def test_split_above_threshold_is_proportional_to_limits_with_hysteresis() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("big"), BatterySpec("small", max_discharge_w=1000)),
         {"big": Battery(80.0), "small": Battery(70.0)},
     )
-    plan = house.run(10, load_w=3000.0)
+    plan = house.run(10, net_w=3000.0)
     assert plan.setpoints["big"] + plan.setpoints["small"] == pytest.approx(3000, abs=3)
     assert plan.setpoints["big"] / plan.setpoints["small"] == pytest.approx(2.5, rel=0.01)
     # 2400 W is below the threshold (2500 W) but not by the hysteresis (300 W): still split.
-    plan = house.run(10, load_w=2400.0)
+    plan = house.run(10, net_w=2400.0)
     assert plan.setpoints["big"] == pytest.approx(2400 * 2500 / 3500, abs=3)
     assert plan.setpoints["small"] == pytest.approx(2400 * 1000 / 3500, abs=3)
     # Below 2200 W one battery carries it ...
-    plan = house.run(10, load_w=2100.0)
+    plan = house.run(10, net_w=2100.0)
     assert active(plan) == {"big": pytest.approx(2100, abs=3)}
     # ... and it stays one up to the threshold itself.
-    plan = house.run(10, load_w=2450.0)
+    plan = house.run(10, net_w=2450.0)
     assert active(plan) == {"big": pytest.approx(2450, abs=3)}
 
 
 def test_demand_beyond_the_leaders_limit_fills_the_next_battery() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("a", max_discharge_w=800), BatterySpec("b")),
         {"a": Battery(90.0), "b": Battery(50.0)},
     )
-    plan = house.run(10, load_w=1500.0)
+    plan = house.run(10, net_w=1500.0)
     assert active(plan) == {"a": 800, "b": pytest.approx(700, abs=3)}
 
 
 # ---------------------------------------------------------------------------- faults
 def test_a_battery_that_does_not_follow_is_excluded_once_then_returns() -> None:
-    house = House(
+    house = make_house(
         fleet(
             BatterySpec("a"),
             BatterySpec("b"),
@@ -257,7 +198,7 @@ def test_a_battery_that_does_not_follow_is_excluded_once_then_returns() -> None:
         ),
         {"a": Battery(80.0, follows=False), "b": Battery(60.0)},
     )
-    house.run(30, load_w=500.0)
+    house.run(30, net_w=500.0)
     exclusions = [e for e in house.events() if isinstance(e, Excluded) and e.battery == "a"]
     assert len(exclusions) == 1, "reported once, not per cycle"
     assert exclusions[0].commanded_w == 500
@@ -286,23 +227,23 @@ def test_a_battery_that_does_not_follow_is_excluded_once_then_returns() -> None:
 
 
 def test_no_flip_between_charge_and_discharge_on_meter_noise() -> None:
-    house = House(fleet(BatterySpec("a")), {"a": Battery(50.0)})
-    house.run(10, load_w=400.0)
-    house.step(load_w=0.0)
+    house = make_house(fleet(BatterySpec("a")), {"a": Battery(50.0)})
+    house.run(10, net_w=400.0)
+    house.step(net_w=0.0)
     for i in range(60):
         house.step(noise_w=10.0 if i % 2 else -10.0)
     tail = house.plans[-60:]
     assert all(p.setpoints["a"] in (0, 1) for p in tail), [p.setpoints["a"] for p in tail]
     assert all(p.battery_states["a"] != "charging" for p in tail)
     # A real surplus is still charged away.
-    assert house.run(10, load_w=-300.0).setpoints["a"] == pytest.approx(-300, abs=5)
+    assert house.run(10, net_w=-300.0).setpoints["a"] == pytest.approx(-300, abs=5)
 
 
 def test_a_frozen_meter_means_safe_hold_until_it_changes_again() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("a"), BatterySpec("b")), {"a": Battery(70.0), "b": Battery(60.0)}
     )
-    house.run(10, load_w=500.0)
+    house.run(10, net_w=500.0)
     house.meter_frozen = True
     frozen_since = house.meter_updated_s
     assert frozen_since is not None
@@ -325,8 +266,8 @@ def test_a_frozen_meter_means_safe_hold_until_it_changes_again() -> None:
 
 
 def test_a_lost_reading_means_safe_hold() -> None:
-    house = House(fleet(BatterySpec("a")), {"a": Battery(50.0)})
-    house.run(5, load_w=500.0)
+    house = make_house(fleet(BatterySpec("a")), {"a": Battery(50.0)})
+    house.run(5, net_w=500.0)
     house.grid_w = None
     house.meter_frozen = True
     plan = house.step()
@@ -335,8 +276,8 @@ def test_a_lost_reading_means_safe_hold() -> None:
 
 
 def test_dsmr4_ten_second_cadence_is_not_stale_once_learnt() -> None:
-    house = House(fleet(BatterySpec("a")), {"a": Battery(50.0)}, meter_period_s=10.0)
-    house.run(45, load_w=500.0)  # readings at 0, 10, 20, 30, 40 s: cadence learnt
+    house = make_house(fleet(BatterySpec("a")), {"a": Battery(50.0)}, meter_period_s=10.0)
+    house.run(45, net_w=500.0)  # readings at 0, 10, 20, 30, 40 s: cadence learnt
     learnt = house.plans[-15:]
     assert not any(p.safe_hold for p in learnt)
     assert all(p.setpoints["a"] == pytest.approx(500, abs=5) for p in learnt[-5:])
@@ -350,10 +291,10 @@ def test_dsmr4_ten_second_cadence_is_not_stale_once_learnt() -> None:
 
 
 def test_an_unhealthy_battery_gets_no_command_and_its_share_moves() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("a"), BatterySpec("b")), {"a": Battery(80.0), "b": Battery(60.0)}
     )
-    house.run(10, load_w=500.0)
+    house.run(10, net_w=500.0)
     house.batteries["a"].online = False
     plan = house.step()
     assert "a" not in plan.setpoints
@@ -369,18 +310,18 @@ def test_an_unhealthy_battery_gets_no_command_and_its_share_moves() -> None:
 
 # ---------------------------------------------------------------------------- modes
 def test_hold_mode_charges_but_never_discharges() -> None:
-    house = House(fleet(BatterySpec("a")), {"a": Battery(50.0)}, mode=Mode.HOLD)
-    plan = house.run(10, load_w=800.0)
+    house = make_house(fleet(BatterySpec("a")), {"a": Battery(50.0)}, mode=Mode.HOLD)
+    plan = house.run(10, net_w=800.0)
     assert plan.setpoints == {"a": 0}
     assert plan.battery_states == {"a": "blocked"}
     assert plan.fleet_state == "hold"
-    plan = house.run(10, load_w=-800.0)
+    plan = house.run(10, net_w=-800.0)
     assert plan.setpoints["a"] == pytest.approx(-800, abs=5)
 
 
 def test_block_discharge_turns_normal_into_hold() -> None:
-    house = House(fleet(BatterySpec("a")), {"a": Battery(50.0)})
-    house.run(10, load_w=800.0)
+    house = make_house(fleet(BatterySpec("a")), {"a": Battery(50.0)})
+    house.run(10, net_w=800.0)
     house.discharge_blocked = True
     plan = house.step()
     assert plan.setpoints == {"a": 0}
@@ -392,23 +333,23 @@ def test_block_discharge_turns_normal_into_hold() -> None:
 
 
 def test_charge_mode_charges_every_battery_below_max_with_taper() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("a"), BatterySpec("b"), BatterySpec("c")),
         {"a": Battery(50.0), "b": Battery(98.0), "c": Battery(100.0)},
         mode=Mode.CHARGE,
     )
-    plan = house.run(3, load_w=300.0)
+    plan = house.run(3, net_w=300.0)
     assert plan.setpoints == {"a": -2500, "b": -1500, "c": 0}
     assert plan.fleet_state == "charge"
 
 
 def test_selfcontrol_releases_every_healthy_battery() -> None:
-    house = House(
+    house = make_house(
         fleet(BatterySpec("a"), BatterySpec("b")),
         {"a": Battery(50.0), "b": Battery(50.0, online=False)},
         mode=Mode.SELFCONTROL,
     )
-    plan = house.run(3, load_w=300.0)
+    plan = house.run(3, net_w=300.0)
     assert plan.setpoints == {}
     assert plan.release == ("a",)
     assert plan.fleet_state == "selfcontrol"

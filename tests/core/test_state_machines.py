@@ -15,7 +15,7 @@ from transitions import MachineError
 
 from engine.core.battery_fsm import BATTERY_TRANSITIONS, BatteryFsm, Rest
 from engine.core.events import (
-    BatteryReturned,
+    BatteryConnected,
     CutoffCleared,
     CutoffReached,
     DecisionEvent,
@@ -250,7 +250,7 @@ def test_the_exclusion_timer_runs_on_the_clock_passed_in() -> None:
         fsm.observe(_tel(0.0), t, events)  # commanded 500 W, delivers nothing
         assert t < 30.0, "never excluded"
     excluded_at = t
-    assert [type(e) for e in events] == [BatteryReturned, Excluded]
+    assert [type(e) for e in events] == [BatteryConnected, Excluded]
     while t < excluded_at + 59.0:
         t += 1.0
         fsm.observe(_tel(0.0), t, events)

@@ -36,6 +36,7 @@ from sim.scenario import (
     DEFAULT_SCENARIO,
     FAULT_SCENARIO_DIR,
     LONG_SCENARIO_DIR,
+    PUSH_SCENARIO_DIR,
     SCENARIO_DIR,
     VARIANT_SCENARIO_DIR,
     Scenario,
@@ -118,22 +119,30 @@ def test_shipped_set_covers_the_issue() -> None:
 
 def test_all_scenario_names_are_unique() -> None:
     scenarios = load_scenarios(
-        [SCENARIO_DIR, VARIANT_SCENARIO_DIR, FAULT_SCENARIO_DIR, LONG_SCENARIO_DIR]
+        [
+            SCENARIO_DIR,
+            VARIANT_SCENARIO_DIR,
+            FAULT_SCENARIO_DIR,
+            LONG_SCENARIO_DIR,
+            PUSH_SCENARIO_DIR,
+        ]
     )
     assert len({s.name for s in scenarios}) == len(ALL_SCENARIO_FILES)
 
 
-def test_default_scenario_is_the_real_winter_evening() -> None:
+def test_default_scenario_is_a_real_fast_cooking_evening() -> None:
     scenario = load_scenario(DEFAULT_SCENARIO)
-    assert scenario.name == "default"
+    assert scenario.name == "ukdale_cooking"
     assert len(scenario.batteries) == 2
+    assert scenario.duration_s == 5400.0
     trace = scenario.load_trace()
     recorded = _csv_column(scenario.trace.file, "grid_w")
-    assert trace.start_s == 61200.0
-    assert trace.net_at(0.0) == recorded[61200.0]
-    assert trace.net_at(59.0) == recorded[61200.0]  # held between 1-min samples
-    assert trace.net_at(60.0) == recorded[61260.0]
-    assert trace.net_at(21599.0) == recorded[82740.0]
+    assert trace.start_s == 8100.0
+    # Rows every ~6 s, held between them: the start falls between the rows at 8098 and 8104.
+    assert trace.net_at(0.0) == recorded[8098.0]
+    assert trace.net_at(3.9) == recorded[8098.0]
+    assert trace.net_at(4.0) == recorded[8104.0]
+    assert trace.net_at(10.0) == recorded[8110.0]
 
 
 @pytest.mark.parametrize(
@@ -252,7 +261,8 @@ def test_pv_file_on_a_shipped_scenario_adds_scaled_pv() -> None:
 
 
 def test_resolve_scenario_finds_shipped_names_and_paths() -> None:
-    assert resolve_scenario("default") == DEFAULT_SCENARIO
+    assert resolve_scenario("default") == SCENARIO_DIR / "default.toml"  # the winter evening
+    assert resolve_scenario("ukdale_cooking") == DEFAULT_SCENARIO
     assert resolve_scenario("meter_frozen") == FAULT_SCENARIO_DIR / "meter_frozen.toml"
     assert resolve_scenario(str(DEFAULT_SCENARIO)) == DEFAULT_SCENARIO
     with pytest.raises(ScenarioError, match="no shipped scenario"):

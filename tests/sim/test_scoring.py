@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,12 +14,13 @@ from hypothesis import strategies as st
 from sim.plant.params import CHARGE_EFFICIENCY, DISCHARGE_EFFICIENCY, BatteryParams, Tariff
 from sim.plant.record import RunRecord
 from sim.scoring.metrics import (
-    DEFAULT_TABLE_KEYS,
     METRIC_KEYS,
-    format_side_by_side,
-    format_table,
+    OPTIONAL_KEYS,
+    Metrics,
+    metric_info,
     score,
     step_responses,
+    totals,
 )
 from sim.scoring.oracle import (
     OracleResult,
@@ -27,6 +30,7 @@ from sim.scoring.oracle import (
     simulate_oracle,
     validate_efficiency_curve,
 )
+from sim.scoring.tables import DEFAULT_TABLE_KEYS, format_side_by_side, format_table
 
 VENUS = BatteryParams()
 
@@ -239,64 +243,34 @@ def test_oracle_rejects_bad_input(kwargs: dict[str, object], message: str) -> No
 # --- scoring: hand-computed cases --------------------------------------------------------------
 
 
-def test_metric_keys_are_the_reference_keys_in_order() -> None:
-    assert METRIC_KEYS == (
-        "import_wh",
-        "export_wh",
-        "none_import_wh",
-        "none_export_wh",
-        "oracle_import_wh",
-        "oracle_export_wh",
-        "excess_wh",
-        "tracking_score",
-        "mean_abs_grid_w",
-        "steady_rms_w",
-        "band_crossings_per_h",
-        "settle_mean_s",
-        "overshoot_mean_w",
-        "direction_changes",
-        "battery_throughput_wh",
-        "conversion_loss_wh",
-        "cost_eur",
-        "oracle_cost_eur",
-        "cost_regret_eur",
-        "modbus_writes",
-        "modbus_reads",
-        "sim_seconds",
-        "wall_seconds",
-    )
-    record = make_record([0.0])
-    assert tuple(score(record, zero_oracle(1), Tariff())) == METRIC_KEYS
-
-
 def test_constant_import_and_no_battery() -> None:
     record = make_record([500.0] * 3600)
     oracle = oracle_for_record(record, [(VENUS, 50.0)])
     metrics = score(record, oracle, Tariff())
-    assert metrics["import_wh"] == pytest.approx(500.0)
-    assert metrics["export_wh"] == 0.0
-    assert metrics["none_import_wh"] == pytest.approx(500.0)
-    assert metrics["oracle_import_wh"] == 0.0
-    assert metrics["excess_wh"] == pytest.approx(500.0)
-    assert metrics["tracking_score"] == pytest.approx(0.0)  # as bad as no battery
-    assert metrics["mean_abs_grid_w"] == pytest.approx(500.0)
-    assert metrics["steady_rms_w"] == pytest.approx(500.0)  # the oracle held 0 all along
-    assert metrics["sim_seconds"] == 3600.0
-    assert metrics["cost_eur"] == pytest.approx(0.5 * 0.30)
-    assert metrics["oracle_cost_eur"] == 0.0
-    assert metrics["cost_regret_eur"] == pytest.approx(0.15)
-    assert metrics["band_crossings_per_h"] == 0.0
-    assert metrics["battery_throughput_wh"] == 0.0
+    assert metrics.import_wh == pytest.approx(500.0)
+    assert metrics.export_wh == 0.0
+    assert metrics.none_import_wh == pytest.approx(500.0)
+    assert metrics.oracle_import_wh == 0.0
+    assert metrics.excess_wh == pytest.approx(500.0)
+    assert metrics.tracking_score == pytest.approx(0.0)  # as bad as no battery
+    assert metrics.mean_abs_grid_w == pytest.approx(500.0)
+    assert metrics.steady_rms_w == pytest.approx(500.0)  # the oracle held 0 all along
+    assert metrics.sim_seconds == 3600.0
+    assert metrics.cost_eur == pytest.approx(0.5 * 0.30)
+    assert metrics.oracle_cost_eur == 0.0
+    assert metrics.cost_regret_eur == pytest.approx(0.15)
+    assert metrics.band_crossings_per_h == 0.0
+    assert metrics.battery_throughput_wh == 0.0
 
 
 def test_constant_export_at_half_second_steps() -> None:
     record = make_record([-300.0] * 3600, dt_s=0.5)
     metrics = score(record, zero_oracle(3600), Tariff())
-    assert metrics["export_wh"] == pytest.approx(150.0)
-    assert metrics["import_wh"] == 0.0
-    assert metrics["none_export_wh"] == pytest.approx(150.0)
-    assert metrics["cost_eur"] == pytest.approx(-0.15 * 0.05)
-    assert metrics["sim_seconds"] == 1800.0
+    assert metrics.export_wh == pytest.approx(150.0)
+    assert metrics.import_wh == 0.0
+    assert metrics.none_export_wh == pytest.approx(150.0)
+    assert metrics.cost_eur == pytest.approx(-0.15 * 0.05)
+    assert metrics.sim_seconds == 1800.0
 
 
 def test_tracking_score_is_one_when_the_controller_equals_the_oracle() -> None:
@@ -305,28 +279,28 @@ def test_tracking_score_is_one_when_the_controller_equals_the_oracle() -> None:
     oracle = oracle_for_record(probe, [(VENUS, 12.5)])  # runs empty part of the way
     record = make_record(net_w, [[p] for p in oracle.battery_w])
     metrics = score(record, oracle, Tariff())
-    assert metrics["tracking_score"] == pytest.approx(1.0)
-    assert metrics["excess_wh"] == pytest.approx(0.0, abs=1e-9)
-    assert metrics["import_wh"] == pytest.approx(metrics["oracle_import_wh"])
-    assert metrics["cost_regret_eur"] == pytest.approx(0.0, abs=1e-12)
-    assert metrics["oracle_import_wh"] > 0.0  # the floor was reached: not a trivial case
+    assert metrics.tracking_score == pytest.approx(1.0)
+    assert metrics.excess_wh == pytest.approx(0.0, abs=1e-9)
+    assert metrics.import_wh == pytest.approx(metrics.oracle_import_wh)
+    assert metrics.cost_regret_eur == pytest.approx(0.0, abs=1e-12)
+    assert metrics.oracle_import_wh > 0.0  # the floor was reached: not a trivial case
 
 
 def test_tracking_score_is_one_when_nothing_was_avoidable() -> None:
     record = make_record([400.0] * 100)
     oracle = oracle_for_record(record, [(VENUS, 12.0)])  # empty: the oracle cannot help either
     metrics = score(record, oracle, Tariff())
-    assert metrics["none_import_wh"] == pytest.approx(metrics["oracle_import_wh"])
-    assert metrics["tracking_score"] == 1.0
+    assert metrics.none_import_wh == pytest.approx(metrics.oracle_import_wh)
+    assert metrics.tracking_score == 1.0
 
 
 def test_half_way_tracking_score_and_excess() -> None:
     record = make_record([400.0] * 3600, [[200.0]] * 3600)
     oracle = oracle_for_record(record, [(VENUS, 50.0)])
     metrics = score(record, oracle, Tariff())
-    assert metrics["tracking_score"] == pytest.approx(0.5)
-    assert metrics["excess_wh"] == pytest.approx(200.0)
-    assert metrics["battery_throughput_wh"] == pytest.approx(200.0)
+    assert metrics.tracking_score == pytest.approx(0.5)
+    assert metrics.excess_wh == pytest.approx(200.0)
+    assert metrics.battery_throughput_wh == pytest.approx(200.0)
 
 
 def test_steady_rms_uses_only_samples_where_the_oracle_held_zero() -> None:
@@ -336,21 +310,21 @@ def test_steady_rms_uses_only_samples_where_the_oracle_held_zero() -> None:
     record = make_record(net_w, battery_w)
     oracle = oracle_for_record(record, [(VENUS, 50.0)])
     metrics = score(record, oracle, Tariff())
-    assert metrics["steady_rms_w"] == pytest.approx(math.sqrt((100 + 100 + 400 + 0) / 4))
-    assert metrics["mean_abs_grid_w"] == pytest.approx((10 + 10 + 20 + 0 + 3000) / 5)
+    assert metrics.steady_rms_w == pytest.approx(math.sqrt((100 + 100 + 400 + 0) / 4))
+    assert metrics.mean_abs_grid_w == pytest.approx((10 + 10 + 20 + 0 + 3000) / 5)
 
 
 def test_steady_rms_is_zero_when_the_oracle_never_held_zero() -> None:
     record = make_record([400.0] * 10)
     metrics = score(record, oracle_for_record(record, [(VENUS, 12.0)]), Tariff())
-    assert metrics["steady_rms_w"] == 0.0
+    assert metrics.steady_rms_w == 0.0
 
 
 def test_band_crossings_of_an_oscillation() -> None:
     grid_w = [50.0 if i % 2 == 0 else -50.0 for i in range(100)]
     metrics = score(record_with_grid(grid_w), zero_oracle(100), Tariff())
     # 99 sign changes in 100 s.
-    assert metrics["band_crossings_per_h"] == pytest.approx(99 * 3600 / 100)
+    assert metrics.band_crossings_per_h == pytest.approx(99 * 3600 / 100)
 
 
 @pytest.mark.parametrize(
@@ -365,7 +339,7 @@ def test_band_crossings_of_an_oscillation() -> None:
 def test_band_crossings_track_the_last_side(grid_w: list[float], crossings: int) -> None:
     n = len(grid_w)
     metrics = score(record_with_grid(grid_w), zero_oracle(n), Tariff())
-    assert metrics["band_crossings_per_h"] == pytest.approx(crossings * 3600 / n)
+    assert metrics.band_crossings_per_h == pytest.approx(crossings * 3600 / n)
 
 
 def test_step_event_settle_time_and_overshoot() -> None:
@@ -377,8 +351,8 @@ def test_step_event_settle_time_and_overshoot() -> None:
     assert response.settle_s == 8.0  # |grid| < 25 W from t = 18 s, held 10 s
     assert response.overshoot_w == 200.0
     metrics = score(record, zero_oracle(len(grid_w)), Tariff())
-    assert metrics["settle_mean_s"] == 8.0
-    assert metrics["overshoot_mean_w"] == 200.0
+    assert metrics.settle_mean_s == 8.0
+    assert metrics.overshoot_mean_w == 200.0
 
 
 def test_step_down_overshoot_is_the_largest_import() -> None:
@@ -404,7 +378,7 @@ def test_unsettled_event_counts_its_whole_window() -> None:
     assert (first.settled, first.settle_s, first.window_s) == (False, 30.0, 30.0)
     assert (second.settled, second.settle_s) == (True, 0.0)
     metrics = score(record, zero_oracle(50), Tariff())
-    assert metrics["settle_mean_s"] == 15.0
+    assert metrics.settle_mean_s == 15.0
 
 
 def test_hold_cut_short_by_the_run_end_is_unsettled() -> None:
@@ -416,8 +390,8 @@ def test_hold_cut_short_by_the_run_end_is_unsettled() -> None:
 
 def test_no_events_report_zero() -> None:
     metrics = score(record_with_grid([100.0] * 10), zero_oracle(10), Tariff())
-    assert metrics["settle_mean_s"] == 0.0
-    assert metrics["overshoot_mean_w"] == 0.0
+    assert metrics.settle_mean_s == 0.0
+    assert metrics.overshoot_mean_w == 0.0
 
 
 def test_record_fields_pass_through() -> None:
@@ -428,25 +402,25 @@ def test_record_fields_pass_through() -> None:
     record.modbus_writes = 12
     record.wall_seconds = 0.5
     metrics = score(record, zero_oracle(4), Tariff())
-    assert metrics["direction_changes"] == 7.0
-    assert metrics["conversion_loss_wh"] == 1.25
-    assert metrics["modbus_reads"] == 40.0
-    assert metrics["modbus_writes"] == 12.0
-    assert metrics["wall_seconds"] == 0.5
-    assert metrics["battery_throughput_wh"] == pytest.approx(2 * 100.0 * 4 / 3600)
+    assert metrics.direction_changes == 7.0
+    assert metrics.conversion_loss_wh == 1.25
+    assert metrics.modbus_reads == 40.0
+    assert metrics.modbus_writes == 12.0
+    assert metrics.wall_seconds == 0.5
+    assert metrics.battery_throughput_wh == pytest.approx(2 * 100.0 * 4 / 3600)
 
 
 def test_cost_uses_the_tariff() -> None:
     record = make_record([1000.0] * 3600 + [-2000.0] * 3600)
     metrics = score(record, zero_oracle(7200), Tariff(0.25, 0.10))
-    assert metrics["cost_eur"] == pytest.approx(1.0 * 0.25 - 2.0 * 0.10)
+    assert metrics.cost_eur == pytest.approx(1.0 * 0.25 - 2.0 * 0.10)
 
 
 def test_empty_record_scores_zero() -> None:
     record = RunRecord(n_batteries=1)
     oracle = oracle_for_record(record, [(VENUS, 50.0)])
     metrics = score(record, oracle, Tariff())
-    assert metrics["tracking_score"] == 1.0
+    assert metrics.tracking_score == 1.0
     assert all(v == 0.0 for k, v in metrics.items() if k != "tracking_score")
 
 
@@ -464,7 +438,7 @@ def test_non_finite_record_is_rejected() -> None:
 # --- tables ------------------------------------------------------------------------------------
 
 
-def _rows() -> list[tuple[str, str, dict[str, float]]]:
+def _rows() -> list[tuple[str, str, Metrics]]:
     record = make_record([400.0] * 3600, [[200.0]] * 3600)
     oracle = oracle_for_record(record, [(VENUS, 50.0)])
     half = score(record, oracle, Tariff())
@@ -472,17 +446,18 @@ def _rows() -> list[tuple[str, str, dict[str, float]]]:
     return [("day", "mmbc", half), ("day", "classic", none), ("night", "mmbc", half)]
 
 
+def _body(text: str) -> list[list[str]]:
+    """The cells of every body line of a plain-text table (after the header rule)."""
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("─"))
+    return [line.replace("│", " ").split() for line in lines[rule + 1 :] if line.strip("─ ")]
+
+
 def test_format_table_adds_reference_rows() -> None:
     text = format_table(_rows(), ["import_wh", "cost_eur", "band_crossings_per_h"])
-    lines = text.splitlines()
-    assert lines[0].split() == [
-        "scenario",
-        "policy",
-        "import_wh",
-        "cost_eur",
-        "band_crossings_per_h",
-    ]
-    body = [line.split() for line in lines[2:]]
+    header = " ".join(text.split("─")[0].split())
+    assert header == "import cost crossings scenario policy Wh € per h"  # two header lines
+    body = _body(text)
     assert [row[:2] for row in body] == [
         ["day", "mmbc"],
         ["day", "classic"],
@@ -493,11 +468,17 @@ def test_format_table_adds_reference_rows() -> None:
     assert body[0][2:] == ["200.0", "0.060", "0.00"]
     assert body[1][2] == "400.0"
     assert body[2][2:] == ["0.0", "0.000", "-"]  # the oracle's import and cost
-    assert len({len(line) for line in lines[:2]}) == 1  # header and rule aligned
+    assert "\x1b" not in text  # plain text: no terminal codes
+    assert all(line == line.rstrip() for line in text.splitlines())
 
 
 def test_format_table_defaults_and_errors() -> None:
-    assert all(key in format_table(_rows()) for key in DEFAULT_TABLE_KEYS)
+    text = format_table(_rows())
+    header = " ".join(text.split("─")[0].split())
+    for key in DEFAULT_TABLE_KEYS:
+        first_line = metric_info(key).header.split("\n")[0]
+        assert first_line in header, key
+    assert len(_body(text)[0]) == 2 + len(DEFAULT_TABLE_KEYS)
     with pytest.raises(ScoringInputError, match="bogus"):
         format_table(_rows(), ["bogus"])
 
@@ -506,17 +487,17 @@ def test_format_side_by_side_totals_and_missing_cells() -> None:
     text = format_side_by_side(_rows())
     lines = text.splitlines()
     assert all(len(line) <= 150 for line in lines)
-    assert "mmbc" in lines[0]
-    assert "classic" in lines[0]
-    night = next(line for line in lines if line.startswith("night"))
-    day = next(line for line in lines if line.startswith("day"))
-    total = next(line for line in lines if line.startswith("TOTAL"))
+    assert lines[0].split("│")[1].strip() == "mmbc"
+    assert lines[0].split("│")[2].strip() == "classic"
+    body = _body(text)
+    day, night, total = body
     # scenario, none Wh, ref Wh | mmbc: excess, track, X/h, dirs, loss | classic: ...
-    assert day.replace("|", " ").split() == [
+    assert day == [
         "day", "400", "0", "200", "0.500", "0.0", "0", "0", "400", "0.000", "0.0", "0", "0"
     ]  # fmt: skip
-    assert night.replace("|", " ").split()[-5:] == ["-"] * 5  # classic did not run at night
-    assert total.replace("|", " ").split() == [
+    assert night[0] == "night"
+    assert night[-5:] == ["-"] * 5  # classic did not run at night
+    assert total == [
         "TOTAL", "800", "0", "400", "0.500", "0.0", "0", "0", "400", "0.000", "0.0", "0", "0"
     ]  # fmt: skip
 
@@ -528,6 +509,58 @@ def test_format_side_by_side_splits_many_policies_into_blocks() -> None:
     assert all(len(line) <= 150 for line in text.splitlines())
     assert all(f"policy-{i}" in text for i in range(6))
     assert text.count("TOTAL") >= 2
+
+
+def test_names_are_shown_literally_not_as_markup() -> None:
+    (_, _, metrics) = _rows()[0]
+    text = format_table([("[bold]day[/bold]", "[red]x", metrics)], ["import_wh"])
+    assert "[bold]day[/bold]" in text
+    assert "[red]x" in text
+
+
+def test_totals_add_energies_and_counts_and_recompute_the_ratios() -> None:
+    (_, _, half), (_, _, none), _ = _rows()
+    total = totals([half, none.replace(direction_changes=3, fault_cost_wh=12.0)])
+    assert total.import_wh == pytest.approx(half.import_wh + none.import_wh)
+    assert total.direction_changes == 3
+    assert total.fault_cost_wh == 12.0  # over the runs that have one
+    # avoided (800 - 600) over avoidable (800 - 0), not the mean of 0.5 and 0.0
+    assert total.tracking_score == pytest.approx(0.25)
+    assert total.cycle_latency_median_ms is None  # latencies do not add up
+    assert totals([half]).fault_cost_wh is None
+
+
+def test_metrics_json_lists_every_metric_in_order_and_optional_ones_only_when_set() -> None:
+    (_, _, metrics) = _rows()[0]
+    as_json = metrics.as_json()
+    assert tuple(as_json) == METRIC_KEYS
+    assert all(type(v) is float for v in as_json.values())  # counts too, as before
+    assert as_json == {k: float(getattr(metrics, k)) for k in METRIC_KEYS}
+    wire = metrics.replace(cycles=7, cycle_latency_median_ms=1.5, cycle_latency_p99_ms=2.5)
+    assert list(wire.as_json())[-3:] == [
+        "cycles",
+        "cycle_latency_median_ms",
+        "cycle_latency_p99_ms",
+    ]
+    assert wire.as_json()["cycles"] == 7.0
+    assert Metrics.from_json(wire.as_json()) == wire
+    with pytest.raises(ScoringInputError, match="missing keys"):
+        Metrics.from_json({"import_wh": 1.0})
+    assert metrics.get("fault_cost_wh") is None
+    with pytest.raises(ScoringInputError, match="bogus"):
+        metrics.get("bogus")
+
+
+def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scoring.md").read_text("utf-8")
+    table = doc.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        key
+        for line in table.splitlines()
+        if line.startswith("| `")
+        for key in re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])
+    }
+    assert documented == set(METRIC_KEYS) | set(OPTIONAL_KEYS)
 
 
 # --- properties --------------------------------------------------------------------------------
@@ -629,10 +662,10 @@ def test_every_metric_is_finite_and_the_oracle_beats_no_battery(
     record.step_events = events
     oracle = oracle_for_record(record, batteries)
     metrics = score(record, oracle, Tariff())
-    assert tuple(metrics) == METRIC_KEYS
-    assert all(math.isfinite(v) for v in metrics.values())
-    none_wh = metrics["none_import_wh"] + metrics["none_export_wh"]
-    oracle_wh = metrics["oracle_import_wh"] + metrics["oracle_export_wh"]
+    assert tuple(metrics.as_json()) == METRIC_KEYS
+    assert all(math.isfinite(v) for v in metrics.as_json().values())
+    none_wh = metrics.none_import_wh + metrics.none_export_wh
+    oracle_wh = metrics.oracle_import_wh + metrics.oracle_export_wh
     assert oracle_wh <= none_wh * (1 + 1e-12) + 1e-9
-    assert metrics["settle_mean_s"] >= 0.0
-    assert metrics["overshoot_mean_w"] >= 0.0
+    assert metrics.settle_mean_s >= 0.0
+    assert metrics.overshoot_mean_w >= 0.0

@@ -81,6 +81,19 @@ class MeasurementStream:
         self.last_received_s: float | None = None
         self._lost_logged = False
         self._rejection_logged = False
+        self._socket: aiohttp.ClientWebSocketResponse | None = None
+        self._moved = asyncio.Event()  # set by ``use``: connect again at once
+        self._closing: asyncio.Future[bool] | None = None  # closing the old socket
+
+    def use(self, client: HomeWizardV2Client) -> None:
+        """Read from ``client`` from now on (the meter moved to another address): the socket
+        to the old one is closed and the new one is tried at once, without backoff."""
+        self.client = client
+        self._moved.set()
+        socket = self._socket
+        if socket is not None and not socket.closed:
+            # Its pending receive then returns CLOSED, and the loop reconnects.
+            self._closing = asyncio.ensure_future(socket.close())
 
     def __aiter__(self) -> AsyncIterator[PushedReading]:
         return self.readings()
@@ -101,6 +114,10 @@ class MeasurementStream:
             except DeviceError as err:
                 reason = str(err)
             self.connected = False
+            if self._moved.is_set():
+                self._moved.clear()  # a new address: try it now
+                backoff_s = self.initial_backoff_s
+                continue
             if not self._lost_logged:
                 self._lost_logged = True
                 _LOGGER.warning(
@@ -108,8 +125,14 @@ class MeasurementStream:
                     self.client.name,
                     reason,
                 )
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, self.max_backoff_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff_s):
+                    await self._moved.wait()
+            if self._moved.is_set():
+                self._moved.clear()
+                backoff_s = self.initial_backoff_s
+            else:
+                backoff_s = min(backoff_s * 2, self.max_backoff_s)
 
     @property
     def url(self) -> str:
@@ -120,7 +143,9 @@ class MeasurementStream:
         if not client.token:
             raise client.rejected_token("no token")
         loop = asyncio.get_running_loop()
+        self._moved.clear()  # whatever moved before, this connection uses the current client
         ws = await self._connect()
+        self._socket = ws
         try:
             await self._send(ws, {"type": "subscribe", "data": MEASUREMENT_TOPIC})
             while True:
@@ -150,6 +175,7 @@ class MeasurementStream:
                     yield PushedReading(reading, received_s)
         finally:
             self.connected = False
+            self._socket = None
             with contextlib.suppress(Exception):  # closing is best effort
                 await ws.close()
 

@@ -133,8 +133,8 @@ class DashboardServer:
     meter (its verdict knows the meter's own update interval), once the reading the last cycle
     used is older than ``meter_max_age_s`` (a backstop for policies without that verdict), and
     once no cycle completed for ``cycle_stale_s``. ``describe``
-    and ``level`` turn an event into its log line and log level (``engine.runtime.event_log``),
-    so the page shows the words the log uses.
+    and ``severity`` turn an event into its log line and whether it warns
+    (``engine.runtime.event_log``), so the page shows the words the log uses.
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class DashboardServer:
         on_mode: Callable[[Mode], None],
         on_block_discharge: Callable[[bool], None],
         describe: Callable[[StatusEvent], str],
-        level: Callable[[StatusEvent], int],
+        severity: Callable[[StatusEvent], int],
         host: str | None = None,
         port: int = 8099,
         token: str | None = None,
@@ -166,7 +166,7 @@ class DashboardServer:
         self._on_mode = on_mode
         self._on_block_discharge = on_block_discharge
         self._describe = describe
-        self._level = level
+        self._severity = severity
         self._host = host or None
         self._port = port
         self._token = token.encode() if token else None
@@ -228,7 +228,7 @@ class DashboardServer:
         return {
             "t_s": t_s,
             "kind": type(event).__name__,
-            "level": "warning" if self._level(event) >= logging.WARNING else "info",
+            "level": "warning" if self._severity(event) >= logging.WARNING else "info",
             "text": self._describe(event),
         }
 

@@ -128,7 +128,7 @@ async def engine(tmp_path: Path, served: Served, token: str | None = None) -> As
     proc, out = start_engine(tmp_path, env)
     try:
         await asyncio.to_thread(out.wait_for, "HTTP server on")
-        await asyncio.to_thread(out.wait_for, "battery_2 available")
+        await asyncio.to_thread(out.wait_for, "battery_2 connected")
         yield Engine(proc, out, port)
     finally:
         await asyncio.to_thread(stop_engine, proc, out)
@@ -296,7 +296,7 @@ battery = 2
                 )
                 assert TOKEN not in await page.evaluate("document.body.innerText")
                 # Battery 2 answers again: that is an event too, and its card comes back.
-                # (Newest first: a return above the loss; the one at start-up sits below it.)
+                # (Newest first: the return above the loss.)
                 back = await page.wait_for(
                     "(() => { const items = [...document.querySelectorAll('#events li')];"
                     " const at = (kind) => items.findIndex(li => li.dataset.kind === kind"

@@ -41,4 +41,15 @@ WORKDIR /app
 RUN mkdir -p /data && chown mmbc:mmbc /data
 VOLUME ["/data"]
 USER mmbc
+# Healthy while control cycles complete and the meter is fresh (GET /healthz, 503 otherwise).
+# HTTP_PORT from the environment; with the server off (HTTP_ENABLED=false or HTTP_PORT=0) or
+# its settings only in .env or a TOML file, there is nothing to ask and the check passes.
+EXPOSE 8099
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import os, sys, urllib.request; \
+port = os.environ.get('HTTP_PORT', '8099'); \
+off = os.environ.get('HTTP_ENABLED', 'true').lower() == 'false' or port == '0'; \
+host = os.environ.get('HTTP_HOST') or '127.0.0.1'; \
+off or urllib.request.urlopen(f'http://{host}:{port}/healthz', timeout=4); \
+sys.exit(0)"
 ENTRYPOINT ["mmbc-engine"]

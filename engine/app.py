@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +25,12 @@ from engine.logs import setup_logging
 from engine.ports import Clock, LoopClock
 from engine.runtime.controller import SHUTDOWN_BUDGET_S, Controller
 from engine.runtime.energy_store import EnergyStateFile
+from engine.runtime.event_log import describe, severity
 from engine.settings import EngineSettings, LogFormat, LogLevel, MqttSettings
 
 if TYPE_CHECKING:
     from engine.adapters.mqtt import MqttBridge
+    from engine.adapters.web import DashboardServer, EngineCounters
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -268,6 +271,83 @@ def _make_bridge(
     )
 
 
+def _counters(
+    controller: Controller, batteries: Sequence[MarstekBattery], bridge: MqttBridge | None
+) -> EngineCounters:
+    """The counters ``/metrics`` reads at each scrape, from where the engine keeps them."""
+    from engine.adapters.web import BatteryCounters, EngineCounters
+
+    stats = controller.stats
+    return EngineCounters(
+        cycles=stats.cycles,
+        cycle_errors=stats.errors,
+        cycle_error_runs=stats.error_runs,
+        meter_failures=stats.meter_failures,
+        batteries=tuple(
+            BatteryCounters(
+                name=b.name,
+                reads=b.reads,
+                writes=b.writes,
+                errors=b.errors,
+                retries=b.retries,
+                connects=b.connects,
+                control_lost=b.commander.control_lost_count,
+            )
+            for b in batteries
+        ),
+        mqtt_connected=None if bridge is None else bridge.connected,
+        mqtt_reconnects=None if bridge is None else max(0, bridge.connections - 1),
+        mqtt_rejected_commands=None if bridge is None else bridge.rejected,
+    )
+
+
+def _make_server(
+    config: EngineSettings,
+    controller: Controller,
+    batteries: Sequence[MarstekBattery],
+    bridge: MqttBridge | None,
+    clock: Clock,
+) -> DashboardServer | None:
+    http = config.http
+    if not http.serves:
+        return None
+    from engine.adapters.web import DashboardServer  # prometheus_client only when it is on
+
+    settings = config.control
+    return DashboardServer(
+        clock=clock,
+        battery_names=[b.name for b in config.batteries],
+        on_mode=controller.set_mode,
+        on_block_discharge=controller.set_block_discharge,
+        describe=describe,
+        severity=severity,
+        host=http.host,
+        port=http.port,
+        token=None if http.token is None else http.token.get_secret_value(),
+        counters=lambda: _counters(controller, batteries, bridge),
+        # The core's stale verdict comes first (it knows the meter's interval); this only
+        # backstops a policy without one.
+        meter_max_age_s=max(30.0, 6 * settings.stale_after_s),
+        # A healthy cycle takes at most a battery timeout or two beyond its period.
+        cycle_stale_s=max(10.0, 5 * settings.loop_period_s),
+        period_s=settings.loop_period_s,
+        has_pv=config.pv_meter is not None,
+        version=__version__,
+    )
+
+
+def _latency_summary(controller: Controller) -> str:
+    latencies_ms = sorted(s * 1000.0 for s in controller.stats.latencies_s)
+    if not latencies_ms:
+        return f"{controller.stats.cycles} cycles"
+    median_ms = statistics.median(latencies_ms)
+    p99_ms = latencies_ms[min(len(latencies_ms) - 1, int(0.99 * len(latencies_ms)))]
+    return (
+        f"{controller.stats.cycles} cycles, cycle latency (meter answer to last battery write)"
+        f" median {median_ms:.2f} ms, p99 {p99_ms:.2f} ms"
+    )
+
+
 async def _open_meter(config: EngineSettings, clock: Clock) -> P1Meter | None:
     """The P1 meter as configured (found by mDNS without an address); None after printing
     why there is none to read (exit status 2)."""
@@ -322,14 +402,19 @@ async def run(config: EngineSettings, *, dry_run: bool, state_file: Path | None 
     if bridge is not None:
         controller.sinks.append(bridge)
     _LOGGER.info(
-        "mmbc-engine %s: policy %s, %d batteries, meter %s, MQTT %s%s",
+        "mmbc-engine %s: policy %s, %d batteries, meter %s, MQTT %s, HTTP %s%s",
         __version__,
         policy.name,
         len(batteries),
         meter.describe(),
         "on" if bridge is not None else "off",
+        f"port {config.http.port}" if config.http.serves else "off",
         " (dry run: nothing is written)" if dry_run else "",
     )
+    server = _make_server(config, controller, batteries, bridge, clock)
+    # A port in use is one log line inside start(); control goes on without the server.
+    if server is not None and await server.start():
+        controller.sinks.append(server)
     bridge_task = asyncio.create_task(bridge.run()) if bridge is not None else None
 
     async def stop_bridge() -> None:
@@ -345,6 +430,8 @@ async def run(config: EngineSettings, *, dry_run: bool, state_file: Path | None 
         await controller.run(stop)
     finally:
         stop.set()
+        if server is not None:
+            await server.stop()
         await bridge_stopper
         if bridge_task is not None:
             bridge_task.cancel()
@@ -355,9 +442,12 @@ async def run(config: EngineSettings, *, dry_run: bool, state_file: Path | None 
         for b in batteries:
             await b.close()
     if controller.released_ok is False:
-        _LOGGER.error("mmbc-engine stopped, but not every battery was released")
+        _LOGGER.error(
+            "mmbc-engine stopped, but not every battery was released: %s",
+            _latency_summary(controller),
+        )
         return EXIT_NOT_RELEASED
-    _LOGGER.info("mmbc-engine stopped")
+    _LOGGER.info("mmbc-engine stopped: %s", _latency_summary(controller))
     return EXIT_OK
 
 

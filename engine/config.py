@@ -43,6 +43,7 @@ from engine.settings import (
     MAX_BATTERY_NUMBER,
     BatterySettings,
     EngineSettings,
+    HttpSettings,
     LogSettings,
     MeterSettings,
     MqttSettings,
@@ -88,6 +89,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "mqtt": MqttSettings,
     "control": ControlSettings,
     "log": LogSettings,
+    "http": HttpSettings,
     "": EngineSettings,
 }
 _ENV_PREFIX: Final = {
@@ -97,6 +99,7 @@ _ENV_PREFIX: Final = {
     "mqtt": "MQTT_",
     "control": "MMBC_",
     "log": "MMBC_LOG_",
+    "http": "HTTP_",
     "": "MMBC_",
 }
 _ENV_EXCEPTIONS: Final[dict[tuple[str, str], str]] = {

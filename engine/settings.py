@@ -46,6 +46,8 @@ MODBUS_PORT: Final = 502
 MQTT_PORT: Final = 1883
 MQTT_TLS_PORT: Final = 8883
 MAX_BATTERY_NUMBER: Final = 999
+HTTP_PORT: Final = 8099
+MIN_TOKEN_CHARS: Final = 8
 
 # --- value types --------------------------------------------------------------------------------
 
@@ -242,6 +244,8 @@ TopicRoot = Annotated[
 ]
 MeterUrl = Annotated[str, BeforeValidator(_text), AfterValidator(_meter_data_url)]
 Secret = Annotated[SecretStr, BeforeValidator(_secret_text)]
+# Empty: every interface.
+ListenHost = Annotated[str, BeforeValidator(_text), AfterValidator(lambda t: t and _host(t))]
 Port = Annotated[IntSetting, Field(ge=1, le=65535)]
 SettingsFile = Annotated[Path, BeforeValidator(_text), AfterValidator(_existing_file)]
 Serial = Annotated[str, BeforeValidator(_text), AfterValidator(_serial)]
@@ -621,6 +625,38 @@ class LogSettings(_Settings):
     `exc`)."""
 
 
+class HttpSettings(_Settings):
+    """The engine's HTTP server: the live dashboard, `/metrics` and `/healthz` (docs/metrics.md).
+
+    The token is a ``SecretStr``: it never appears in ``repr``, logs or messages.
+    """
+
+    enabled: BoolSetting = True
+    """`false` turns the server off."""
+    host: ListenHost = ""
+    """Address to listen on; empty: every interface (works with `docker run --network host`);
+    `127.0.0.1`: this machine only."""
+    port: IntSetting = Field(HTTP_PORT, ge=0, le=65535)
+    """Port to listen on; `0` turns the server off."""
+    token: Secret | None = None
+    """With a token (at least 8 characters) the dashboard's controls (mode, block discharge)
+    work for whoever enters it; without one the page is read-only and every write answers 403.
+    Never logged or shown."""
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_CHARS:
+            msg = f"too short: use at least {MIN_TOKEN_CHARS} characters"
+            raise ValueError(msg)
+        return token
+
+    @property
+    def serves(self) -> bool:
+        """Whether the server runs at all."""
+        return self.enabled and self.port != 0
+
+
 class EngineSettings(_Settings):
     """Everything the engine needs, validated. ``engine.config.load_config`` builds it."""
 
@@ -630,6 +666,7 @@ class EngineSettings(_Settings):
     mqtt: MqttSettings | None = None
     control: ControlSettings = ControlSettings()  # frozen: one shared default is safe
     log: LogSettings = Field(default_factory=LogSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     dry_run: BoolSetting = False
     """Read and decide, but write nothing to the batteries (same as `--dry-run`)."""
     state_file: StateFile | None = None
@@ -691,6 +728,11 @@ class EngineSettings(_Settings):
             if getattr(self.control, name) != getattr(defaults, name)
         ]
         lines.append(f"control: {', '.join(changed) if changed else 'defaults'}")
+        if self.http.serves:
+            controls = "controls on (token set)" if self.http.token else "read-only (no token)"
+            lines.append(f"http: {self.http.host or '*'}:{self.http.port}, {controls}")
+        else:
+            lines.append("http: disabled")
         lines.append(f"log: {self.log.level} {self.log.format}; dry run: {self.dry_run}")
         lines.append(f"state file: {self.state_file or 'default'}")
         lines.extend(f"warning: {w}" for w in self.warnings)
@@ -702,6 +744,7 @@ __all__ = [
     "METER_DATA_PATH",
     "BatterySettings",
     "EngineSettings",
+    "HttpSettings",
     "LogFormat",
     "LogLevel",
     "LogSettings",

@@ -30,6 +30,7 @@ _DERIVED_DEFAULTS = {
     ("mqtt", "port"): "`1883` (`8883` with TLS)",
     ("mqtt", "tls"): "`false` (`true` with a CA or client certificate file)",
     ("mqtt", "client_id"): "`mmbc-engine` (derived from the topic prefix)",
+    ("http", "host"): "every interface",
     ("meter", "token_file"): "`p1-token.json` (see below)",
     ("meter", "ca_file"): "HomeWizard's CA",
     ("meter", "mdns_interfaces"): "every interface",
@@ -71,7 +72,7 @@ def _kind(name: SettingName, info: FieldInfo) -> str:
         return "one of " + ", ".join(f"`{choice}`" for choice in get_args(annotation))
     if name.field in _FILE_FIELDS:
         return "file"
-    if name.path in (("mqtt", "password"), ("meter", "token")):
+    if name.path in (("mqtt", "password"), ("meter", "token"), ("http", "token")):
         return "text (secret)"
     text = str(annotation)
     for python, words in _KINDS.items():

@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
         help="write the per-step time series (one file per policy; see docs/scoring.md)",
     )
     run.add_argument("--wire", action="store_true", help="through real sockets (mmbc only)")
+    run.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="with --wire: the engine's HTTP server on, a dashboard open and scraped",
+    )
     timing = run.add_mutually_exclusive_group()
     timing.add_argument(
         "--phase",
@@ -168,6 +173,7 @@ def _default_run_args() -> argparse.Namespace:
         wire=False,
         phase=None,
         phases=None,
+        dashboard=False,
     )
 
 
@@ -189,7 +195,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if args.wire and policy == "mmbc":
                 from sim.replay.wire import run_wire
 
-                result = run_wire(scenario, progress=_progress(f"{label} (wire)"), phase=phase)
+                result = run_wire(
+                    scenario,
+                    progress=_progress(f"{label} (wire)"),
+                    phase=phase,
+                    dashboard=args.dashboard,
+                )
             else:
                 result = run_scenario(scenario, policy, progress=_progress(label), phase=phase)
             results.append(result)

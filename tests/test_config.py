@@ -873,7 +873,7 @@ def test_the_setting_tables_are_generated_from_the_models() -> None:
 
     expected = _render_module().render(committed)
 
-    assert committed.count("<!-- generated: ") == 6
+    assert committed.count("<!-- generated: ") == 7
     assert committed == expected, "run: python scripts/render_config_reference.py"
 
 
@@ -1123,3 +1123,60 @@ def test_text_logging_and_quiet_libraries() -> None:
 def test_setup_logging_rejects_unknown_level_or_format(level: str, fmt: str) -> None:
     with pytest.raises(ValueError, match="log"):
         setup_logging(level, fmt)
+
+
+# --- the HTTP server -----------------------------------------------------------------------
+
+
+def test_http_server_is_on_by_default_on_every_interface() -> None:
+    http = env_config().http
+    assert http.serves
+    assert (http.host, http.port, http.token) == ("", 8099, None)
+    assert "http: *:8099, read-only (no token)" in env_config().describe()
+
+
+@pytest.mark.parametrize("off", [{"HTTP_PORT": "0"}, {"HTTP_ENABLED": "false"}])
+def test_http_server_can_be_turned_off(off: dict[str, str]) -> None:
+    config = env_config(**off, HTTP_HOST="127.0.0.1")
+    assert not config.http.serves
+    assert "http: disabled" in config.describe()
+
+
+def test_http_settings_from_the_environment_and_toml() -> None:
+    config = build_config(
+        environ={**MINIMAL_ENV, "HTTP_PORT": "18099"},
+        toml={"http": {"host": "127.0.0.1", "token": "toml-secret-1"}},
+    )
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 18099)
+    assert config.http.token is not None
+    assert config.http.token.get_secret_value() == "toml-secret-1"
+
+
+def test_http_token_never_appears_in_repr_or_describe() -> None:
+    config = env_config(HTTP_TOKEN="s3cret-token-value")
+    assert config.http.token is not None
+    assert config.http.token.get_secret_value() == "s3cret-token-value"
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in config.describe()
+    assert "controls on (token set)" in config.describe()
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"HTTP_PORT": "70000"}, "HTTP_PORT"),
+        ({"HTTP_PORT": "web"}, "HTTP_PORT"),
+        ({"HTTP_ENABLED": "maybe"}, "HTTP_ENABLED"),
+        ({"HTTP_HOST": "http://x"}, "HTTP_HOST"),
+    ],
+)
+def test_bad_http_settings_name_their_key(env: dict[str, str], key: str) -> None:
+    err = config_error(environ={**MINIMAL_ENV, **env})
+    assert err.key == key
+
+
+def test_a_short_token_is_refused_without_showing_it() -> None:
+    err = config_error(environ={**MINIMAL_ENV, "HTTP_TOKEN": "abc1234"})
+    assert err.key == "HTTP_TOKEN"
+    assert "at least 8 characters" in err.problem
+    assert "abc1234" not in str(err)

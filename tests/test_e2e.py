@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 # Generous bounds that only keep a broken run from hanging the suite; not timing assertions.
 START_BOUND_S = 30.0
 EXIT_BOUND_S = 15.0
-CONFIG_PREFIXES = ("P1_", "PV_", "BATTERY_", "MQTT_", "MMBC_")
+CONFIG_PREFIXES = ("P1_", "PV_", "BATTERY_", "MQTT_", "MMBC_", "HTTP_")
 
 
 def command(name: str, module: str) -> list[str]:
@@ -44,8 +44,13 @@ def command(name: str, module: str) -> list[str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any MMBC setting, plus ``extra``."""
+    """This process's environment without any MMBC setting, plus ``extra``.
+
+    The engine's HTTP server listens on loopback only, on a free port, unless ``extra`` says
+    otherwise.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
+    env.update({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(free_port())})
     env.update(extra)
     return env
 

@@ -671,6 +671,9 @@ class MarstekBattery:
         self.writes = 0  # write requests issued
         self.connects = 0  # connection attempts by read/apply/release
         self.probes = 0  # probes started while backing off (each one connection attempt)
+        self.errors = 0  # requests and connection attempts that failed
+        self.retries = 0  # requests and connection attempts made right after a failed one
+        self._last_attempt_failed = False
         self._clock = clock
         self._gap_s = message_gap_s
         self._timeout_s = timeout_s
@@ -831,17 +834,20 @@ class MarstekBattery:
             raise DeviceUnavailable(msg, device=self.name)
         client = self._new_client()
         self.connects += 1
+        self._note_attempt()
         try:
             async with asyncio.timeout(self._timeout_s):
                 ok = bool(await client.connect())
         except (TimeoutError, OSError, ModbusException):
             ok = False
         if not ok:
+            self._note_failure()
             client.close()
             self._back_off()
             msg = f"cannot connect to {self.host}:{self.port}"
             raise DeviceUnavailable(msg, device=self.name)
         self._client = client
+        self._last_attempt_failed = False
         # The backoff resets on the first answered request, not here: a device (or gateway)
         # that accepts and then drops every connection must not be hammered each cycle.
         self._fresh = True
@@ -927,6 +933,7 @@ class MarstekBattery:
         if client is None:
             raise DeviceUnavailable("not connected", device=self.name)
         await self._pace()
+        self._note_attempt()
         try:
             async with asyncio.timeout(self._timeout_s):
                 reply = await call(client)
@@ -952,9 +959,19 @@ class MarstekBattery:
         self._failed_requests = 0
         self._fresh = False
         self._backoff_s = 0.0
+        self._last_attempt_failed = False
         return reply
 
+    def _note_attempt(self) -> None:
+        if self._last_attempt_failed:
+            self.retries += 1
+
+    def _note_failure(self) -> None:
+        self.errors += 1
+        self._last_attempt_failed = True
+
     def _request_failed(self) -> None:
+        self._note_failure()
         if self._fresh:  # not one answer on this connection: count it as a failed connect
             self._fresh = False
             self._failed_requests = 0
@@ -976,6 +993,7 @@ class MarstekBattery:
         )
         registers = list(getattr(reply, "registers", None) or [])
         if len(registers) != count:
+            self._note_failure()
             msg = f"read {address}: {len(registers)} registers returned, {count} asked"
             raise DeviceResponseError(msg, device=self.name)
         return [int(r) for r in registers]
@@ -989,6 +1007,7 @@ class MarstekBattery:
         )
         echoed = list(getattr(reply, "registers", None) or [])
         if getattr(reply, "address", address) != address or echoed[:1] != [value]:
+            self._note_failure()
             msg = f"write {address}={value}: echo {getattr(reply, 'address', None)}={echoed}"
             raise DeviceResponseError(msg, device=self.name)
 

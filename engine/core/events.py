@@ -3,6 +3,9 @@
 A plan carries the events of its cycle. The runtime turns them into log lines, the MQTT and
 HTTP adapters into published state, and the simulator's invariant checkers match on their
 types, never on text, so rewording a log line cannot break a check.
+
+Meter events are not decisions: the runtime sees them when it polls the meter and reports
+them beside the cycle's decision events (``StatusEvent``).
 """
 
 from __future__ import annotations
@@ -125,3 +128,20 @@ DecisionEvent: TypeAlias = (
     | SafeHoldEntered
     | SafeHoldLeft
 )
+
+
+@dataclass(frozen=True, slots=True)
+class MeterLost:
+    """A meter stopped answering; the core sees its reading age and holds safe when stale."""
+
+    meter: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReturned:
+    meter: str
+
+
+MeterEvent: TypeAlias = MeterLost | MeterReturned
+StatusEvent: TypeAlias = DecisionEvent | MeterEvent

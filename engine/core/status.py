@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.core.energy import EnergyTotals
-from engine.core.events import DecisionEvent
+from engine.core.events import MeterEvent, StatusEvent
 from engine.core.model import BatteryIdentity, BatteryTelemetry, Mode, Plan, Snapshot
 from engine.core.settings import VENUS_E_CAPACITY_WH
 from engine.core.states import BatteryState, FleetState
@@ -46,6 +46,7 @@ class BatteryStatus:
     temperature_c: float | None = None
     alarms: tuple[str, ...] | None = None
     faults: tuple[str, ...] | None = None
+    setpoint_w: int | None = None  # what the plan commands (+ discharge); None: not commanded
 
     @property
     def available(self) -> bool:
@@ -73,10 +74,15 @@ class FleetStatus:
     fleet_state: FleetState | None = None
     now_s: float = 0.0  # the cycle's time on the engine's clock
     meter_age_s: float | None = None  # how old the meter's reading was when the cycle ran
-    events: tuple[DecisionEvent, ...] = ()  # what the core decided this cycle worth telling
+    # What the cycle saw of the meter, then what the core decided, worth telling.
+    events: tuple[StatusEvent, ...] = ()
     # Whether grid_w (and grid_rms_w) is a fresh reading the core acted on; a stale or
     # missing one is published as unavailable, never as a value.
     meter_fresh: bool = True
+    # Measured by the runtime (latency clock): the whole cycle, and from the meter's answer
+    # to the last battery write.
+    cycle_duration_s: float | None = None
+    cycle_latency_s: float | None = None
 
 
 def _finite(value: float | None) -> float | None:
@@ -149,6 +155,9 @@ def build_status(
     numbers: Mapping[str, int] | None = None,
     energy: EnergyTotals | None = None,
     meter_stale_after_s: float = METER_STALE_AFTER_S,
+    meter_events: tuple[MeterEvent, ...] = (),
+    cycle_duration_s: float | None = None,
+    cycle_latency_s: float | None = None,
 ) -> FleetStatus:
     """The state to publish after one cycle.
 
@@ -160,6 +169,8 @@ def build_status(
     - ``discharge_blocked``: blocked by the user or by hold mode (what the engine does).
     - ``meter_fresh``: see :func:`meter_is_fresh`.
     - ``quality``: ``"safe_hold"`` while the plan holds safe, else the policy's verdict.
+    - ``setpoint_w``: the plan's setpoint; ``None`` for a battery it releases or leaves out.
+    - ``events``: ``meter_events`` (seen while reading), then the plan's.
     """
     numbering = numbers or {}
     batteries = tuple(
@@ -181,6 +192,7 @@ def build_status(
             temperature_c=_finite(battery.temperature_c) if battery.online else None,
             alarms=battery.alarms if battery.online else None,
             faults=battery.faults if battery.online else None,
+            setpoint_w=None if battery.name in plan.release else plan.setpoints.get(battery.name),
         )
         for position, battery in enumerate(snapshot.batteries, start=1)
     )
@@ -199,9 +211,12 @@ def build_status(
         grid_rms_w=_finite(plan.grid_rms_w),
         fleet_state=plan.fleet_state,
         now_s=snapshot.now_s,
+        # A reading that arrived during the cycle is fresh, not from the future.
         meter_age_s=None
         if snapshot.meter_updated_s is None
-        else snapshot.now_s - snapshot.meter_updated_s,
-        events=plan.events,
+        else max(0.0, snapshot.now_s - snapshot.meter_updated_s),
+        events=(*meter_events, *plan.events),
         meter_fresh=meter_is_fresh(snapshot, plan, stale_after_s=meter_stale_after_s),
+        cycle_duration_s=cycle_duration_s,
+        cycle_latency_s=cycle_latency_s,
     )

@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.core.cycle import ControlCycle, CycleResult, Release, UserInputs
 from engine.core.energy import CounterReading, EnergyLedger, EnergyTotals
+from engine.core.events import MeterEvent, MeterLost, MeterReturned
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy
@@ -67,7 +68,9 @@ class CycleStats:
 
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     cycles: int = 0
-    errors: int = 0
+    errors: int = 0  # cycles that raised: every battery to 0 W
+    error_runs: int = 0  # runs of such cycles (one fail-safe hold each)
+    meter_failures: int = 0  # meter polls that failed
     pushes: int = 0  # readings the meter pushed (new or not)
     pushed_cycles: int = 0  # cycles run on a pushed reading
     polls: int = 0  # cycles that polled the meter
@@ -123,6 +126,7 @@ class Controller:
         self.energy_store = energy_store
         self.energy = energy_store.load() if energy_store is not None else EnergyLedger()
         self.released_ok: bool | None = None  # set by shutdown(): every battery released?
+        self._meter_events: list[MeterEvent] = []  # seen since the last report
         self.push = push
         self._pushed: PushedMeterReading | None = None  # the newest push no cycle has used
         self._last_push_s: float | None = None  # when the last push arrived (loop clock)
@@ -240,6 +244,7 @@ class Controller:
         """One cycle, on ``pushed`` if given. Never raises: an unexpected error puts every
         battery at 0 W."""
         now = self.clock.now()
+        started = self.latency_clock()
         try:
             snap, meter_done = await self._read(now, pushed)
             if _LOGGER.isEnabledFor(logging.DEBUG):  # the reading's age at the decision
@@ -261,14 +266,16 @@ class Controller:
         if result.failure is not None:
             return self._failed(now, result)
         plan = result.plan
-        self.stats.latencies_s.append(max(0.0, self.latency_clock() - meter_done))
+        done = self.latency_clock()
+        latency_s = max(0.0, done - meter_done)
+        self.stats.latencies_s.append(latency_s)
         self.stats.cycles += 1
         self._error_logged = False
         self.last_plan = plan
         self.last_snapshot = snap
         for event in plan.events:
             _LOGGER.log(level(event), "%s", describe(event))
-        self._report(snap, plan)
+        self._report(snap, plan, duration_s=max(0.0, done - started), latency_s=latency_s)
         return plan
 
     async def _read(
@@ -310,7 +317,7 @@ class Controller:
         """A pushed reading, as a poll that answered when it arrived."""
         self.stats.pushed_cycles += 1
         if self.tracker.update(pushed.reading, pushed.received_s) is Availability.RETURNED:
-            _LOGGER.info("meter %s is available again", self.tracker.name)
+            self._meter_event(MeterReturned(self.tracker.name))
 
     def _failed(self, now: float, result: CycleResult) -> Plan:
         """Log the traceback once per run of failures; the 0 W writes are already out."""
@@ -318,14 +325,17 @@ class Controller:
         if not self._error_logged:
             _LOGGER.error("control cycle failed: every battery to 0 W", exc_info=result.error)
             self._error_logged = True
+            self.stats.error_runs += 1
         self.last_plan = result.plan
         if self.observer is not None:
             self.observer.cycle_failed(now, result.failure or "")
         return result.plan
 
-    def _report(self, snap: Snapshot, plan: Plan) -> None:
+    def _report(self, snap: Snapshot, plan: Plan, *, duration_s: float, latency_s: float) -> None:
         if self.observer is not None:
             self.observer.cycle_done(snap, plan)
+        meter_events = tuple(self._meter_events)
+        self._meter_events.clear()
         try:
             totals = self._count_energy(snap)
         except Exception:  # reporting must never stop control
@@ -334,7 +344,14 @@ class Controller:
         if not self.sinks:
             return
         status = build_status(
-            snap, plan, self.capacities, numbers=self.battery_numbers, energy=totals
+            snap,
+            plan,
+            self.capacities,
+            numbers=self.battery_numbers,
+            energy=totals,
+            meter_events=meter_events,
+            cycle_duration_s=duration_s,
+            cycle_latency_s=latency_s,
         )
         for sink in self.sinks:
             try:
@@ -364,15 +381,24 @@ class Controller:
     async def _read_meter(self) -> float:
         """Poll the P1 meter; returns ``latency_clock`` at the response (the latency start)."""
         self.stats.polls += 1
+        event: MeterEvent | None = None
         try:
             reading = await self.meter.read()
         except DeviceError as err:
+            self.stats.meter_failures += 1
             if self.tracker.failed(self.clock.now()) is Availability.LOST:
-                _LOGGER.warning("meter %s is unavailable: %s", self.tracker.name, err)
+                event = MeterLost(self.tracker.name, str(err))
         else:
             if self.tracker.update(reading, self.clock.now()) is Availability.RETURNED:
-                _LOGGER.info("meter %s is available again", self.tracker.name)
+                event = MeterReturned(self.tracker.name)
+        if event is not None:
+            self._meter_event(event)
         return self.latency_clock()
+
+    def _meter_event(self, event: MeterEvent) -> None:
+        """The meter went or came back: one log line, and an event for the next status."""
+        _LOGGER.log(level(event), "%s", describe(event))
+        self._meter_events.append(event)
 
     async def _read_pv(self) -> None:
         assert self.pv_meter is not None

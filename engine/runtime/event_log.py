@@ -10,16 +10,18 @@ from engine.core.events import (
     BatteryReturned,
     CutoffCleared,
     CutoffReached,
-    DecisionEvent,
     Direction,
     Excluded,
     ExclusionEnded,
     HandoverEnded,
     HandoverStarted,
     LeaderChanged,
+    MeterLost,
+    MeterReturned,
     SafeHoldCause,
     SafeHoldEntered,
     SafeHoldLeft,
+    StatusEvent,
 )
 
 _DIRECTION_WORD = {
@@ -33,7 +35,7 @@ _CAUSE_WORDS = {
 }
 
 
-def describe(event: DecisionEvent) -> str:
+def describe(event: StatusEvent) -> str:
     """One human-readable line for ``event``."""
     match event:
         case BatteryConnected(battery=name):
@@ -67,15 +69,25 @@ def describe(event: DecisionEvent) -> str:
             return f"{_CAUSE_WORDS[cause]}: every battery at 0 W"
         case SafeHoldLeft(cause=cause):
             return f"{_CAUSE_WORDS[cause]} over: control resumes"
+        case MeterLost(meter=meter, reason=reason):
+            return f"meter {meter} is unavailable: {reason}"
+        case MeterReturned(meter=meter):
+            return f"meter {meter} is available again"
     raise AssertionError(f"no description for {event!r}")  # pragma: no cover - exhaustive
 
 
-def level(event: DecisionEvent) -> int:
-    """How loud ``event`` is: safety and faults warn, selection changes inform. A battery's
-    availability is the driver's to log (once, with the reason: engine.adapters.marstek);
-    the core's view of it only shows in the debug log."""
-    if isinstance(event, BatteryConnected | BatteryLost | BatteryReturned):
-        return logging.DEBUG
-    if isinstance(event, SafeHoldEntered | Excluded):
+def severity(event: StatusEvent) -> int:
+    """How much ``event`` matters to a person watching: safety and faults warn (the
+    dashboard's event list marks them), selection changes inform."""
+    if isinstance(event, SafeHoldEntered | BatteryLost | Excluded | MeterLost):
         return logging.WARNING
     return logging.INFO
+
+
+def level(event: StatusEvent) -> int:
+    """The log level of ``event``: its severity, except that a battery's availability is the
+    driver's to log (once, with the reason: engine.adapters.marstek); the core's view of it
+    only shows in the debug log."""
+    if isinstance(event, BatteryConnected | BatteryLost | BatteryReturned):
+        return logging.DEBUG
+    return severity(event)

@@ -19,6 +19,10 @@ reading. The device pushes each new sample the instant it becomes visible.
 The cycle latency (P1 response to the last Modbus write) is measured in wall-clock time, since
 in virtual time it is the message gaps only; the servers run in the same process and thread,
 so the figure includes the servers' own work: it is an upper bound of the engine's.
+
+With ``dashboard`` the engine's HTTP server runs on the same loop as in the daemon, with a
+dashboard open (its live stream read, its long history fetched every minute) and ``/metrics``
+scraped every 15 s of loop time, so the latency can be compared with and without it.
 """
 
 from __future__ import annotations
@@ -32,16 +36,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 import looptime
 
 from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.homewizard_v2 import HomeWizardV2Client, MeasurementStream
 from engine.adapters.marstek import MarstekBattery
+from engine.adapters.web import DashboardServer
 from engine.core.model import Plan, Snapshot
 from engine.core.policies import make_policy
 from engine.ports import LoopClock, MeterSource
 from engine.runtime.controller import Controller
-from engine.runtime.event_log import describe
+from engine.runtime.event_log import describe, severity
 from sim.plant.params import MeterApi
 from sim.plant.world import RECORD_STEP_S, ErrorInjectingPolicy, World
 from sim.replay.inprocess import (
@@ -66,6 +72,8 @@ WIRE_METER_TIMEOUT_S = 2.0
 # looptime lets the loop spin this many idle iterations before it moves the clock. Loopback
 # data is readable as soon as it is sent, so a few are enough; more only cost wall time.
 NOOP_CYCLES = 2
+SCRAPE_EVERY_S = 15.0
+SNAPSHOT_EVERY_S = 60.0
 WIRE_P1_USER = "local/mmbc"
 
 
@@ -91,7 +99,11 @@ class _Observer:
 
 
 def run_wire(
-    scenario: Scenario, *, progress: ProgressFn | None = None, phase: float | None = None
+    scenario: Scenario,
+    *,
+    progress: ProgressFn | None = None,
+    phase: float | None = None,
+    dashboard: bool = False,
 ) -> RunResult:
     """Replay ``scenario`` with policy ``mmbc`` through the real engine over loopback sockets.
 
@@ -104,7 +116,7 @@ def run_wire(
     try:
         with tempfile.TemporaryDirectory(prefix="mmbc-wire-") as scratch:
             return loop.run_until_complete(
-                _run(scenario, progress, wall_start, phase, Path(scratch))
+                _run(scenario, progress, wall_start, phase, Path(scratch), dashboard)
             )
     finally:
         try:
@@ -113,12 +125,44 @@ def run_wire(
             loop.close()
 
 
+async def _dashboard_client(base: str, counts: dict[str, int]) -> None:
+    """What an open dashboard page and a Prometheus server ask of the engine."""
+
+    async def stream(session: aiohttp.ClientSession) -> None:
+        while True:  # as a browser's EventSource: reconnect when the server drops the stream
+            try:
+                async with session.get(f"{base}/api/stream") as response:
+                    async for line in response.content:
+                        if line.startswith(b"event: "):
+                            counts["events"] += 1
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            counts["reconnects"] += 1
+            await asyncio.sleep(2.0)
+
+    async def poll(session: aiohttp.ClientSession, path: str, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            async with session.get(f"{base}{path}") as response:
+                await response.read()
+                counts[path] += 1
+
+    # No total timeout: a stream stays open as long as the page does.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        await asyncio.gather(
+            stream(session),
+            poll(session, "/metrics", SCRAPE_EVERY_S),
+            poll(session, "/api/long", SNAPSHOT_EVERY_S),
+        )
+
+
 async def _run(
     scenario: Scenario,
     progress: ProgressFn | None,
     wall_start: float,
     phase: float | None,
     scratch: Path,
+    dashboard: bool,
 ) -> RunResult:
     settings = settings_for(scenario, POLICY)
     world = World(scenario)
@@ -184,6 +228,25 @@ async def _run(
         latency_clock=time.perf_counter,
         push=stream,
     )
+    web: DashboardServer | None = None
+    client: asyncio.Task[None] | None = None
+    counts = {"events": 0, "/metrics": 0, "/api/long": 0, "reconnects": 0}
+    if dashboard:
+        web = DashboardServer(
+            clock=clock,
+            battery_names=world.names,
+            on_mode=controller.set_mode,
+            on_block_discharge=controller.set_block_discharge,
+            describe=describe,
+            severity=severity,
+            host="127.0.0.1",
+            port=0,
+            period_s=settings.loop_period_s,
+        )
+        if not await web.start():
+            raise RuntimeError("the dashboard server did not start")
+        controller.sinks.append(web)
+        client = asyncio.create_task(_dashboard_client(f"http://127.0.0.1:{web.port}", counts))
     pusher = asyncio.create_task(servers.push_samples()) if servers.p1_v2 is not None else None
     try:
         shutdown_s = await _drive(world, servers, controller, timing.first_tick_s, progress)
@@ -200,6 +263,11 @@ async def _run(
         if pusher is not None:
             pusher.cancel()
             await asyncio.gather(pusher, return_exceptions=True)
+        if client is not None:
+            client.cancel()
+            await asyncio.gather(client, return_exceptions=True)
+        if web is not None:
+            await web.stop()
         await meter.close()
         if pv is not None:
             await pv.close()
@@ -223,6 +291,15 @@ async def _run(
         f" write, wall clock) median {metrics.cycle_latency_median_ms:.2f} ms,"
         f" p99 {metrics.cycle_latency_p99_ms:.2f} ms; {record.modbus_reads} Modbus reads,"
         f" {record.modbus_writes} writes; {metrics.wall_seconds:.1f} s wall",
+        *(
+            [
+                f"dashboard: {counts['events']} stream events, {counts['/metrics']} scrapes,"
+                f" {counts['/api/long']} history refreshes,"
+                f" {counts['reconnects']} stream reconnects"
+            ]
+            if dashboard
+            else []
+        ),
         *observer.notes,
     ]
     return RunResult(

@@ -583,6 +583,24 @@ async def test_exception_replies_make_the_battery_offline(
     assert server.firmware.target_w == 300.0
 
 
+async def test_failed_requests_count_as_errors_and_the_next_attempts_as_retries(
+    battery: MarstekBattery, server: BatteryServer
+) -> None:
+    assert (await battery.read()).online
+    assert (battery.errors, battery.retries) == (0, 0)
+    server.exception_mode = True
+    assert not (await battery.read()).online  # the first request fails, the cycle stops
+    assert (battery.errors, battery.retries) == (1, 0)
+    assert not (await battery.read()).online
+    assert (battery.errors, battery.retries) == (2, 1)
+    server.exception_mode = False
+    assert (await _read_until_online(battery)).online
+    errors, retries = battery.errors, battery.retries
+    assert retries >= 2  # the attempt that succeeded followed a failure
+    assert (await battery.read()).online
+    assert (battery.errors, battery.retries) == (errors, retries)  # healthy: nothing counted
+
+
 async def test_stall_longer_than_the_timeout_is_offline_not_a_guess(
     battery: MarstekBattery, server: BatteryServer
 ) -> None:

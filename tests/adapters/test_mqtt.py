@@ -825,6 +825,7 @@ async def test_invalid_command_is_rejected_once_and_state_republished(
             await observer.wait_for(lambda: len(observer.of(status_topic)) == before + 1)
         assert observer.of(status_topic)[-1].payload == status_payload
     assert commands == Commands()
+    assert bridge.rejected == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == LOGGER_NAME]
     assert len(warnings) == 1
     assert topic in warnings[0].getMessage()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from engine.adapters import marstek_registers as reg
 from engine.adapters.homewizard import HomeWizardClient
 from engine.adapters.marstek import MarstekBattery
+from engine.core.events import MeterLost, MeterReturned
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
 from engine.core.states import FleetState
@@ -274,3 +276,33 @@ async def test_stop_during_a_slow_cycle_still_releases() -> None:
             server.stall_s = 0.0
         assert not in_control(fw)
         assert fw.target_w == 0
+
+
+async def test_meter_loss_and_return_reach_the_status_as_events_with_the_setpoints() -> None:
+    async with rig() as r:
+        fw = r.firmware
+        live_meter = r.controller.meter
+        with socket.socket() as probe:  # a port nobody listens on: connection refused
+            probe.bind(("127.0.0.1", 0))
+            dead_port = probe.getsockname()[1]
+        dead_meter = HomeWizardClient(f"http://127.0.0.1:{dead_port}/api/v1/data", timeout_s=0.5)
+        try:
+            async with running(r.controller):
+                await asyncio.sleep(10.0)
+                last = r.recorder.statuses[-1]
+                assert last.batteries[0].setpoint_w == fw.discharge_setpoint_w > 100
+                assert last.cycle_duration_s is not None
+                assert last.cycle_latency_s is not None
+                assert 0.0 <= last.cycle_latency_s <= last.cycle_duration_s
+                r.controller.meter = dead_meter
+                await asyncio.sleep(3.0)
+                r.controller.meter = live_meter
+                await asyncio.sleep(3.0)
+        finally:
+            await dead_meter.close()
+        events = [e for s in r.recorder.statuses for e in s.events]
+        meter_events = [e for e in events if isinstance(e, MeterLost | MeterReturned)]
+        assert [type(e) for e in meter_events] == [MeterLost, MeterReturned]
+        assert isinstance(meter_events[0], MeterLost)
+        assert str(dead_port) in meter_events[0].reason
+        assert r.controller.stats.meter_failures >= 2

@@ -132,3 +132,19 @@ def test_wire_with_push_decides_on_the_pushed_readings() -> None:
     cycles, pushed, polls = (int(x) for x in found.groups())
     assert pushed >= 0.95 * cycles
     assert polls <= 2  # before the stream is up
+
+
+@pytest.mark.slow
+def test_wire_with_the_dashboard_open_streams_every_cycle() -> None:
+    scenario = trimmed(SCENARIOS / "kettle.toml", 300.0)
+    result = run_wire(scenario, dashboard=True)
+    assert all(result.invariants.values()), result.report.details
+    note = next(n for n in result.notes if n.startswith("dashboard:"))
+    events, scrapes, refreshes, reconnects = (int(w) for w in re.findall(r"\d+", note))
+    # One status per cycle (plus the first snapshot), a scrape every 15 s, the long history
+    # every minute.
+    assert result.metrics.cycles is not None
+    assert events >= result.metrics.cycles
+    assert scrapes >= 300 // 15 - 1
+    assert refreshes >= 300 // 60 - 1
+    assert reconnects == 0

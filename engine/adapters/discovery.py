@@ -18,14 +18,16 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-
-from zeroconf import BadTypeInNameException, IPVersion, ServiceStateChange, Zeroconf
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+from typing import TYPE_CHECKING
 
 from engine.adapters.homewizard_v2.client import DEFAULT_PORT as V2_DEFAULT_PORT
 from engine.adapters.homewizard_v2.client import ApiVersion
 from engine.adapters.homewizard_v2.tls import verification_hostname
 from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from zeroconf import ServiceStateChange, Zeroconf
+    from zeroconf.asyncio import AsyncZeroconf
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -316,6 +318,10 @@ async def browse(
     ``interfaces``: addresses to use (None: all); the tests pass ``["127.0.0.1"]``.
     ``zeroconf``: a running instance to share (left open); otherwise one is made and closed.
     """
+    # zeroconf (some 15 MB of compiled modules) is imported only when a meter is looked for.
+    from zeroconf import IPVersion, ServiceStateChange
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
     own = zeroconf is None
     if zeroconf is None:
         chosen = list(interfaces) if interfaces is not None else None
@@ -435,6 +441,8 @@ class MeterFollower:
         self._look = look or default_look
 
     async def look_again(self) -> MeterEndpoint | None:
+        from zeroconf import BadTypeInNameException
+
         current = self.current
         serial = current.device.serial
         try:

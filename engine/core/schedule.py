@@ -4,8 +4,10 @@ A cycle acts on the newest reading the meter shows; a reading that appeared just
 poll is the freshest there is, one that appeared just after waits a whole period. The meter
 does not say when it refreshes, so the schedule learns it from the only thing a poll reveals:
 whether the reading is new. It keeps its polls ``margin`` after the refresh it expects and
-creeps them ``creep`` earlier each time one finds a new reading; a poll that finds none came
-too early, so the refresh is about to happen: the next poll follows ``retry`` later and the
+moves them earlier each time one finds a new reading: by a tenth of the meter's interval
+while it is still seeking the refresh (so a random starting phase is found within about ten
+readings), by ``creep`` once a refresh has been caught; a poll that finds none came too
+early, so the refresh is about to happen: the next poll follows ``retry`` later and the
 expectation moves there. So the polls stay just after the refresh, following a meter's clock
 that drifts against ours, at the cost of an occasional extra poll. Without learning (the
 classic policy, or the feature switched off) cycles run on a fixed grid of periods.
@@ -25,6 +27,7 @@ from typing import Final
 
 MARGIN_S: Final = 0.05  # poll this long after the expected refresh (the meter's own jitter)
 CREEP_S: Final = 0.002  # per found reading: how much earlier the next refresh is expected
+SEEK_FRACTION: Final = 0.1  # the same, of the interval, until a refresh has been caught
 RETRY_S: Final = 0.1  # after a poll that found no new reading: poll again this much later
 INTERVAL_READINGS: Final = 9  # the meter's interval is the median spacing of this many
 MIN_INTERVAL_READINGS: Final = 4
@@ -49,7 +52,8 @@ class CycleSchedule:
         self._lost = False  # no reading for a whole interval: no retries until one comes
         # When recent polls first saw a new reading: over many readings their spacing is the
         # meter's interval (a single spacing is off by the polls' own creep and retries).
-        self._seen: deque[float] = deque(maxlen=INTERVAL_READINGS)
+        self._seen: deque[tuple[float, int]] = deque(maxlen=INTERVAL_READINGS)
+        self._readings = 0  # new readings found so far (the count between two refreshes)
         self.retries = 0  # polls that found no new reading and were followed up at once
         self._anchored = False  # a refresh was caught between a miss and its follow-up
         self._interval_s = period_s  # interval_s(), updated with each new reading
@@ -62,8 +66,9 @@ class CycleSchedule:
         ``busy_until_s`` (the next never starts before)."""
         new_reading = meter_updated_s is not None and meter_updated_s >= cycle_s
         if new_reading:
-            self._seen.append(cycle_s)
-            self._interval_s = self._median_interval_s()
+            self._readings += 1
+        if new_reading and not self.learn_phase:
+            self._note_refresh(cycle_s)  # a fixed grid: the spacing is the meter's own
         interval_s = self._interval_s
         if self._first_s is None:
             self._first_s = cycle_s
@@ -77,19 +82,27 @@ class CycleSchedule:
         previous_s, self._previous_s = self._previous_s, cycle_s
         expected = self._refresh_between(previous_s, cycle_s, interval_s)
         if new_reading:
-            if self._missing_since_s is not None:
+            pinned = self._missing_since_s is not None
+            if pinned:
                 # It came between the last poll and this one: the refresh is known closely.
                 self._refresh_s = cycle_s - 0.5 * RETRY_S
                 self._anchored = True
             elif self._refresh_s is None:
                 self._refresh_s = cycle_s - MARGIN_S
             elif expected:
-                self._refresh_s -= CREEP_S  # perhaps earlier still: probe for it
+                # Perhaps earlier still: probe for it, in big steps until one is caught.
+                self._refresh_s -= CREEP_S if self._anchored else SEEK_FRACTION * interval_s
             else:
                 # Earlier than expected (a slow meter between two polls): in between.
                 self._refresh_s = 0.5 * (cycle_s + (previous_s or cycle_s))
             self._missing_since_s = None
             self._lost = False
+            if pinned or len(self._seen) < MIN_INTERVAL_READINGS:
+                # The meter's interval is measured between refreshes that were caught (and
+                # from the first few polls, for a first idea). A poll that merely found a
+                # new reading says only where the schedule put it, which would let a wrong
+                # interval confirm itself.
+                self._note_refresh(self._refresh_s if pinned else cycle_s)
         elif not self._lost and (expected or self._missing_since_s is not None):
             if self._missing_since_s is None:
                 self._missing_since_s = cycle_s
@@ -99,15 +112,17 @@ class CycleSchedule:
                 self._refresh_s = cycle_s
                 return max(cycle_s + RETRY_S, busy_until_s)
             # Nothing for a whole interval: the meter is late or gone. Keep the period
-            # until readings return (no retries meanwhile).
+            # until readings return (no retries meanwhile), then seek its refresh again.
             self._missing_since_s = None
             self._lost = True
+            self._anchored = False
         return self._after(cycle_s, interval_s, busy_until_s)
 
     def pushed(self, received_s: float) -> None:
         """The meter pushed a new reading that arrived at ``received_s``: a refresh, known."""
-        if not self._seen or received_s > self._seen[-1]:
-            self._seen.append(received_s)
+        if not self._seen or received_s > self._seen[-1][0]:
+            self._readings += 1
+            self._note_refresh(received_s)
         self._refresh_s = received_s
         self._previous_s = received_s
         self._missing_since_s = None
@@ -138,18 +153,33 @@ class CycleSchedule:
         """The meter's interval between refreshes, as the polls have seen it."""
         return self._interval_s
 
+    def _note_refresh(self, refresh_s: float) -> None:
+        if self._seen and self._seen[-1][1] == self._readings:
+            self._seen.pop()  # the same reading again: the later, closer estimate counts
+        self._seen.append((refresh_s, self._readings))
+        self._interval_s = self._median_interval_s()
+
     def _median_interval_s(self) -> float:
         """The meter's interval between refreshes, as the polls have seen it.
 
-        The median spacing of the polls that found a new reading, to the nearest
-        ``INTERVAL_RESOLUTION_S``: the polls' own creep shifts each spacing by a few
-        milliseconds, which must not feed back into where the next poll goes.
+        The median spacing of the noted refreshes, each divided by the readings between
+        them, to the nearest ``INTERVAL_RESOLUTION_S``: the polls' own creep shifts each
+        spacing by a few milliseconds, which must not feed back into where the next poll goes.
         """
         seen = self._seen
         if len(seen) < MIN_INTERVAL_READINGS:
             return self.period_s
-        gaps = sorted(b - a for a, b in zip(seen, list(seen)[1:], strict=False))
-        typical = gaps[len(gaps) // 2]
+        gaps = sorted(
+            (b_s - a_s) / (b_n - a_n)
+            for (a_s, a_n), (b_s, b_n) in zip(seen, list(seen)[1:], strict=False)
+            if b_n > a_n
+        )
+        if not gaps:
+            return self._interval_s
+        # The lower median: an interval taken too short only brings a poll that finds
+        # nothing and is followed up (and caught again); one taken too long lets every poll
+        # fall later than the last, with nothing to notice it by until a whole period is lost.
+        typical = gaps[(len(gaps) - 1) // 2]
         return max(
             INTERVAL_RESOLUTION_S, round(typical / INTERVAL_RESOLUTION_S) * INTERVAL_RESOLUTION_S
         )

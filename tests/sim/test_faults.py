@@ -90,12 +90,13 @@ def test_mmbc_holds_every_invariant(path: Path) -> None:
     run = replay(path.stem)
     assert run.result.invariants == dict.fromkeys(INVARIANTS, True), run.result.report.details
     # The checks ran on every cycle: about one a second (a poll that found no new reading
-    # is followed up sooner), from the run's first tick to the end.
+    # is followed up sooner; one moved to just after the meter's refresh waits at most
+    # half a period longer), from the run's first tick to the end.
     duration_s = sum(run.result.record.dt_s)
     times = [c.t_s for c in run.cycles]
     assert times[0] < 2.0
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert max(gaps) <= 1.0 + 0.1
+    assert max(gaps) < 1.5
     assert min(gaps) >= RETRY_S - 1e-9
     assert duration_s - 1.1 <= times[-1] < duration_s
 

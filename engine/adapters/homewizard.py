@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from engine.adapters.meter_json import CANONICAL_JSON, energy_counter_kwh, finite_number
+from engine.adapters.meter_json import checked_body, energy_counter_kwh, finite_number
 from engine.core.meter import P1Reading
 from engine.errors import DeviceResponseError, DeviceUnavailable
 
@@ -35,20 +35,7 @@ def _counter(body: dict[str, object], direction: str) -> float | None:
 
 def parse_data(body: object, *, device: str = "p1") -> P1Reading:
     """Validate a decoded ``/api/v1/data`` body; raise DeviceResponseError, never guess power."""
-    if not isinstance(body, dict):
-        msg = f"{device}: body is {type(body).__name__}, not a JSON object"
-        raise DeviceResponseError(msg, device=device)
-    raw_power = body.get("active_power_w")
-    power_w = finite_number(raw_power)
-    if power_w is None:
-        # No fallback to the phase sum: a body without the total is not a reading.
-        msg = f"{device}: active_power_w missing or invalid ({raw_power!r:.40})"
-        raise DeviceResponseError(msg, device=device)
-    try:
-        fingerprint = CANONICAL_JSON.encode(body)
-    except (TypeError, ValueError, RecursionError) as exc:
-        msg = f"{device}: body is not plain JSON ({exc})"
-        raise DeviceResponseError(msg, device=device) from exc
+    body, power_w, fingerprint = checked_body(body, "active_power_w", device=device)
     return P1Reading(
         active_power_w=power_w,
         total_power_import_kwh=_counter(body, "import"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+from engine.errors import DeviceResponseError
+
 # Canonical JSON text of a decoded body. A decoded body cannot be circular, so the circular-
 # reference check (a third of the cost, paid on every poll) is skipped.
 CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
@@ -33,3 +35,29 @@ def energy_counter_kwh(body: dict[str, object], total_key: str, tariff_key: str)
     parts = [finite_number(body.get(tariff_key.format(t=i))) for i in range(1, 5)]
     present = [p for p in parts if p is not None]
     return round(sum(present), 3) if present else None
+
+
+def checked_body(
+    body: object, power_key: str, *, device: str
+) -> tuple[dict[str, object], float, str]:
+    """A decoded meter body as a JSON object, its total power and its fingerprint.
+
+    Raises DeviceResponseError when the body is not an object, when ``power_key`` is missing
+    or not a finite number (no fallback to the phase sum: a body without the total is not a
+    reading), or when the body is not plain JSON. The fingerprint is the canonical text of the
+    whole body: equal bodies (a frozen dongle) give equal fingerprints.
+    """
+    if not isinstance(body, dict):
+        msg = f"{device}: body is {type(body).__name__}, not a JSON object"
+        raise DeviceResponseError(msg, device=device)
+    raw_power = body.get(power_key)
+    power_w = finite_number(raw_power)
+    if power_w is None:
+        msg = f"{device}: {power_key} missing or invalid ({raw_power!r:.40})"
+        raise DeviceResponseError(msg, device=device)
+    try:
+        fingerprint = CANONICAL_JSON.encode(body)
+    except (TypeError, ValueError, RecursionError) as exc:
+        msg = f"{device}: body is not plain JSON ({exc})"
+        raise DeviceResponseError(msg, device=device) from exc
+    return body, power_w, fingerprint

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.adapters.meter_json import CANONICAL_JSON, energy_counter_kwh, finite_number
+from engine.adapters.meter_json import checked_body, energy_counter_kwh, finite_number
 from engine.core.meter import P1Reading
 from engine.errors import DeviceResponseError
 
@@ -42,19 +42,7 @@ def _counter(body: dict[str, object], direction: str) -> float | None:
 
 def parse_measurement(body: object, *, device: str = "p1") -> P1Reading:
     """Validate a decoded ``/api/measurement`` body (or a pushed ``measurement``'s data)."""
-    if not isinstance(body, dict):
-        msg = f"{device}: body is {type(body).__name__}, not a JSON object"
-        raise DeviceResponseError(msg, device=device)
-    raw_power = body.get(POWER_KEY)
-    power_w = finite_number(raw_power)
-    if power_w is None:
-        msg = f"{device}: {POWER_KEY} missing or invalid ({raw_power!r:.40})"
-        raise DeviceResponseError(msg, device=device)
-    try:
-        fingerprint = CANONICAL_JSON.encode(body)
-    except (TypeError, ValueError, RecursionError) as exc:
-        msg = f"{device}: body is not plain JSON ({exc})"
-        raise DeviceResponseError(msg, device=device) from exc
+    body, power_w, fingerprint = checked_body(body, POWER_KEY, device=device)
     return P1Reading(
         active_power_w=power_w,
         total_power_import_kwh=_counter(body, "import"),

@@ -12,10 +12,9 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,11 @@ from pymodbus.client import ModbusTcpClient
 from engine.adapters import marstek_registers as reg
 from tests.browser import chromium, require_chromium
 from tests.test_e2e import (
-    EXIT_BOUND_S,
     ROOT,
     Lines,
     Served,
-    clean_env,
-    command,
     free_port,
-    free_port_pair,
+    serve_scenario,
     start_engine,
     stop_engine,
 )
@@ -69,43 +65,6 @@ soc_pct = 60.0
         encoding="utf-8",
     )
     return path
-
-
-@contextlib.contextmanager
-def serving(tmp_path: Path, scenario_path: Path) -> Iterator[Served]:
-    p1_port = free_port()
-    modbus_port = free_port_pair()
-    json_path = tmp_path / "served.json"
-    proc = subprocess.Popen(
-        [
-            *command("mmbc-sim", "sim"),
-            "serve",
-            str(scenario_path),
-            "--p1-port",
-            str(p1_port),
-            "--modbus-port",
-            str(modbus_port),
-            "--json",
-            str(json_path),
-        ],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out = Lines(proc.stdout)
-    try:
-        out.wait_for("BATTERY_2_ADDRESS")
-        yield Served(proc, out, p1_port, modbus_port, json_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=EXIT_BOUND_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @dataclass
@@ -225,7 +184,7 @@ duration_s = 15
 battery = 2
 """
     path = scenario(tmp_path, "dashboard_battery_offline", faults)
-    with serving(tmp_path, path) as served:
+    with serve_scenario(tmp_path, path) as served:
         async with (
             engine(tmp_path, served, token=TOKEN) as e,
             aiohttp.ClientSession() as session,
@@ -331,7 +290,7 @@ async def _not_discharging(port: int) -> bool:
 
 
 async def test_metrics_match_the_simulated_registers(tmp_path: Path) -> None:
-    with serving(tmp_path, scenario(tmp_path, "dashboard_metrics")) as served:
+    with serve_scenario(tmp_path, scenario(tmp_path, "dashboard_metrics")) as served:
         async with engine(tmp_path, served) as e, aiohttp.ClientSession() as session:
             names = ("battery_1", "battery_2")
             ports = {"battery_1": served.modbus_port, "battery_2": served.modbus_port + 1}
@@ -415,7 +374,7 @@ kind = "meter_outage"
 duration_s = 15
 """
     path = scenario(tmp_path, "dashboard_meter_outage", faults)
-    with serving(tmp_path, path) as served:
+    with serve_scenario(tmp_path, path) as served:
         async with engine(tmp_path, served) as e, aiohttp.ClientSession() as session:
 
             async def health() -> tuple[int, dict[str, Any]]:
@@ -443,7 +402,7 @@ duration_s = 15
 
 
 async def test_controls_need_the_token_and_move_the_batteries(tmp_path: Path) -> None:
-    with serving(tmp_path, scenario(tmp_path, "dashboard_controls")) as served:
+    with serve_scenario(tmp_path, scenario(tmp_path, "dashboard_controls")) as served:
         ports = (served.modbus_port, served.modbus_port + 1)
 
         async def rs485() -> list[int]:

@@ -7,6 +7,7 @@ in an empty working directory so no ``.env`` or config file is picked up by acci
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -143,9 +144,10 @@ class Served:
         return run
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    """``mmbc-sim serve`` on the default scenario (two batteries), in real time."""
+@contextlib.contextmanager
+def serve_scenario(tmp_path: Path, scenario_path: Path) -> Iterator[Served]:
+    """``mmbc-sim serve`` on ``scenario_path`` in real time, on free loopback ports; stopped
+    (SIGTERM, then killed if it hangs) when the block ends, unless a test stopped it."""
     p1_port = free_port()
     modbus_port = free_port_pair()
     json_path = tmp_path / "served.json"
@@ -153,7 +155,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         [
             *command("mmbc-sim", "sim"),
             "serve",
-            str(DEFAULT_SCENARIO),
+            str(scenario_path),
             "--p1-port",
             str(p1_port),
             "--modbus-port",
@@ -173,8 +175,19 @@ def served(tmp_path: Path) -> Iterator[Served]:
         yield Served(proc, out, p1_port, modbus_port, json_path)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=EXIT_BOUND_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """``mmbc-sim serve`` on the default scenario (two batteries), in real time."""
+    with serve_scenario(tmp_path, DEFAULT_SCENARIO) as served:
+        yield served
 
 
 def start_engine(

@@ -50,6 +50,14 @@ CUTOFF_RELEASE_PCT: Final = 1.0  # the cut-off is over once the SoC has moved th
 _WORKING: Final = [B.IDLE, B.CHARGING, B.DISCHARGING, B.BLOCKED, B.INELIGIBLE]
 _ACTIVE: Final = [B.CHARGING, B.DISCHARGING]
 _SITTING_OUT: Final = [B.EXCLUDED, B.CUTOFF]
+# Looking up an enum member on its class costs a descriptor call; the per-cycle paths compare
+# against these module constants instead (the same objects).
+_UNAVAILABLE: Final = B.UNAVAILABLE
+_EXCLUDED: Final = B.EXCLUDED
+_CUTOFF: Final = B.CUTOFF
+_CHARGING: Final = B.CHARGING
+_DISCHARGING: Final = B.DISCHARGING
+_NEVER: Final = float("-inf")  # no exclusion pending; never active
 
 
 def _working_except(state: BatteryState) -> list[BatteryState]:
@@ -115,6 +123,13 @@ class Rest(StrEnum):
     INELIGIBLE = "ineligible"  # at a SoC limit for the fleet's direction
 
 
+_REST_STATE: Final = {
+    Rest.IDLE: B.IDLE,
+    Rest.BLOCKED: B.BLOCKED,
+    Rest.INELIGIBLE: B.INELIGIBLE,
+}
+
+
 class BatteryFsm:
     """One battery's state and memory. Triggers are attached by ``transitions``."""
 
@@ -176,10 +191,10 @@ class BatteryFsm:
         self.command_since_s = 0.0
         # The direction it last worked in and when (the relay keep-alive spans short gaps).
         self.last_direction = Direction.NONE
-        self.last_active_s = float("-inf")
+        self.last_active_s = _NEVER
         # The follow check: misses in a row; an exclusion lasts until excluded_until_s.
         self.misses = 0
-        self.excluded_until_s = float("-inf")
+        self.excluded_until_s = _NEVER
         # The cut-off check: stalled cycles in a row; the cut-off's direction and SoC.
         self.stalled_cycles = 0
         self.cutoff_direction = Direction.NONE
@@ -213,7 +228,7 @@ class BatteryFsm:
         )
 
     def exclusion_pending(self) -> bool:
-        return self.excluded_until_s != float("-inf")
+        return self.excluded_until_s != _NEVER
 
     def cutoff_set(self) -> bool:
         return self.cutoff_direction is not Direction.NONE
@@ -226,13 +241,14 @@ class BatteryFsm:
 
     @property
     def available(self) -> bool:
-        return self.state is not B.UNAVAILABLE
+        return self.state is not _UNAVAILABLE
 
     def usable_for(self, direction: Direction) -> bool:
         """May take part in ``direction``: available, not excluded, not at its cut-off."""
-        if self.state in (B.UNAVAILABLE, B.EXCLUDED):
+        state = self.state
+        if state is _UNAVAILABLE or state is _EXCLUDED:
             return False
-        if self.state is B.CUTOFF:  # only the other way than its cut-off
+        if state is _CUTOFF:  # only the other way than its cut-off
             return direction is not Direction.NONE and self.cutoff_direction == -direction
         return True
 
@@ -252,7 +268,7 @@ class BatteryFsm:
         """
         self.telemetry = telemetry
         if telemetry is None or not healthy(telemetry):
-            if self.available:
+            if self.state is not _UNAVAILABLE:
                 self.lose()
                 events.append(BatteryLost(self.name))
                 # The firmware has no watchdog: out of reach, it keeps its last setpoint.
@@ -261,7 +277,7 @@ class BatteryFsm:
             self.misses = 0
             return
         self.assumed_w = 0
-        if not self.available:
+        if self.state is _UNAVAILABLE:
             self.recover()
             events.append(BatteryReturned(self.name) if self.seen else BatteryConnected(self.name))
             self.seen = True
@@ -276,9 +292,9 @@ class BatteryFsm:
 
     def tick(self, now_s: float, events: list[DecisionEvent]) -> None:
         """The exclusion's timer: once it has run out the battery is commanded again."""
-        if self.exclusion_pending() and reached(now_s, self.excluded_until_s):
-            self.excluded_until_s = float("-inf")
-            if self.state is B.EXCLUDED:
+        if self.excluded_until_s != _NEVER and reached(now_s, self.excluded_until_s):
+            self.excluded_until_s = _NEVER
+            if self.state is _EXCLUDED:
                 self.expire()
             events.append(ExclusionEnded(self.name))
 
@@ -287,7 +303,7 @@ class BatteryFsm:
     ) -> None:
         """Acknowledges but does not deliver: excluded for a while (reported once)."""
         cmd = self.command_w
-        if self.state is B.EXCLUDED:
+        if self.state is _EXCLUDED:
             return
         if abs(cmd) < FOLLOW_MIN_W or not elapsed(now_s, self.command_since_s, FOLLOW_SETTLE_S):
             return
@@ -319,11 +335,16 @@ class BatteryFsm:
         direction out until its SoC has moved, so the others carry its share at once.
         """
         soc = tel.soc_pct if tel.soc_pct is not None else 50.0
-        if self.state is B.CUTOFF and abs(soc - self.cutoff_soc_pct) >= CUTOFF_RELEASE_PCT:
+        if self.state is _CUTOFF and abs(soc - self.cutoff_soc_pct) >= CUTOFF_RELEASE_PCT:
             self.leave_cutoff()
             self._forget_cutoff()
             events.append(CutoffCleared(self.name))
         cmd = self.command_w
+        if -KEEPALIVE_W <= cmd <= KEEPALIVE_W:
+            # Idle or the keep-alive (most cycles): nothing commanded can have stalled. The
+            # same outcome as the full check below, which needs abs(cmd) > KEEPALIVE_W.
+            self.stalled_cycles = 0
+            return
         direction = 1 if cmd > 0 else -1 if cmd < 0 else 0
         near_limit = (direction > 0 and soc <= self.min_soc_pct + CUTOFF_MARGIN_PCT) or (
             direction < 0 and soc >= self.max_soc_pct - CUTOFF_MARGIN_PCT
@@ -366,8 +387,8 @@ class BatteryFsm:
             return 0
         state = self.state
         charging = power_w < 0
-        trigger, target = (self.charge, B.CHARGING) if charging else (self.discharge, B.DISCHARGING)
-        if state is B.UNAVAILABLE:
+        trigger, target = (self.charge, _CHARGING) if charging else (self.discharge, _DISCHARGING)
+        if state is _UNAVAILABLE:
             trigger()  # not a transition of the table: raises MachineError
         allowed = self.charge_allowed() if charging else self.discharge_allowed()
         direction = Direction.CHARGE if charging else Direction.DISCHARGE
@@ -379,17 +400,17 @@ class BatteryFsm:
             if not trigger():  # the table's guards have the last word
                 self._rest(Rest.INELIGIBLE)
                 return 0
-            if state is B.CUTOFF:
+            if state is _CUTOFF:
                 self._forget_cutoff()  # working the other way: the cut-off no longer holds
         return power_w
 
     def _rest(self, why: Rest) -> None:
-        if self.state is B.UNAVAILABLE:
+        state = self.state
+        if state is _UNAVAILABLE:
             self.rest()  # not a transition of the table: raises MachineError
-        if self.state in _SITTING_OUT:
+        if state is _EXCLUDED or state is _CUTOFF:  # sitting out
             return
-        target = {Rest.IDLE: B.IDLE, Rest.BLOCKED: B.BLOCKED, Rest.INELIGIBLE: B.INELIGIBLE}[why]
-        if self.state is target:
+        if state is _REST_STATE[why]:
             return
         {Rest.IDLE: self.rest, Rest.BLOCKED: self.block, Rest.INELIGIBLE: self.disqualify}[why]()
 

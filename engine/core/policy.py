@@ -56,6 +56,16 @@ from engine.core.timers import exceeded
 
 COUNT_HYSTERESIS_W: Final = 5.0  # change the number of active batteries only to save this much
 
+# Looking up an enum member on its class costs a descriptor call; the per-cycle paths compare
+# against these module constants instead (the same objects).
+_UNAVAILABLE: Final = BatteryState.UNAVAILABLE
+_CHARGING: Final = BatteryState.CHARGING
+_DISCHARGING: Final = BatteryState.DISCHARGING
+_HOLD: Final = FleetState.HOLD
+_CHARGE: Final = Direction.CHARGE
+_DISCHARGE: Final = Direction.DISCHARGE
+_SPLIT: Final = SelectionState.SPLIT
+
 
 def charge_limit_w(spec: BatterySpec, soc_pct: float, settings: ControlSettings) -> float:
     """Charge power allowed at ``soc_pct``: tapered near full (battery care)."""
@@ -77,6 +87,9 @@ class Cycle:
     events: list[DecisionEvent] = field(default_factory=list)
     setpoints: dict[str, int] = field(default_factory=dict)
     release: tuple[str, ...] = ()
+    # What the batteries out of reach still deliver (their last commands, + discharge).
+    # Fixed once the cycle's readings are observed: a handler commands only usable ones.
+    out_of_reach_w: int = 0
 
 
 class MmbcPolicy:
@@ -93,6 +106,7 @@ class MmbcPolicy:
             handover_timeout_s=settings.handover_timeout_s,
         )
         self.specs = {spec.name: spec for spec in settings.batteries}
+        self._wh_per_pct = {spec.name: spec.capacity_wh / 100.0 for spec in settings.batteries}
         self.batteries = {
             spec.name: BatteryFsm(
                 spec.name,
@@ -121,18 +135,31 @@ class MmbcPolicy:
         self._last_cycle_s = now
         events: list[DecisionEvent] = []
         self._observe(snap, events)
-        usable = [b for b in self.batteries.values() if b.available]
-        parts = {b.name: b.telemetry.power_w or 0.0 for b in usable if b.telemetry is not None}
+        usable: list[BatteryFsm] = []
+        parts: dict[str, float] = {}
+        away: list[BatteryFsm] = []
+        for b in self.batteries.values():
+            if b.state is _UNAVAILABLE:
+                away.append(b)
+            else:
+                usable.append(b)
+                if b.telemetry is not None:
+                    parts[b.name] = b.telemetry.power_w or 0.0
         # A battery out of reach keeps its last setpoint (no watchdog): it is counted as
         # still delivering it, in the house's demand and in what the others must carry.
         # Were it stopped, the meter shows the difference and the others take it up.
-        parts |= {
-            b.name: float(b.assumed_w)
-            for b in self.batteries.values()
-            if not b.available and b.assumed_w
-        }
+        # (After the usable ones: the order the batteries' power is summed in.)
+        for b in away:
+            if b.assumed_w:
+                parts[b.name] = float(b.assumed_w)
         self.demand.observe_batteries(now, parts)
-        cycle = Cycle(snap, usable, self.demand.new_reading(snap.meter_updated_s), events)
+        cycle = Cycle(
+            snap,
+            usable,
+            self.demand.new_reading(snap.meter_updated_s),
+            events,
+            out_of_reach_w=sum(b.assumed_w for b in away),
+        )
         meter_fresh = (
             snap.grid_w is not None
             and snap.meter_updated_s is not None
@@ -150,14 +177,11 @@ class MmbcPolicy:
     def _observe(self, snap: Snapshot, events: list[DecisionEvent]) -> None:
         seen = {t.name: t for t in snap.batteries}
         blocked = snap.discharge_blocked or snap.mode is Mode.HOLD
+        now = snap.now_s
+        cutoff_check = self.settings.feature_cutoff_detection
         for b in self.batteries.values():
             b.discharge_blocked = blocked
-            b.observe(
-                seen.get(b.name),
-                snap.now_s,
-                events,
-                cutoff_check=self.settings.feature_cutoff_detection,
-            )
+            b.observe(seen.get(b.name), now, events, cutoff_check=cutoff_check)
 
     # ------------------------------------------------------------------ handlers
     def _hold_at_zero(self, cycle: Cycle) -> None:
@@ -202,11 +226,11 @@ class MmbcPolicy:
         now = cycle.snap.now_s
         events = cycle.events
         sel = self.fleet.selection
-        target = self.demand.target_w - self._out_of_reach_w()
+        target = self.demand.target_w - cycle.out_of_reach_w
         discharge_blocked = cycle.snap.discharge_blocked
-        hold = discharge_blocked or self.fleet.state is FleetState.HOLD
+        hold = discharge_blocked or self.fleet.state is _HOLD
         direction = self.demand.direction(target)
-        if direction is Direction.DISCHARGE and hold:
+        if direction is _DISCHARGE and hold:
             direction = Direction.NONE
         candidates = self._candidates(cycle.usable, direction) if direction else []
         if direction and not candidates:
@@ -216,13 +240,13 @@ class MmbcPolicy:
         wake: str | None = None
         if direction:
             magnitude = abs(target)
-            if direction is Direction.CHARGE and s.feature_charge_taper:
+            if direction is _CHARGE and s.feature_charge_taper:
                 candidates = self._relax_taper(candidates, magnitude)
             order = self._select(now, candidates, direction, events)
             by_name = {c.name: c for c in candidates}
             ordered = [by_name[n] for n in order]
             threshold = s.split_threshold_w
-            if sel.state is SelectionState.SPLIT and s.feature_split_hysteresis:
+            if sel.state is _SPLIT and s.feature_split_hysteresis:
                 threshold -= s.split_hysteresis_w
             if magnitude > threshold and len(ordered) > 1:
                 sel.go_split(events)
@@ -254,30 +278,30 @@ class MmbcPolicy:
                 want = self._keepalive(b, now, direction, discharge_blocked)
             cycle.setpoints[b.name] = b.command(want, now, at_zero=at_zero)
 
-    def _out_of_reach_w(self) -> int:
-        """What the batteries out of reach still deliver: their last commands."""
-        return sum(b.assumed_w for b in self.batteries.values() if not b.available)
-
     def _candidates(self, usable: list[BatteryFsm], direction: Direction) -> list[Candidate]:
         """The batteries that may take part in ``direction``, with what each can do now."""
         s = self.settings
         out = []
+        discharging = direction is _DISCHARGE
+        charging = direction is _CHARGE
         for b in usable:
             soc = b.soc_pct
             if soc is None or not b.usable_for(direction):
                 continue  # excluded, or at its firmware cut-off in this direction
-            spec = self.specs[b.name]
-            wh_per_pct = spec.capacity_wh / 100.0
-            if direction is Direction.DISCHARGE and soc > s.min_soc_pct:
-                limit = float(spec.max_discharge_w)
-                out.append(Candidate(b.name, soc, limit, (soc - s.min_soc_pct) * wh_per_pct))
-            elif direction is Direction.CHARGE and soc < s.max_soc_pct:
+            name = b.name
+            if discharging and soc > s.min_soc_pct:
+                limit = float(self.specs[name].max_discharge_w)
+                headroom = (soc - s.min_soc_pct) * self._wh_per_pct[name]
+                out.append(Candidate(name, soc, limit, headroom))
+            elif charging and soc < s.max_soc_pct:
+                spec = self.specs[name]
                 limit = (
                     charge_limit_w(spec, soc, s)
                     if s.feature_charge_taper
                     else float(spec.max_charge_w)
                 )
-                out.append(Candidate(b.name, soc, limit, (s.max_soc_pct - soc) * wh_per_pct))
+                headroom = (s.max_soc_pct - soc) * self._wh_per_pct[name]
+                out.append(Candidate(name, soc, limit, headroom))
         return out
 
     def _room_w(self, now: float, usable: list[BatteryFsm], direction: Direction) -> float:
@@ -315,6 +339,8 @@ class MmbcPolicy:
         names = {c.name for c in candidates}
         if not sel.reselection_due(now, direction, names):
             kept = tuple(n for n in sel.order if n in names)
+            if len(kept) == len(names):
+                return kept  # every candidate is in the order: none to append
             missing = tuple(n for n in priority_order(candidates, direction) if n not in kept)
             return kept + missing
         fresh = priority_order(candidates, direction)
@@ -451,7 +477,7 @@ class MmbcPolicy:
             quality=quality.value,
             grid_rms_w=self._quality.rms_w(),
             # What the reachable batteries were to carry (less what is out of reach).
-            extra={"target_w": self.demand.target_w - self._out_of_reach_w()},
+            extra={"target_w": self.demand.target_w - cycle.out_of_reach_w},
         )
 
     def _limited(self) -> bool:
@@ -459,15 +485,13 @@ class MmbcPolicy:
         target = self.demand.target_w
         if abs(target) <= self.settings.idle_band_w:
             return False
-        active = [
-            b
-            for b in self.batteries.values()
-            if b.state in (BatteryState.CHARGING, BatteryState.DISCHARGING)
-        ]
-        capacity = sum(
-            self.specs[b.name].max_discharge_w if target > 0 else self.specs[b.name].max_charge_w
-            for b in active
-        )
+        active = False
+        capacity = 0
+        for b in self.batteries.values():
+            if b.state is _CHARGING or b.state is _DISCHARGING:
+                active = True
+                spec = self.specs[b.name]
+                capacity += spec.max_discharge_w if target > 0 else spec.max_charge_w
         return not active or abs(target) > capacity
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import pairwise
+from itertools import islice, pairwise
 from statistics import median
 from typing import NamedTuple
 
@@ -81,13 +81,14 @@ class PowerHistory:
             if times[i] >= t1_s:
                 last = i
                 break
+        window = list(islice(self._parts, first, last + 1))
         names: set[str] = set()
-        for i in range(first, last + 1):
-            names.update(self._parts[i])
+        for parts in window:
+            names.update(parts)
         lows: list[float] = []
         highs: list[float] = []
         for name in names:
-            values = [self._parts[i].get(name, 0.0) for i in range(first, last + 1)]
+            values = [parts.get(name, 0.0) for parts in window]
             lows.append(min(values))
             highs.append(max(values))
         return math.fsum(lows), math.fsum(highs)
@@ -105,6 +106,9 @@ class MeterCadence:
     def __init__(self) -> None:
         self.last_update_s: float | None = None
         self._intervals: deque[float] = deque(maxlen=9)
+        # The median of _intervals, taken when they change (it is asked for several times a
+        # cycle, they change at most once per reading).
+        self._typical_s = 1.0
 
     def observe(self, updated_s: float | None) -> bool:
         """Record the meter's last-change time; True when it is a new reading."""
@@ -112,11 +116,13 @@ class MeterCadence:
             return False
         if self.last_update_s is not None and updated_s > self.last_update_s:
             self._intervals.append(updated_s - self.last_update_s)
+            if len(self._intervals) >= 3:
+                self._typical_s = median(self._intervals)
         self.last_update_s = updated_s
         return True
 
     def typical_interval_s(self) -> float:
-        return median(self._intervals) if len(self._intervals) >= 3 else 1.0
+        return self._typical_s
 
     def stale_limit_s(self, configured_s: float) -> float:
         """Configured limit, stretched for slow meters (never beyond 30 s)."""
@@ -524,6 +530,7 @@ class FastLoadHold:
         # Recent excursions: (ended at, lasted s, +1 up / -1 down, size W).
         self._excursions: deque[tuple[float, float, int, float]] = deque()
         self._pattern: dict[int, _Pattern] = {}  # per direction, from _excursions (cached)
+        self._longest_s = 0.0  # the longest excursion in _pattern (cached with it)
         self.held_direction = 0  # +1: excursions up are held, -1: down, 0: none
         self._held_w = 0.0  # how much of the demand is held back now (+: an excursion up)
         self._held_since_s: float | None = None
@@ -539,8 +546,7 @@ class FastLoadHold:
         else:
             self._on_edge(t_s, step_w)
             self._level_w = demand_w
-        longest_s = max([p.longest_s for p in self._pattern.values()], default=0.0)
-        memory_s = 4.0 * max(2.0 * loop_delay_s, longest_s)
+        memory_s = 4.0 * max(2.0 * loop_delay_s, self._longest_s)
         if self._excursions and t_s - self._excursions[0][0] > memory_s:
             while self._excursions and t_s - self._excursions[0][0] > memory_s:
                 self._excursions.popleft()
@@ -583,7 +589,7 @@ class FastLoadHold:
             pattern = self._pattern.get(direction)
             if pattern is not None and pattern.excursions >= MIN_EXCURSIONS:
                 saving[direction] = chase - weight * pattern.mean_s
-        best = max(saving, key=lambda d: saving[d], default=0)
+        best = max(saving, key=lambda d: saving[d]) if saving else 0
         self.active = best != 0 and saving[best] > 0
         if not self.active or best != self.held_direction:
             self._held_w = 0.0
@@ -609,6 +615,7 @@ class FastLoadHold:
             d: _Pattern(len(ls), sum(ls) / len(ls), max(ls), max(sizes[d]))
             for d, ls in lasted.items()
         }
+        self._longest_s = max([p.longest_s for p in self._pattern.values()], default=0.0)
 
     def target_w(self, demand_w: float) -> float:
         """The demand less what is held back."""
@@ -619,6 +626,7 @@ class FastLoadHold:
         self._edges.clear()
         self._excursions.clear()
         self._pattern = {}
+        self._longest_s = 0.0
         self.held_direction = 0
         self._held_w = 0.0
         self._held_since_s = None

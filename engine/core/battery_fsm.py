@@ -58,6 +58,9 @@ _CUTOFF: Final = B.CUTOFF
 _CHARGING: Final = B.CHARGING
 _DISCHARGING: Final = B.DISCHARGING
 _NEVER: Final = float("-inf")  # no exclusion pending; never active
+_NONE: Final = Direction.NONE
+_CHARGE: Final = Direction.CHARGE
+_DISCHARGE: Final = Direction.DISCHARGE
 
 
 def _working_except(state: BatteryState) -> list[BatteryState]:
@@ -128,6 +131,8 @@ _REST_STATE: Final = {
     Rest.BLOCKED: B.BLOCKED,
     Rest.INELIGIBLE: B.INELIGIBLE,
 }
+_REST_BLOCKED: Final = Rest.BLOCKED
+_REST_INELIGIBLE: Final = Rest.INELIGIBLE
 
 
 class BatteryFsm:
@@ -249,7 +254,7 @@ class BatteryFsm:
         if state is _UNAVAILABLE or state is _EXCLUDED:
             return False
         if state is _CUTOFF:  # only the other way than its cut-off
-            return direction is not Direction.NONE and self.cutoff_direction == -direction
+            return direction is not _NONE and self.cutoff_direction == -direction
         return True
 
     # ------------------------------------------------------------------ observe
@@ -286,7 +291,8 @@ class BatteryFsm:
         self.soc_pct = telemetry.soc_pct
         if not checks:
             return
-        self.tick(now_s, events)
+        if self.excluded_until_s != _NEVER:  # else the exclusion's timer has nothing to do
+            self.tick(now_s, events)
         self._check_following(telemetry, now_s, events)
         self._check_cutoff(telemetry, events, enabled=cutoff_check)
 
@@ -391,14 +397,14 @@ class BatteryFsm:
         if state is _UNAVAILABLE:
             trigger()  # not a transition of the table: raises MachineError
         allowed = self.charge_allowed() if charging else self.discharge_allowed()
-        direction = Direction.CHARGE if charging else Direction.DISCHARGE
+        direction = _CHARGE if charging else _DISCHARGE
         if not (allowed and self.usable_for(direction)):
             blocked = not charging and self.discharge_blocked
-            self._rest(Rest.BLOCKED if blocked else Rest.INELIGIBLE)
+            self._rest(_REST_BLOCKED if blocked else _REST_INELIGIBLE)
             return 0
         if state is not target:
             if not trigger():  # the table's guards have the last word
-                self._rest(Rest.INELIGIBLE)
+                self._rest(_REST_INELIGIBLE)
                 return 0
             if state is _CUTOFF:
                 self._forget_cutoff()  # working the other way: the cut-off no longer holds
@@ -430,7 +436,7 @@ class BatteryFsm:
         """The fleet wanted ``power_w`` of it (before the guards): the relay's last work."""
         if power_w != 0:
             self.last_active_s = now_s
-            self.last_direction = Direction.DISCHARGE if power_w > 0 else Direction.CHARGE
+            self.last_direction = _DISCHARGE if power_w > 0 else _CHARGE
 
     def engaged(self) -> bool:
         """Its relay is closed: it reports power (the keep-alive or real)."""

@@ -9,6 +9,7 @@ the batteries is the fleet's business (``engine.core.policy``, ``engine.core.all
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from engine.core.estimator import (
     FastLoadHold,
@@ -21,6 +22,12 @@ from engine.core.estimator import (
 from engine.core.events import Direction
 from engine.core.model import Snapshot
 from engine.core.settings import ControlSettings
+
+# Looking up an enum member on its class costs a descriptor call; the per-cycle paths use
+# these module constants instead (the same objects).
+_NONE: Final = Direction.NONE
+_CHARGE: Final = Direction.CHARGE
+_DISCHARGE: Final = Direction.DISCHARGE
 
 
 class DemandEstimator:
@@ -163,21 +170,15 @@ class DemandEstimator:
         s = self.settings
         target = self.target_w if target_w is None else target_w
         band = s.idle_band_w
-        want = (
-            Direction.DISCHARGE
-            if target > band
-            else Direction.CHARGE
-            if target < -band
-            else Direction.NONE
-        )
+        want = _DISCHARGE if target > band else _CHARGE if target < -band else _NONE
         last = self.last_direction
         if (
             s.feature_direction_hysteresis
-            and want is not Direction.NONE
-            and last is not Direction.NONE
+            and want is not _NONE
+            and last is not _NONE
             and want is not last
             and abs(target) <= band + s.deadband_w
         ):
             # Charging <-> discharging on a few watts is noise: rest instead of reversing.
-            return Direction.NONE
+            return _NONE
         return want

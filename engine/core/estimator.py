@@ -584,13 +584,15 @@ class FastLoadHold:
     def _decide(self, loop_delay_s: float) -> None:
         w = self.export_weight
         chase = (1.0 + w) * loop_delay_s
-        saving = {}
+        # The direction that saves most (on a tie the first, up), of those with a pattern.
+        best, best_saving = 0, 0.0
         for direction, weight in ((1, 1.0), (-1, w)):
             pattern = self._pattern.get(direction)
             if pattern is not None and pattern.excursions >= MIN_EXCURSIONS:
-                saving[direction] = chase - weight * pattern.mean_s
-        best = max(saving, key=lambda d: saving[d]) if saving else 0
-        self.active = best != 0 and saving[best] > 0
+                saving = chase - weight * pattern.mean_s
+                if best == 0 or saving > best_saving:
+                    best, best_saving = direction, saving
+        self.active = best != 0 and best_saving > 0
         if not self.active or best != self.held_direction:
             self._held_w = 0.0
             self._held_since_s = None

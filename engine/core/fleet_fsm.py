@@ -39,6 +39,15 @@ _MODE_STATE: Final = {
 }
 
 
+# Looking up an enum member on its class costs a descriptor call; the per-cycle paths compare
+# against these module constants instead (the same objects).
+_NORMAL: Final = F.NORMAL
+_HOLD: Final = F.HOLD
+_SELFCONTROL: Final = F.SELFCONTROL
+_STARTING: Final = F.STARTING
+_SAFE_HOLD: Final = F.SAFE_HOLD
+
+
 def _all_but(state: FleetState) -> list[FleetState]:
     return [s for s in FleetState if s is not state]
 
@@ -102,7 +111,7 @@ class FleetFsm:
     def wanted(mode: Mode, *, discharge_blocked: bool) -> FleetState:
         """The state the user's mode asks for; a blocked discharge turns normal into hold."""
         target = _MODE_STATE[mode]
-        return F.HOLD if target is F.NORMAL and discharge_blocked else target
+        return _HOLD if target is _NORMAL and discharge_blocked else target
 
     def tick(
         self,
@@ -114,13 +123,13 @@ class FleetFsm:
     ) -> FleetState:
         """One cycle: follow the user's mode, or hold safe while the meter is stale."""
         target = self.wanted(mode, discharge_blocked=discharge_blocked)
-        if target is not F.SELFCONTROL and not meter_fresh:
-            if self.state is not F.STARTING and self.state is not F.SAFE_HOLD:
+        if target is not _SELFCONTROL and not meter_fresh:
+            if self.state is not _STARTING and self.state is not _SAFE_HOLD:
                 self.fail_safe()
                 events.append(SafeHoldEntered(SafeHoldCause.METER_STALE))
             return self.state
         if self.state is not target:
-            leaving_safe_hold = self.state is F.SAFE_HOLD
+            leaving_safe_hold = self.state is _SAFE_HOLD
             self._run[target]()
             if leaving_safe_hold:
                 events.append(SafeHoldLeft(SafeHoldCause.METER_STALE))
@@ -129,7 +138,7 @@ class FleetFsm:
     @property
     def holds_at_zero(self) -> bool:
         """Starting or holding safe: every battery at 0 W, no control law."""
-        return self.state in (F.STARTING, F.SAFE_HOLD)
+        return self.state is _STARTING or self.state is _SAFE_HOLD
 
 
 # ---------------------------------------------------------------------------- selection
@@ -141,6 +150,9 @@ class SelectionState(StrEnum):
 
 
 S = SelectionState
+_IDLE: Final = S.IDLE
+_HANDOVER: Final = S.HANDOVER
+_SPLIT: Final = S.SPLIT
 
 SELECTION_TRANSITIONS: Final[list[dict[str, Any]]] = [
     {"trigger": "lead", "source": [S.IDLE, S.SPLIT], "dest": S.SINGLE},
@@ -238,7 +250,7 @@ class SelectionFsm:
         if ho is None:
             return
         self.handover = None
-        if self.state is S.HANDOVER:
+        if self.state is _HANDOVER:
             self.finish_handover()
         events.append(HandoverEnded(ho.outgoing, ho.incoming, completed=completed))
 
@@ -246,18 +258,18 @@ class SelectionFsm:
         """One battery leads (a hand-over in progress carries on)."""
         self.active_n = 1
         self.split_w = {}
-        if self.state is S.IDLE or self.state is S.SPLIT:
+        if self.state is _IDLE or self.state is _SPLIT:
             self.lead()
 
     def go_split(self, events: list[DecisionEvent]) -> None:
         """Several share: a hand-over in progress is moot."""
         self.end_handover(events, completed=False)
-        if self.state is not S.SPLIT:
+        if self.state is not _SPLIT:
             self.share()
 
     def go_idle(self, events: list[DecisionEvent]) -> None:
         """Nothing to carry. The leader order and its timer are kept for the next demand."""
         self.split_w = {}
         self.end_handover(events, completed=False)
-        if self.state is not S.IDLE:
+        if self.state is not _IDLE:
             self.stop()

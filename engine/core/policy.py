@@ -65,6 +65,11 @@ _HOLD: Final = FleetState.HOLD
 _CHARGE: Final = Direction.CHARGE
 _DISCHARGE: Final = Direction.DISCHARGE
 _SPLIT: Final = SelectionState.SPLIT
+_SELFCONTROL: Final = FleetState.SELFCONTROL
+_NONE: Final = Direction.NONE
+_REST_IDLE: Final = Rest.IDLE
+_REST_BLOCKED: Final = Rest.BLOCKED
+_REST_INELIGIBLE: Final = Rest.INELIGIBLE
 
 
 def charge_limit_w(spec: BatterySpec, soc_pct: float, settings: ControlSettings) -> float:
@@ -231,10 +236,10 @@ class MmbcPolicy:
         hold = discharge_blocked or self.fleet.state is _HOLD
         direction = self.demand.direction(target)
         if direction is _DISCHARGE and hold:
-            direction = Direction.NONE
+            direction = _NONE
         candidates = self._candidates(cycle.usable, direction) if direction else []
         if direction and not candidates:
-            direction = Direction.NONE
+            direction = _NONE
 
         setpoints: dict[str, float] = {}
         wake: str | None = None
@@ -265,13 +270,13 @@ class MmbcPolicy:
         eligible = {c.name for c in candidates}
         for b in cycle.usable:
             want = round(setpoints.get(b.name, 0.0))
-            at_zero = Rest.IDLE
+            at_zero = _REST_IDLE
             if want != 0:
                 b.note_wanted(want, now)
             elif wants_blocked_discharge:
-                at_zero = Rest.BLOCKED
+                at_zero = _REST_BLOCKED
             elif direction and b.name not in eligible:
-                at_zero = Rest.INELIGIBLE
+                at_zero = _REST_INELIGIBLE
             elif b.name == wake:
                 want = KEEPALIVE_W * direction  # engage its relay before it takes over
             else:
@@ -454,7 +459,7 @@ class MmbcPolicy:
             return 0
         if direction and direction is not b.last_direction:
             return 0  # the fleet reversed: this battery rests for real
-        if b.last_direction is Direction.DISCHARGE and blocked:
+        if b.last_direction is _DISCHARGE and blocked:
             return 0
         return KEEPALIVE_W * b.last_direction
 
@@ -463,7 +468,7 @@ class MmbcPolicy:
         safe = self.fleet.holds_at_zero
         if safe:
             quality = Quality.SAFE_HOLD
-        elif self.fleet.state is FleetState.SELFCONTROL:
+        elif self.fleet.state is _SELFCONTROL:
             quality = Quality.IDLE
         else:
             quality = self._quality.verdict(limited=self._limited())

@@ -49,7 +49,7 @@ from engine.core.demand import DemandEstimator
 from engine.core.events import DecisionEvent, Direction, LeaderChanged
 from engine.core.fleet_fsm import FleetFsm, SelectionState
 from engine.core.model import Mode, Plan, Snapshot
-from engine.core.quality import Quality, QualityMonitor
+from engine.core.quality import LIMITED_RMS_W, Quality, QualityMonitor
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.core.states import BatteryState, FleetState
 from engine.core.timers import exceeded
@@ -112,6 +112,10 @@ class MmbcPolicy:
         )
         self.specs = {spec.name: spec for spec in settings.batteries}
         self._wh_per_pct = {spec.name: spec.capacity_wh / 100.0 for spec in settings.batteries}
+        # Each battery's last candidate per direction. A candidate is a function of the SoC
+        # alone (the spec and the settings are fixed), and the SoC moves by a whole percent
+        # about once in hundreds of cycles: the same SoC gives back the same candidate.
+        self._last_candidate: dict[tuple[str, Direction], Candidate] = {}
         self.batteries = {
             spec.name: BatteryFsm(
                 spec.name,
@@ -294,10 +298,13 @@ class MmbcPolicy:
             if soc is None or not b.usable_for(direction):
                 continue  # excluded, or at its firmware cut-off in this direction
             name = b.name
+            last = self._last_candidate.get((name, direction))
+            if last is not None and last.soc_pct == soc:
+                out.append(last)  # what it can do depends only on its SoC here
+                continue
             if discharging and soc > s.min_soc_pct:
                 limit = float(self.specs[name].max_discharge_w)
                 headroom = (soc - s.min_soc_pct) * self._wh_per_pct[name]
-                out.append(Candidate(name, soc, limit, headroom))
             elif charging and soc < s.max_soc_pct:
                 spec = self.specs[name]
                 limit = (
@@ -306,7 +313,11 @@ class MmbcPolicy:
                     else float(spec.max_charge_w)
                 )
                 headroom = (s.max_soc_pct - soc) * self._wh_per_pct[name]
-                out.append(Candidate(name, soc, limit, headroom))
+            else:
+                continue
+            candidate = Candidate(name, soc, limit, headroom)
+            self._last_candidate[name, direction] = candidate
+            out.append(candidate)
         return out
 
     def _room_w(self, now: float, usable: list[BatteryFsm], direction: Direction) -> float:
@@ -466,12 +477,16 @@ class MmbcPolicy:
     # ------------------------------------------------------------------ output
     def _plan(self, cycle: Cycle) -> Plan:
         safe = self.fleet.holds_at_zero
+        rms_w = self._quality.rms_w()
         if safe:
             quality = Quality.SAFE_HOLD
         elif self.fleet.state is _SELFCONTROL:
             quality = Quality.IDLE
         else:
-            quality = self._quality.verdict(limited=self._limited())
+            # The verdict asks whether the fleet is limited only for an error above
+            # LIMITED_RMS_W; below it the answer is not needed (and not computed).
+            limited = rms_w is not None and rms_w > LIMITED_RMS_W and self._limited()
+            quality = self._quality.verdict(limited=limited)
         return Plan(
             setpoints=cycle.setpoints,
             fleet_state=self.fleet.state,
@@ -480,7 +495,7 @@ class MmbcPolicy:
             safe_hold=safe,
             release=cycle.release,
             quality=quality.value,
-            grid_rms_w=self._quality.rms_w(),
+            grid_rms_w=rms_w,
             # What the reachable batteries were to carry (less what is out of reach).
             extra={"target_w": self.demand.target_w - cycle.out_of_reach_w},
         )

@@ -354,6 +354,8 @@ class MmbcPolicy:
         sel = self.fleet.selection
         names = {c.name for c in candidates}
         if not sel.reselection_due(now, direction, names):
+            if len(sel.order) == len(names) and names.issuperset(sel.order):
+                return sel.order  # the same batteries as when it was chosen (most cycles)
             kept = tuple(n for n in sel.order if n in names)
             if len(kept) == len(names):
                 return kept  # every candidate is in the order: none to append

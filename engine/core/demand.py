@@ -64,7 +64,8 @@ class DemandEstimator:
     def observe_batteries(self, now_s: float, parts: dict[str, float]) -> None:
         """The batteries' measured power (+ discharging) this cycle, by name."""
         self.history.add(now_s, parts)
-        self.response.observe(now_s, sum(parts.values()))
+        if self.response.timing:  # else it has no use for the fleet's power
+            self.response.observe(now_s, sum(parts.values()))
 
     def new_reading(self, meter_updated_s: float | None) -> bool:
         """Whether the meter's reading changed since the last cycle (and learn its cadence)."""

@@ -216,6 +216,11 @@ class ResponseTimer:
         self._marks: dict[float, float] = {}  # fraction of the way -> when passed
         self._last: tuple[float, float] | None = None
 
+    @property
+    def timing(self) -> bool:
+        """A response is being timed: ``observe`` wants the fleet's power."""
+        return self._start is not None and self._last is not None
+
     def start(self, t_s: float, from_w: float, to_w: float) -> None:
         self._start = (t_s, from_w, to_w)
         self._marks = {}

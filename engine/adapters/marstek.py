@@ -258,6 +258,7 @@ class VenusCommander:
         self._online: bool | None = None
         self._offline_since_s: float | None = None
         self._extras = {block: _Extra() for block in (*IDENTITY_BLOCKS, *DIAGNOSTIC_BLOCKS)}
+        self._extras_next_s = float("-inf")  # the earliest next_s of the blocks still asked for
         self._identity = BatteryIdentity()
         self._diagnostics = _Diagnostics()
 
@@ -295,6 +296,7 @@ class VenusCommander:
         """A new connection: the identification is read again (once), unless refused."""
         for block in IDENTITY_BLOCKS:
             self._extras[block].next_s = float("-inf")
+        self._extras_next_s = float("-inf")
 
     def forget(self) -> None:
         """Forget everything the battery is believed to hold (control and setpoints).
@@ -357,6 +359,8 @@ class VenusCommander:
         Report each attempt with ``on_read`` or ``on_extra_read_failed``; blocks not
         attempted stay due.
         """
+        if not reached(now_s, self._extras_next_s):
+            return []  # the common cycle: none is due (asked every cycle, per battery)
         due = [
             block
             for block, extra in self._extras.items()
@@ -387,6 +391,9 @@ class VenusCommander:
             extra.next_s = float("inf")
         else:
             extra.next_s = now_s + self.counters_interval_s
+        self._extras_next_s = min(
+            (e.next_s for e in self._extras.values() if not e.refused), default=float("inf")
+        )
 
     def _control_check_due(self, now_s: float) -> bool:
         if self._control in (ControlState.UNKNOWN, ControlState.WRITTEN):
@@ -1017,13 +1024,24 @@ class _ConnectFailureFilter(logging.Filter):
 
     ``VenusCommander`` logs one line when a battery becomes unavailable and one when it
     returns; pymodbus would add one per reconnect attempt (every probe, every backoff step).
+    pymodbus replaces a line identical to its previous one by "Repeating....", which goes
+    with the line it repeats.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._dropped_last = False
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to connect")
+        message = record.getMessage()
+        if message == _PYMODBUS_REPEATING:
+            return not self._dropped_last
+        self._dropped_last = message.startswith("Failed to connect")
+        return not self._dropped_last
 
 
 _PYMODBUS_LOGGER: Final = "pymodbus.logging"
+_PYMODBUS_REPEATING: Final = "Repeating...."  # pymodbus.logging's stand-in for a repeated line
 _CONNECT_FAILURE_FILTER: Final = _ConnectFailureFilter()
 
 

@@ -32,9 +32,14 @@ class MeterApiDisabledError(DeviceResponseError):
 
 def _counter(body: dict[str, object], direction: str) -> float | None:
     """``total_power_<direction>_kwh``, else the sum of the tariff registers."""
-    return energy_counter_kwh(
-        body, f"total_power_{direction}_kwh", f"total_power_{direction}_t{{t}}_kwh"
-    )
+    return energy_counter_kwh(body, *_COUNTER_KEYS[direction])
+
+
+# (total, tariff) keys per direction, built once: the parser runs at every poll.
+_COUNTER_KEYS = {
+    direction: (f"total_power_{direction}_kwh", f"total_power_{direction}_t{{t}}_kwh")
+    for direction in ("import", "export")
+}
 
 
 def parse_data(body: object, *, device: str = "p1") -> P1Reading:

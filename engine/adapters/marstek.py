@@ -259,7 +259,8 @@ class VenusCommander:
         self._offline_since_s: float | None = None
         self._extras = {block: _Extra() for block in (*IDENTITY_BLOCKS, *DIAGNOSTIC_BLOCKS)}
         self._extras_next_s = float("-inf")  # the earliest next_s of the blocks still asked for
-        self._identity = BatteryIdentity()
+        self._identity = _NO_IDENTITY
+        self._identity_known = False  # anything identified (compared once per change)
         self._diagnostics = _Diagnostics()
 
     # -- state, for the runtime and for tests --------------------------------------------
@@ -452,16 +453,18 @@ class VenusCommander:
         identity = self._identity
         diagnostics = self._diagnostics
         if address == REG_DEVICE_NAME:
-            self._identity = replace(identity, device_name=decode_text(words) or None)
+            self._set_identity(replace(identity, device_name=decode_text(words) or None))
         elif address == REG_SERIAL_NUMBER:
-            self._identity = replace(identity, serial_number=decode_text(words) or None)
+            self._set_identity(replace(identity, serial_number=decode_text(words) or None))
         elif address == REG_SOFTWARE_VERSION:
             software, ems, bms = (None if w in (0, _U16_GARBAGE) else w for w in words)
-            self._identity = replace(
-                identity,
-                software_version=None if software is None else f"{software / 100:.2f}",
-                ems_version=ems,
-                bms_version=bms,
+            self._set_identity(
+                replace(
+                    identity,
+                    software_version=None if software is None else f"{software / 100:.2f}",
+                    ems_version=ems,
+                    bms_version=bms,
+                )
             )
         elif address == REG_BATTERY_VOLTAGE:
             voltage_v = words[0] / 100.0
@@ -479,6 +482,10 @@ class VenusCommander:
             diagnostics.alarms = bit_names(bits_of(words), ALARM_BITS)
         elif address == REG_FAULTS:
             diagnostics.faults = bit_names(bits_of(words), FAULT_BITS)
+
+    def _set_identity(self, identity: BatteryIdentity) -> None:
+        self._identity = identity
+        self._identity_known = identity != _NO_IDENTITY
 
     def _on_control_read(self, raw: int, now_s: float) -> None:
         self._control_checked_s = now_s
@@ -513,7 +520,7 @@ class VenusCommander:
         cycle = self._cycle
         online = not cycle.failed and cycle.soc_pct is not None and cycle.power_w is not None
         self._note_availability(online, cycle, now_s)
-        identity = self._identity if self._identity != _NO_IDENTITY else None
+        identity = self._identity if self._identity_known else None
         if cycle.failed:
             return BatteryTelemetry(name=self.name, online=False, identity=identity)
         diagnostics = self._diagnostics

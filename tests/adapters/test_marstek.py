@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -908,11 +908,12 @@ def test_pymodbus_repeated_connect_failures_leave_no_line(
     # pymodbus replaces a line identical to its last one by "Repeating....": that one goes too,
     # while a repeat of any other pymodbus line is still shown.
     quiet_pymodbus_connect_failures()
+    warn = cast("Callable[..., None]", Log.warning)  # pymodbus' own logger, untyped
     with caplog.at_level(logging.DEBUG, logger="pymodbus.logging"):
         for _ in range(3):
-            Log.warning("Failed to connect {}", "[Errno 111] Connection refused")
-        Log.warning("Frame check failed, ignoring!!")
-        Log.warning("Frame check failed, ignoring!!")
+            warn("Failed to connect {}", "[Errno 111] Connection refused")
+        warn("Frame check failed, ignoring!!")
+        warn("Frame check failed, ignoring!!")
     assert [r.getMessage() for r in caplog.records] == [
         "Frame check failed, ignoring!!",
         "Repeating....",

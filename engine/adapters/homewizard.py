@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from engine.adapters.meter_json import checked_body, energy_counter_kwh, finite_number
+from engine.adapters.meter_json import (
+    checked_body,
+    decode_body,
+    energy_counter_kwh,
+    finite_number,
+)
 from engine.core.meter import P1Reading
 from engine.errors import DeviceResponseError, DeviceUnavailable
 
@@ -28,9 +32,14 @@ class MeterApiDisabledError(DeviceResponseError):
 
 def _counter(body: dict[str, object], direction: str) -> float | None:
     """``total_power_<direction>_kwh``, else the sum of the tariff registers."""
-    return energy_counter_kwh(
-        body, f"total_power_{direction}_kwh", f"total_power_{direction}_t{{t}}_kwh"
-    )
+    return energy_counter_kwh(body, *_COUNTER_KEYS[direction])
+
+
+# (total, tariff) keys per direction, built once: the parser runs at every poll.
+_COUNTER_KEYS = {
+    direction: (f"total_power_{direction}_kwh", f"total_power_{direction}_t{{t}}_kwh")
+    for direction in ("import", "export")
+}
 
 
 def parse_data(body: object, *, device: str = "p1") -> P1Reading:
@@ -103,7 +112,7 @@ class HomeWizardClient:
             msg = f"{self.name}: body larger than {_MAX_BODY_BYTES} bytes"
             raise DeviceResponseError(msg, device=self.name)
         try:
-            return json.loads(raw)
+            return decode_body(raw)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
             msg = f"{self.name}: invalid JSON from {url}: {exc}"
             raise DeviceResponseError(msg, device=self.name) from exc

@@ -258,7 +258,9 @@ class VenusCommander:
         self._online: bool | None = None
         self._offline_since_s: float | None = None
         self._extras = {block: _Extra() for block in (*IDENTITY_BLOCKS, *DIAGNOSTIC_BLOCKS)}
-        self._identity = BatteryIdentity()
+        self._extras_next_s = float("-inf")  # the earliest next_s of the blocks still asked for
+        self._identity = _NO_IDENTITY
+        self._identity_known = False  # anything identified (compared once per change)
         self._diagnostics = _Diagnostics()
 
     # -- state, for the runtime and for tests --------------------------------------------
@@ -295,6 +297,7 @@ class VenusCommander:
         """A new connection: the identification is read again (once), unless refused."""
         for block in IDENTITY_BLOCKS:
             self._extras[block].next_s = float("-inf")
+        self._extras_next_s = float("-inf")
 
     def forget(self) -> None:
         """Forget everything the battery is believed to hold (control and setpoints).
@@ -357,6 +360,8 @@ class VenusCommander:
         Report each attempt with ``on_read`` or ``on_extra_read_failed``; blocks not
         attempted stay due.
         """
+        if not reached(now_s, self._extras_next_s):
+            return []  # the common cycle: none is due (asked every cycle, per battery)
         due = [
             block
             for block, extra in self._extras.items()
@@ -387,6 +392,9 @@ class VenusCommander:
             extra.next_s = float("inf")
         else:
             extra.next_s = now_s + self.counters_interval_s
+        self._extras_next_s = min(
+            (e.next_s for e in self._extras.values() if not e.refused), default=float("inf")
+        )
 
     def _control_check_due(self, now_s: float) -> bool:
         if self._control in (ControlState.UNKNOWN, ControlState.WRITTEN):
@@ -445,16 +453,18 @@ class VenusCommander:
         identity = self._identity
         diagnostics = self._diagnostics
         if address == REG_DEVICE_NAME:
-            self._identity = replace(identity, device_name=decode_text(words) or None)
+            self._set_identity(replace(identity, device_name=decode_text(words) or None))
         elif address == REG_SERIAL_NUMBER:
-            self._identity = replace(identity, serial_number=decode_text(words) or None)
+            self._set_identity(replace(identity, serial_number=decode_text(words) or None))
         elif address == REG_SOFTWARE_VERSION:
             software, ems, bms = (None if w in (0, _U16_GARBAGE) else w for w in words)
-            self._identity = replace(
-                identity,
-                software_version=None if software is None else f"{software / 100:.2f}",
-                ems_version=ems,
-                bms_version=bms,
+            self._set_identity(
+                replace(
+                    identity,
+                    software_version=None if software is None else f"{software / 100:.2f}",
+                    ems_version=ems,
+                    bms_version=bms,
+                )
             )
         elif address == REG_BATTERY_VOLTAGE:
             voltage_v = words[0] / 100.0
@@ -472,6 +482,10 @@ class VenusCommander:
             diagnostics.alarms = bit_names(bits_of(words), ALARM_BITS)
         elif address == REG_FAULTS:
             diagnostics.faults = bit_names(bits_of(words), FAULT_BITS)
+
+    def _set_identity(self, identity: BatteryIdentity) -> None:
+        self._identity = identity
+        self._identity_known = identity != _NO_IDENTITY
 
     def _on_control_read(self, raw: int, now_s: float) -> None:
         self._control_checked_s = now_s
@@ -506,7 +520,7 @@ class VenusCommander:
         cycle = self._cycle
         online = not cycle.failed and cycle.soc_pct is not None and cycle.power_w is not None
         self._note_availability(online, cycle, now_s)
-        identity = self._identity if self._identity != _NO_IDENTITY else None
+        identity = self._identity if self._identity_known else None
         if cycle.failed:
             return BatteryTelemetry(name=self.name, online=False, identity=identity)
         diagnostics = self._diagnostics
@@ -1017,13 +1031,24 @@ class _ConnectFailureFilter(logging.Filter):
 
     ``VenusCommander`` logs one line when a battery becomes unavailable and one when it
     returns; pymodbus would add one per reconnect attempt (every probe, every backoff step).
+    pymodbus replaces a line identical to its previous one by "Repeating....", which goes
+    with the line it repeats.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._dropped_last = False
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to connect")
+        message = record.getMessage()
+        if message == _PYMODBUS_REPEATING:
+            return not self._dropped_last
+        self._dropped_last = message.startswith("Failed to connect")
+        return not self._dropped_last
 
 
 _PYMODBUS_LOGGER: Final = "pymodbus.logging"
+_PYMODBUS_REPEATING: Final = "Repeating...."  # pymodbus.logging's stand-in for a repeated line
 _CONNECT_FAILURE_FILTER: Final = _ConnectFailureFilter()
 
 

@@ -22,9 +22,10 @@ class P1Reading:
     active_power_l1_w: float | None = None
     active_power_l2_w: float | None = None
     active_power_l3_w: float | None = None
-    # Canonical text of the whole body: equal bodies give equal fingerprints, so a dongle that
-    # stops updating (same body, counters included) is told apart from a steady load.
-    fingerprint: str = ""
+    # Equal exactly when the whole bodies are equal (the parser's ``BodyFingerprint``), so a
+    # dongle that stops updating (same body, counters included) is told apart from a steady
+    # load. Compared, never looked into.
+    fingerprint: object = ""
 
 
 class Availability(StrEnum):

@@ -30,6 +30,7 @@ from typing import TypeAlias, TypeVar
 from engine.adapters.homewizard import parse_data
 from engine.adapters.homewizard_v2 import parse_measurement
 from engine.adapters.marstek import VenusCommander
+from engine.adapters.meter_json import decode_body
 from engine.core.cycle import ControlCycle, Release, UserInputs, WriteJob
 from engine.core.meter import MeterTracker, P1Reading
 from engine.core.model import BatteryTelemetry, Plan, Snapshot
@@ -230,7 +231,7 @@ def _read_meter(world: World, tracker: MeterTracker, now: float, api: MeterApi) 
             tracker.failed(now)
             return
         try:
-            body = json.loads(response.body)
+            body = decode_body(response.body)
         except ValueError:
             tracker.failed(now)
             return
@@ -297,7 +298,7 @@ class PushMirror:
             return None  # the device pushes nothing
         self._last_body = response.body
         try:
-            reading = parse_measurement(json.loads(response.body))
+            reading = parse_measurement(decode_body(response.body))
         except (ValueError, DeviceError):
             return None  # a frame the stream drops
         self.last_received_s = at_s

@@ -18,6 +18,7 @@ from engine.adapters.homewizard import (
     MeterApiDisabledError,
     parse_data,
 )
+from engine.adapters.meter_json import decode_body
 from engine.core.meter import MeterTracker, P1Reading
 from engine.errors import DeviceResponseError, DeviceUnavailable
 from engine.settings import meter_url_from_host
@@ -138,6 +139,23 @@ def test_fingerprint_follows_the_whole_body() -> None:
     changed = dict(body, total_power_import_kwh=13779.339)  # power equal, counter moved
     assert parse_data(changed).fingerprint != same.fingerprint
     assert hash(same) == hash(parse_data(body))
+
+
+def test_a_frozen_body_with_a_non_finite_field_is_still_the_same_body() -> None:
+    # NaN is not JSON, yet Python's decoder reads it; as a float it would differ from itself
+    # and a frozen dongle would look fresh at every poll.
+    text = '{"active_power_w": 12, "active_voltage_l1_v": NaN, "total_power_import_kwh": 1.5}'
+    first, second = parse_data(decode_body(text)), parse_data(decode_body(text))
+    assert first.fingerprint == second.fingerprint
+    assert first.active_power_w == 12.0
+    tracker = MeterTracker()
+    tracker.update(first, 10.0)
+    tracker.update(second, 11.0)
+    assert tracker.updated_s == 10.0  # the body did not change: the reading is 1 s old
+    with pytest.raises(DeviceResponseError, match="active_power_w"):
+        parse_data(decode_body('{"active_power_w": NaN}'))
+    with pytest.raises(DeviceResponseError, match="active_power_w"):
+        parse_data(decode_body('{"active_power_w": -Infinity}'))
 
 
 _scalars = (

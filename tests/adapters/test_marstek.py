@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymodbus.logging import Log
 
 from engine.adapters.marstek import (
     BLOCK_AC_POWER,
@@ -26,6 +27,7 @@ from engine.adapters.marstek import (
     ControlState,
     MarstekBattery,
     VenusCommander,
+    quiet_pymodbus_connect_failures,
     release_all,
 )
 from engine.adapters.marstek_registers import (
@@ -898,6 +900,24 @@ async def test_a_returning_battery_is_found_by_the_probe_before_the_backoff_ends
         assert server.firmware.control_enabled
     finally:
         await driver.close()
+
+
+def test_pymodbus_repeated_connect_failures_leave_no_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # pymodbus replaces a line identical to its last one by "Repeating....": that one goes too,
+    # while a repeat of any other pymodbus line is still shown.
+    quiet_pymodbus_connect_failures()
+    warn = cast("Callable[..., None]", Log.warning)  # pymodbus' own logger, untyped
+    with caplog.at_level(logging.DEBUG, logger="pymodbus.logging"):
+        for _ in range(3):
+            warn("Failed to connect {}", "[Errno 111] Connection refused")
+        warn("Frame check failed, ignoring!!")
+        warn("Frame check failed, ignoring!!")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Frame check failed, ignoring!!",
+        "Repeating....",
+    ]
 
 
 async def test_a_dead_battery_logs_one_line_down_and_one_up_without_pymodbus_noise(

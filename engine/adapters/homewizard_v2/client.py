@@ -28,6 +28,7 @@ from engine.adapters.homewizard_v2.measurement import (
     parse_measurement,
 )
 from engine.adapters.homewizard_v2.tls import client_ssl_context, common_name_of
+from engine.adapters.meter_json import decode_body
 from engine.core.meter import P1Reading
 from engine.errors import DeviceResponseError, DeviceUnavailable
 
@@ -274,7 +275,7 @@ class HomeWizardV2Client:
 
 def _decode(raw: bytes, device: str, path: str) -> object:
     try:
-        return json.loads(raw)
+        return decode_body(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         msg = f"{device}: invalid JSON from {path}: {exc}"
         raise DeviceResponseError(msg, device=device) from exc

@@ -37,7 +37,14 @@ class DeviceInfo:
 
 
 def _counter(body: dict[str, object], direction: str) -> float | None:
-    return energy_counter_kwh(body, f"energy_{direction}_kwh", f"energy_{direction}_t{{t}}_kwh")
+    return energy_counter_kwh(body, *_COUNTER_KEYS[direction])
+
+
+# (total, tariff) keys per direction, built once: the parser runs at every reading.
+_COUNTER_KEYS = {
+    direction: (f"energy_{direction}_kwh", f"energy_{direction}_t{{t}}_kwh")
+    for direction in ("import", "export")
+}
 
 
 def parse_measurement(body: object, *, device: str = "p1") -> P1Reading:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from engine.adapters.homewizard_v2.client import (
     MeterUnauthorizedError,
 )
 from engine.adapters.homewizard_v2.measurement import parse_measurement
+from engine.adapters.meter_json import decode_body
 from engine.core.meter import P1Reading
 from engine.errors import DeviceError, DeviceResponseError, DeviceUnavailable
 
@@ -283,7 +283,7 @@ def _frame_of(data: object) -> dict[str, object] | None:
     if not isinstance(data, str):
         return None
     try:
-        frame = json.loads(data)
+        frame = decode_body(data)
     except (ValueError, RecursionError):
         return None
     return frame if isinstance(frame, dict) else None

@@ -233,7 +233,8 @@ class VenusE:
         if self._p_w == 0.0 and self._goal_w == 0.0 and (not pending or pending[0][0] >= t_end_s):
             # Settled at zero with nothing due (the common case): the loop's first piece.
             if t_end_s - t_s > 1e-12:
-                self._unblock_charge()
+                if self._charge_blocked:  # (the test first: no call in the common case)
+                    self._unblock_charge()
                 self._relay_closed = False
                 self._relay_ready_s = None
                 self._idle(t_end_s - t_s)
@@ -248,7 +249,8 @@ class VenusE:
                 else:
                     self._goal_w = goal_w
             seg_end_s = pending[0][0] if pending and pending[0][0] < t_end_s else t_end_s
-            self._unblock_charge()
+            if self._charge_blocked:
+                self._unblock_charge()
             goal_w = self._effective_goal()
             p_w = self._p_w
 

@@ -185,7 +185,8 @@ class _SampledMeter(ABC):
             at_s = self._next_k * self.params.interval_s
             if at_s > until_s or (at_s == until_s and not inclusive):
                 return
-            self._advance(at_s)
+            if self._t_s is None or at_s > self._t_s:  # else a no-op: observe got here first
+                self._advance(at_s)
             self._pending.append(self._make_sample(at_s))
             self._next_k += 1
 

@@ -105,6 +105,7 @@ class World:
             }
         )
         self._fixed_next = sum(1 for s in self._fixed if s <= 0.0)
+        self._trace_times = self.trace.times_s  # (a tuple: the trace is loaded once)
         self._trace_next = 1  # index of the next trace row (row 0 starts at 0)
         self._open(0.0)
         self._next_s = self._next_instant()
@@ -195,7 +196,7 @@ class World:
         interval_s = self.meter.params.interval_s
         sample_s = (math.floor(after_s / interval_s + _EPS_S) + 1) * interval_s
         next_s = min(grid_s, sample_s)
-        times = self.trace.times_s
+        times = self._trace_times
         if self._trace_next < len(times) and times[self._trace_next] < next_s:
             next_s = times[self._trace_next]
         if self._fixed_next < len(self._fixed) and self._fixed[self._fixed_next] < next_s:
@@ -212,7 +213,7 @@ class World:
         on_grid = abs(t_s / RECORD_STEP_S - round(t_s / RECORD_STEP_S)) < 1e-6
         if on_grid or t_s >= self.horizon_s:
             self._flush_cell(t_s)
-        times = self.trace.times_s
+        times = self._trace_times
         while self._trace_next < len(times) and times[self._trace_next] <= t_s + _EPS_S:
             self._trace_next += 1
         while self._fixed_next < len(self._fixed) and self._fixed[self._fixed_next] <= t_s + _EPS_S:

@@ -67,9 +67,10 @@ class VenusE:
 
         self.params = params
         self.name = name if name is not None else params.name
-        self.capacity_wh = float(params.capacity_wh)
-        self.stored_wh = self.capacity_wh * soc_pct / 100.0
+        self._capacity_wh = float(params.capacity_wh)
+        self.stored_wh = self._capacity_wh * soc_pct / 100.0
         # Firmware cut-offs; the firmware layer may change them (registers 44000/44001).
+        # Setting one also sets the stored energy it stops at (_ceiling_wh, _floor_wh).
         self.charge_cutoff_pct = float(params.charge_cutoff_pct)
         self.discharge_cutoff_pct = float(params.discharge_cutoff_pct)
         # Fault hook: the battery acknowledges commands but delivers 0 W.
@@ -96,16 +97,43 @@ class VenusE:
         self._relay_closed = False
         self._relay_ready_s: float | None = None  # relay closing: output may move from here
         self._last_sign = 0
-        self._charge_blocked = self.stored_wh >= self._ceiling_wh()
+        self._charge_blocked = self.stored_wh >= self._ceiling_wh
         # Cache of the DC draw at the last constant power (the common case is a held output).
         self._dc_cache_p_w = 0.0
         self._dc_cache_w = 0.0
+
+    # ---------------------------------------------------------------- cut-offs
+    @property
+    def capacity_wh(self) -> float:
+        """Usable capacity (fixed: the cut-offs' energies are derived from it)."""
+        return self._capacity_wh
+
+    @property
+    def charge_cutoff_pct(self) -> float:
+        """SoC at which the firmware stops charging (register 44000)."""
+        return self._charge_cutoff_pct
+
+    @charge_cutoff_pct.setter
+    def charge_cutoff_pct(self, pct: float) -> None:
+        self._charge_cutoff_pct = pct
+        # Stored energy at the cut-off: kept with the cut-off, as it is read at every step.
+        self._ceiling_wh = self._capacity_wh * min(pct, 100.0) / 100.0
+
+    @property
+    def discharge_cutoff_pct(self) -> float:
+        """SoC at which the firmware stops discharging (register 44001)."""
+        return self._discharge_cutoff_pct
+
+    @discharge_cutoff_pct.setter
+    def discharge_cutoff_pct(self, pct: float) -> None:
+        self._discharge_cutoff_pct = pct
+        self._floor_wh = self._capacity_wh * max(pct, 0.0) / 100.0  # (as _ceiling_wh)
 
     # ---------------------------------------------------------------- observation
     @property
     def soc_pct(self) -> float:
         """State of charge, exact."""
-        return 100.0 * self.stored_wh / self.capacity_wh
+        return 100.0 * self.stored_wh / self._capacity_wh
 
     @property
     def ac_power_w(self) -> float:
@@ -140,7 +168,7 @@ class VenusE:
 
     @property
     def discharge_blocked(self) -> bool:
-        return self.stored_wh <= self._floor_wh() + 1e-9
+        return self.stored_wh <= self._floor_wh + 1e-9
 
     def dc_draw_w(self, ac_w: float) -> float:
         """DC power drawn from the cells at AC output ``ac_w`` (negative while charging)."""
@@ -201,16 +229,10 @@ class VenusE:
             raise ValueError(f"step starts at {now_s} but the model is already at {t_s}")
         return self._integrate(now_s, now_s + dt_s) / dt_s
 
-    def _ceiling_wh(self) -> float:
-        return self.capacity_wh * min(self.charge_cutoff_pct, 100.0) / 100.0
-
-    def _floor_wh(self) -> float:
-        return self.capacity_wh * max(self.discharge_cutoff_pct, 0.0) / 100.0
-
     def _effective_goal(self) -> float:
         goal = self._goal_w
         if goal > 0.0:
-            if self.not_following or self.stored_wh <= self._floor_wh() + 1e-9:
+            if self.not_following or self.stored_wh <= self._floor_wh + 1e-9:
                 return 0.0
             return min(goal, self.params.max_discharge_w)
         if goal < 0.0:
@@ -233,7 +255,8 @@ class VenusE:
         if self._p_w == 0.0 and self._goal_w == 0.0 and (not pending or pending[0][0] >= t_end_s):
             # Settled at zero with nothing due (the common case): the loop's first piece.
             if t_end_s - t_s > 1e-12:
-                self._unblock_charge()
+                if self._charge_blocked:  # (the test first: no call in the common case)
+                    self._unblock_charge()
                 self._relay_closed = False
                 self._relay_ready_s = None
                 self._idle(t_end_s - t_s)
@@ -248,7 +271,8 @@ class VenusE:
                 else:
                     self._goal_w = goal_w
             seg_end_s = pending[0][0] if pending and pending[0][0] < t_end_s else t_end_s
-            self._unblock_charge()
+            if self._charge_blocked:
+                self._unblock_charge()
             goal_w = self._effective_goal()
             p_w = self._p_w
 
@@ -301,8 +325,8 @@ class VenusE:
         return ac_ws
 
     def _unblock_charge(self) -> None:
-        if self._charge_blocked and self.stored_wh < self._ceiling_wh() - (
-            self.capacity_wh * CHARGE_RESUME_HYSTERESIS_PCT / 100.0
+        if self._charge_blocked and self.stored_wh < self._ceiling_wh - (
+            self._capacity_wh * CHARGE_RESUME_HYSTERESIS_PCT / 100.0
         ):
             self._charge_blocked = False
 
@@ -338,12 +362,12 @@ class VenusE:
         dc_w = self._dc_cache_w
         dc_wh = dc_w * duration_s / _WS_PER_WH
         if dc_w > 0.0:
-            limit_wh = max(self.stored_wh - self._floor_wh(), 0.0)
+            limit_wh = max(self.stored_wh - self._floor_wh, 0.0)
             if dc_wh >= limit_wh:
                 elapsed_s = duration_s * limit_wh / dc_wh
                 return self._cut_at_limit(p_w * elapsed_s, limit_wh, elapsed_s, charging=False)
         else:
-            limit_wh = -max(self._ceiling_wh() - self.stored_wh, 0.0)
+            limit_wh = -max(self._ceiling_wh - self.stored_wh, 0.0)
             if dc_wh <= limit_wh:
                 elapsed_s = duration_s * limit_wh / dc_wh
                 return self._cut_at_limit(p_w * elapsed_s, limit_wh, elapsed_s, charging=True)
@@ -365,10 +389,10 @@ class VenusE:
         """Linear ramp from ``p_a_w`` to ``p_b_w`` (one sign or touching 0): (AC W*s, elapsed s)."""
         dc_wh = self._ramp_energy_ws(p_a_w, p_b_w, duration_s) / _WS_PER_WH
         if dc_wh > 0.0:
-            limit_wh = max(self.stored_wh - self._floor_wh(), 0.0)
+            limit_wh = max(self.stored_wh - self._floor_wh, 0.0)
             over = dc_wh >= limit_wh
         else:
-            limit_wh = -max(self._ceiling_wh() - self.stored_wh, 0.0)
+            limit_wh = -max(self._ceiling_wh - self.stored_wh, 0.0)
             over = dc_wh <= limit_wh
         if not over:
             self._p_w = p_b_w

@@ -120,7 +120,10 @@ def simulated_serial_number(name: str) -> str:
     return f"{SERIAL_PREFIX}{name}"[: reg.SERIAL_NUMBER_REGS * 2]
 
 
-_Builder = Callable[[dict[int, int], float], None]  # fills a block's registers at an instant
+# A block: a run of consecutive registers, as words at an instant (a fresh list per call).
+_Block = Callable[[float], list[int]]
+# How a read is served: (block, first, end offset into its words) for each block it touches.
+_ReadPlan = tuple[tuple[_Block, int, int], ...]
 
 
 class VenusFirmware:
@@ -155,36 +158,28 @@ class VenusFirmware:
         self._month_index: int | None = None
         self._day_base = (0.0, 0.0)
         self._month_base = (0.0, 0.0)
-        # (first, last register, builder): a read computes only the blocks it touches
-        # (remembered per (address, count) in _builders: drivers repeat their reads).
-        self._builders: dict[tuple[int, int], tuple[_Builder, ...]] = {}
-        self._blocks: tuple[tuple[int, int, _Builder], ...] = (
-            (
-                reg.REG_DEVICE_NAME,
-                reg.REG_DEVICE_NAME + reg.DEVICE_NAME_REGS - 1,
-                self._block_name,
-            ),
-            (
-                reg.REG_SOFTWARE_VERSION,
-                reg.REG_SOFTWARE_VERSION + reg.VERSION_REGS - 1,
-                self._block_versions,
-            ),
-            (
-                reg.REG_SERIAL_NUMBER,
-                reg.REG_SERIAL_NUMBER + reg.SERIAL_NUMBER_REGS - 1,
-                self._block_serial,
-            ),
-            (reg.REG_BATTERY_VOLTAGE, reg.REG_BATTERY_POWER + 1, self._block_dc),
-            (reg.REG_SOC, reg.REG_CAPACITY, self._block_soc),
-            (reg.REG_AC_VOLTAGE, reg.REG_AC_FREQUENCY, self._block_ac),
-            (reg.REG_TOTAL_CHARGE, reg.REG_MONTHLY_DISCHARGE + 1, self._block_counters),
-            (
-                reg.REG_INTERNAL_TEMPERATURE,
-                reg.REG_MOS2_TEMPERATURE,
-                self._block_temperatures,
-            ),
-            (reg.REG_INVERTER_STATE, reg.REG_FAULTS + reg.FAULT_REGS - 1, self._block_status),
-            (reg.REG_RS485_CONTROL, reg.REG_MAX_DISCHARGE_POWER, self._block_control),
+        # (first register, count, block): a read computes only the blocks it touches (how,
+        # per (address, count), is remembered in _plans: drivers repeat their reads).
+        self._plans: dict[tuple[int, int], _ReadPlan] = {}
+        self._blocks: tuple[tuple[int, int, _Block], ...] = (
+            (reg.REG_DEVICE_NAME, reg.DEVICE_NAME_REGS, self._block_name),
+            (reg.REG_SOFTWARE_VERSION, reg.VERSION_REGS, self._block_versions),
+            (reg.REG_SERIAL_NUMBER, reg.SERIAL_NUMBER_REGS, self._block_serial),
+            (reg.REG_BATTERY_VOLTAGE, reg.REG_SOC - reg.REG_BATTERY_VOLTAGE, self._block_dc),
+            (reg.REG_SOC, 2, self._block_soc),
+            (reg.REG_AC_VOLTAGE, 2, self._block_ac_current),
+            (reg.REG_AC_POWER, 2, self._block_ac_power),
+            (reg.REG_AC_FREQUENCY, 1, self._block_ac_frequency),
+            (reg.REG_TOTAL_CHARGE, 12, self._block_counters),  # 6 uint32 energies
+            (reg.REG_INTERNAL_TEMPERATURE, 3, self._block_temperatures),  # internal, MOS 1 and 2
+            (reg.REG_INVERTER_STATE, 1, self._block_inverter_state),
+            (reg.REG_ALARMS, reg.ALARM_REGS, self._block_alarms),
+            (reg.REG_FAULTS, reg.FAULT_REGS, self._block_faults),
+            (reg.REG_RS485_CONTROL, 1, self._block_rs485_control),
+            (reg.REG_FORCE_MODE, 1, self._block_force_mode),
+            (reg.REG_CHARGE_SETPOINT, 2, self._block_setpoints),
+            (reg.REG_USER_WORK_MODE, 1, self._block_work_mode),
+            (reg.REG_CHARGE_CUTOFF, 4, self._block_limits),  # 2 cut-offs, 2 power limits
         )
 
     # ---------------------------------------------------------------- semantics
@@ -209,18 +204,26 @@ class VenusFirmware:
     def read(self, address: int, count: int, now_s: float) -> list[int] | FirmwareFault:
         """FC 3: ``count`` holding registers from ``address``, or why there is no data."""
         self.reads += 1
-        if self.is_offline(now_s):
+        if now_s < self.offline_until_s:  # is_offline(now_s), without the call
             return FirmwareFault.NO_ANSWER
-        if count > reg.MAX_REGISTERS_PER_READ:
-            return FirmwareFault.NO_ANSWER
-        if count < 1:
-            return FirmwareFault.ILLEGAL_VALUE
-        if address < 0 or address + count > 0x10000:
-            return FirmwareFault.ILLEGAL_ADDRESS
-        if not _range_mapped(address, count):
-            return FirmwareFault.ILLEGAL_ADDRESS
-        image = self._image(address, count, now_s)
-        return [image[addr] for addr in range(address, address + count)]
+        plan = self._plans.get((address, count))
+        if plan is None:  # not asked before (only a valid request gets a plan)
+            if count > reg.MAX_REGISTERS_PER_READ:
+                return FirmwareFault.NO_ANSWER
+            if count < 1:
+                return FirmwareFault.ILLEGAL_VALUE
+            if address < 0 or address + count > 0x10000:
+                return FirmwareFault.ILLEGAL_ADDRESS
+            if not _range_mapped(address, count):
+                return FirmwareFault.ILLEGAL_ADDRESS
+            plan = self._plans[(address, count)] = self._plan(address, count)
+        if len(plan) == 1:
+            block, lo, hi = plan[0]
+            return block(now_s)[lo:hi]
+        values: list[int] = []
+        for block, lo, hi in plan:
+            values += block(now_s)[lo:hi]
+        return values
 
     def write(self, address: int, values: list[int], now_s: float) -> FirmwareFault | None:
         """FC 6/16: write ``values`` from ``address``; all or nothing."""
@@ -295,100 +298,101 @@ class VenusFirmware:
             totals[1] - self._month_base[1],
         )
 
-    def _image(self, address: int, count: int, now_s: float) -> dict[int, int]:
-        """The registers of every block that [address, address + count) touches."""
-        image: dict[int, int] = {}
-        builders = self._builders.get((address, count))
-        if builders is None:
-            end = address + count
-            builders = tuple(
-                b for first, last, b in self._blocks if first < end and address <= last
-            )
-            self._builders[(address, count)] = builders
-        for build in builders:
-            build(image, now_s)
-        return image
+    def _plan(self, address: int, count: int) -> _ReadPlan:
+        """The blocks a mapped range [address, address + count) touches, in address order.
 
-    def _block_name(self, image: dict[int, int], _now_s: float) -> None:
-        for i, word in enumerate(self._name_regs):
-            image[reg.REG_DEVICE_NAME + i] = word
+        Every register of the range is mapped and the blocks cover the mapped registers
+        without overlap, so the slices of the touched blocks are the range, register by
+        register.
+        """
+        end = address + count
+        return tuple(
+            (block, max(address - first, 0), min(end, first + n) - first)
+            for first, n, block in self._blocks
+            if first < end and address < first + n
+        )
 
-    def _block_versions(self, image: dict[int, int], _now_s: float) -> None:
-        image[reg.REG_SOFTWARE_VERSION] = SOFTWARE_VERSION_RAW
-        image[reg.REG_EMS_VERSION] = EMS_VERSION
-        image[reg.REG_BMS_VERSION] = BMS_VERSION
+    def _block_name(self, _now_s: float) -> list[int]:
+        return list(self._name_regs)
 
-    def _block_serial(self, image: dict[int, int], _now_s: float) -> None:
-        words = encode_name(self.serial_number, reg.SERIAL_NUMBER_REGS)
-        for i, word in enumerate(words):
-            image[reg.REG_SERIAL_NUMBER + i] = word
+    def _block_versions(self, _now_s: float) -> list[int]:
+        return [SOFTWARE_VERSION_RAW, EMS_VERSION, BMS_VERSION]
 
-    def _block_temperatures(self, image: dict[int, int], _now_s: float) -> None:
+    def _block_serial(self, _now_s: float) -> list[int]:
+        return encode_name(self.serial_number, reg.SERIAL_NUMBER_REGS)
+
+    def _block_temperatures(self, _now_s: float) -> list[int]:
         # No thermal model: warmer with load, so the registers move like a real unit's.
         load = abs(self.battery.ac_power_w) / reg.MAX_SETPOINT_W
         internal_c = AMBIENT_C + _FULL_LOAD_HEATING_C * load
-        image[reg.REG_INTERNAL_TEMPERATURE] = _i16(internal_c * 10.0)
-        image[reg.REG_MOS1_TEMPERATURE] = _i16((internal_c + 3.0 * load) * 10.0)
-        image[reg.REG_MOS2_TEMPERATURE] = _i16((internal_c + 2.0 * load) * 10.0)
+        return [
+            _i16(internal_c * 10.0),
+            _i16((internal_c + 3.0 * load) * 10.0),
+            _i16((internal_c + 2.0 * load) * 10.0),
+        ]
 
-    def _block_dc(self, image: dict[int, int], _now_s: float) -> None:
+    def _block_dc(self, _now_s: float) -> list[int]:
         bat = self.battery
         dc_w = bat.dc_power_w
         battery_v = 48.0 + 6.0 * bat.soc_pct / 100.0  # 16s LFP, roughly linear in mid range
-        image[reg.REG_BATTERY_VOLTAGE] = _u16(battery_v * 100.0)
-        image[reg.REG_BATTERY_CURRENT] = _i16(dc_w / battery_v * 100.0)
-        image[reg.REG_BATTERY_POWER], image[reg.REG_BATTERY_POWER + 1] = _i32(dc_w)
+        return [_u16(battery_v * 100.0), _i16(dc_w / battery_v * 100.0), *_i32(dc_w)]
 
-    def _block_soc(self, image: dict[int, int], _now_s: float) -> None:
+    def _block_soc(self, _now_s: float) -> list[int]:
         bat = self.battery
         soc_raw = _u16(math.floor(bat.soc_pct + 0.5))
-        image[reg.REG_SOC] = SOC_GARBAGE if self.soc_garbage else soc_raw
-        image[reg.REG_CAPACITY] = _u16(bat.capacity_wh)
+        return [SOC_GARBAGE if self.soc_garbage else soc_raw, _u16(bat.capacity_wh)]
 
-    def _block_ac(self, image: dict[int, int], _now_s: float) -> None:
-        ac_w = self.battery.ac_power_w
-        image[reg.REG_AC_VOLTAGE] = _u16(AC_VOLTAGE_V * 10.0)
-        image[reg.REG_AC_CURRENT] = _i16(ac_w / AC_VOLTAGE_V * 100.0)
-        image[reg.REG_AC_POWER], image[reg.REG_AC_POWER + 1] = _i32(ac_w)
-        image[reg.REG_AC_FREQUENCY] = _u16(AC_FREQUENCY_HZ * 100.0)
+    def _block_ac_current(self, _now_s: float) -> list[int]:
+        return [_u16(AC_VOLTAGE_V * 10.0), _i16(self.battery.ac_power_w / AC_VOLTAGE_V * 100.0)]
 
-    def _block_counters(self, image: dict[int, int], now_s: float) -> None:
-        for i, energy_wh in enumerate(self._counters(now_s)):
-            high, low = _u32(energy_wh / 10.0)  # 0.01 kWh
-            image[reg.REG_TOTAL_CHARGE + 2 * i] = high
-            image[reg.REG_TOTAL_CHARGE + 2 * i + 1] = low
+    def _block_ac_power(self, _now_s: float) -> list[int]:
+        return list(_i32(self.battery.ac_power_w))
 
-    def _block_status(self, image: dict[int, int], _now_s: float) -> None:
+    def _block_ac_frequency(self, _now_s: float) -> list[int]:
+        return [_u16(AC_FREQUENCY_HZ * 100.0)]
+
+    def _block_counters(self, now_s: float) -> list[int]:
+        words: list[int] = []
+        for energy_wh in self._counters(now_s):
+            words += _u32(energy_wh / 10.0)  # 0.01 kWh
+        return words
+
+    def _block_inverter_state(self, _now_s: float) -> list[int]:
         ac_w = self.battery.ac_power_w
         if ac_w > 0.0:
-            state = reg.InverterState.DISCHARGE
-        elif ac_w < 0.0:
-            state = reg.InverterState.CHARGE
-        else:
-            state = reg.InverterState.STANDBY
-        image[reg.REG_INVERTER_STATE] = state
-        alarms = self.alarm_bits | (_ALARM_LOW_SOC_BIT if self.battery.discharge_blocked else 0)
-        for i in range(reg.ALARM_REGS):
-            image[reg.REG_ALARMS + i] = (alarms >> (16 * i)) & 0xFFFF
-        for i in range(reg.FAULT_REGS):
-            image[reg.REG_FAULTS + i] = (self.fault_bits >> (16 * i)) & 0xFFFF
+            return [reg.InverterState.DISCHARGE]
+        if ac_w < 0.0:
+            return [reg.InverterState.CHARGE]
+        return [reg.InverterState.STANDBY]
 
-    def _block_control(self, image: dict[int, int], _now_s: float) -> None:
-        bat = self.battery
-        image[reg.REG_RS485_CONTROL] = (
-            reg.RS485_ENABLE if self.control_enabled else reg.RS485_DISABLE
-        )
-        image[reg.REG_FORCE_MODE] = self.force_mode
-        image[reg.REG_CHARGE_SETPOINT] = self.charge_setpoint_w
-        image[reg.REG_DISCHARGE_SETPOINT] = self.discharge_setpoint_w
+    def _block_alarms(self, _now_s: float) -> list[int]:
+        alarms = self.alarm_bits | (_ALARM_LOW_SOC_BIT if self.battery.discharge_blocked else 0)
+        return [(alarms >> (16 * i)) & 0xFFFF for i in range(reg.ALARM_REGS)]
+
+    def _block_faults(self, _now_s: float) -> list[int]:
+        return [(self.fault_bits >> (16 * i)) & 0xFFFF for i in range(reg.FAULT_REGS)]
+
+    def _block_rs485_control(self, _now_s: float) -> list[int]:
+        return [reg.RS485_ENABLE if self.control_enabled else reg.RS485_DISABLE]
+
+    def _block_force_mode(self, _now_s: float) -> list[int]:
+        return [self.force_mode]
+
+    def _block_setpoints(self, _now_s: float) -> list[int]:
+        return [self.charge_setpoint_w, self.discharge_setpoint_w]
+
+    def _block_work_mode(self, _now_s: float) -> list[int]:
         # Reads back 1 (anti-feed) while RS485 control is on, like the real firmware.
-        image[reg.REG_USER_WORK_MODE] = (
-            WORK_MODE_ANTI_FEED if self.control_enabled else self.work_mode
-        )
-        image[reg.REG_CHARGE_CUTOFF] = _u16(bat.charge_cutoff_pct * 10.0)
-        image[reg.REG_DISCHARGE_CUTOFF] = _u16(bat.discharge_cutoff_pct * 10.0)
-        image[reg.REG_MAX_CHARGE_POWER] = self.max_charge_power_w
-        image[reg.REG_MAX_DISCHARGE_POWER] = self.max_discharge_power_w
+        return [WORK_MODE_ANTI_FEED if self.control_enabled else self.work_mode]
+
+    def _block_limits(self, _now_s: float) -> list[int]:
+        bat = self.battery
+        return [
+            _u16(bat.charge_cutoff_pct * 10.0),
+            _u16(bat.discharge_cutoff_pct * 10.0),
+            self.max_charge_power_w,
+            self.max_discharge_power_w,
+        ]
 
     # ---------------------------------------------------------------- scripted faults
     def reboot(self, now_s: float, offline_s: float = DEFAULT_REBOOT_OFFLINE_S) -> None:

@@ -38,6 +38,7 @@ NOMINAL_V = 230.0
 DEFAULT_START = datetime(2024, 6, 3, tzinfo=UTC)
 # How a three-phase house's power splits over L1/L2/L3 (the sim has no per-phase model).
 PHASE_SPLIT = (0.5, 0.3, 0.2)
+_GAS_UNIQUE_ID = "4D4D42432D47"
 _V1 = "v1"
 _V2 = "v2"
 
@@ -184,7 +185,8 @@ class _SampledMeter(ABC):
             at_s = self._next_k * self.params.interval_s
             if at_s > until_s or (at_s == until_s and not inclusive):
                 return
-            self._advance(at_s)
+            if self._t_s is None or at_s > self._t_s:  # else a no-op: observe got here first
+                self._advance(at_s)
             self._pending.append(self._make_sample(at_s))
             self._next_k += 1
 
@@ -387,6 +389,19 @@ class P1MeterModel(_SampledMeter):
         self._into_hour_s = self._start.minute * 60.0 + self._start.second
         self.gas = gas
         self._voltage_v = [NOMINAL_V + 0.5 * i for i in range(phases)]
+        # The v1 body's per-phase keys, and its constant run after the currents (built once:
+        # the body is built at every poll).
+        names = range(1, phases + 1)
+        self._power_keys = tuple(f"active_power_l{n}_w" for n in names)
+        self._voltage_keys = tuple(f"active_voltage_l{n}_v" for n in names)
+        self._current_keys = tuple(f"active_current_l{n}_a" for n in names)
+        self._constant_tail: dict[str, object] = {
+            "active_frequency_hz": 50,
+            **{f"voltage_sag_l{n}_count": 1 if n < 3 else 0 for n in names},
+            **{f"voltage_swell_l{n}_count": 0 for n in names},
+            "any_power_fail_count": 4,
+            "long_power_fail_count": 5,
+        }
 
     def _tariff(self, at_s: float) -> int:
         # Dutch double tariff: 2 (normal) on weekdays 07-23 h, else 1 (low). Constant within
@@ -436,49 +451,39 @@ class P1MeterModel(_SampledMeter):
         if sample is None:
             return body  # booted, no telegram yet: every measurement is absent
         imp, exp = sample.import_kwh, sample.export_kwh
-        body |= {
-            "active_tariff": sample.tariff,
-            "total_power_import_kwh": round(imp[0] + imp[1], 3),
-            "total_power_import_t1_kwh": round(imp[0], 3),
-            "total_power_import_t2_kwh": round(imp[1], 3),
-            "total_power_export_kwh": round(exp[0] + exp[1], 3),
-            "total_power_export_t1_kwh": round(exp[0], 3),
-            "total_power_export_t2_kwh": round(exp[1], 3),
-            "active_power_w": int(sample.power_w),
-        }
-        names = range(1, self.phases + 1)
-        for n, p_w in zip(names, sample.phase_w, strict=True):
-            body[f"active_power_l{n}_w"] = int(p_w)
-        for n, v in zip(names, sample.voltage_v, strict=True):
-            body[f"active_voltage_l{n}_v"] = v
-        for n, p_w, v in zip(names, sample.phase_w, sample.voltage_v, strict=True):
-            body[f"active_current_l{n}_a"] = round(p_w / v)  # DSMR: whole amps, signed here
-        body["active_frequency_hz"] = 50
-        for n in names:
-            body[f"voltage_sag_l{n}_count"] = 1 if n < 3 else 0
-        for n in names:
-            body[f"voltage_swell_l{n}_count"] = 0
-        body |= {"any_power_fail_count": 4, "long_power_fail_count": 5}
+        body["active_tariff"] = sample.tariff
+        body["total_power_import_kwh"] = round(imp[0] + imp[1], 3)
+        body["total_power_import_t1_kwh"] = round(imp[0], 3)
+        body["total_power_import_t2_kwh"] = round(imp[1], 3)
+        body["total_power_export_kwh"] = round(exp[0] + exp[1], 3)
+        body["total_power_export_t1_kwh"] = round(exp[0], 3)
+        body["total_power_export_t2_kwh"] = round(exp[1], 3)
+        body["active_power_w"] = int(sample.power_w)
+        phase_w, voltage_v = sample.phase_w, sample.voltage_v
+        for key, p_w in zip(self._power_keys, phase_w, strict=True):
+            body[key] = int(p_w)
+        for key, v in zip(self._voltage_keys, voltage_v, strict=True):
+            body[key] = v
+        for key, p_w, v in zip(self._current_keys, phase_w, voltage_v, strict=True):
+            body[key] = round(p_w / v)  # DSMR: whole amps, signed here
+        body |= self._constant_tail  # frequency, sags, swells, power failures
         if self.gas:
             gas_at_s = math.floor(sample.at_s / GAS_INTERVAL_S) * GAS_INTERVAL_S
             gas_m3 = round(2569.646 + 0.05 * gas_at_s / 3600.0, 3)  # ~1.2 m3/day
-            body |= {
-                "total_gas_m3": gas_m3,
-                "gas_timestamp": _stamp(self._start, gas_at_s),
-                "gas_unique_id": "4D4D42432D47",
-            }
-        body |= {
-            "active_power_average_w": round(sample.average_w, 3),
-            "montly_power_peak_w": round(sample.peak_w, 3),  # sic: the API's spelling
-            "montly_power_peak_timestamp": _stamp(self._start, sample.peak_at_s),
-        }
+            gas_stamp = _stamp(self._start, gas_at_s)
+            body["total_gas_m3"] = gas_m3
+            body["gas_timestamp"] = gas_stamp
+            body["gas_unique_id"] = _GAS_UNIQUE_ID
+        body["active_power_average_w"] = round(sample.average_w, 3)
+        body["montly_power_peak_w"] = round(sample.peak_w, 3)  # sic: the API's spelling
+        body["montly_power_peak_timestamp"] = _stamp(self._start, sample.peak_at_s)
         if self.gas:
             body["external"] = [
                 {
-                    "unique_id": body["gas_unique_id"],
+                    "unique_id": _GAS_UNIQUE_ID,
                     "type": "gas_meter",
-                    "timestamp": body["gas_timestamp"],
-                    "value": body["total_gas_m3"],
+                    "timestamp": gas_stamp,
+                    "value": gas_m3,
                     "unit": "m3",
                 }
             ]

@@ -69,6 +69,7 @@ class World:
         for i, b in enumerate(scenario.batteries, start=1):
             model = VenusE(b.params, b.soc_pct, battery_name(i))
             self.firmwares.append(VenusFirmware(model))
+        self._batteries = [fw.battery for fw in self.firmwares]  # a firmware keeps its battery
         # The noise seed is [meter] seed, which defaults to the scenario's seed.
         self.meter = P1MeterModel(scenario.meter)
         self.pv_meter: KwhMeterModel | None = (
@@ -104,6 +105,7 @@ class World:
             }
         )
         self._fixed_next = sum(1 for s in self._fixed if s <= 0.0)
+        self._trace_times = self.trace.times_s  # (a tuple: the trace is loaded once)
         self._trace_next = 1  # index of the next trace row (row 0 starts at 0)
         self._open(0.0)
         self._next_s = self._next_instant()
@@ -114,7 +116,8 @@ class World:
         return self._names
 
     def discharge_blocked_at(self, t_s: float) -> bool:
-        return any(start <= t_s < start + length for start, length in self.scenario.blocks)
+        blocks = self.scenario.blocks
+        return bool(blocks) and any(start <= t_s < start + length for start, length in blocks)
 
     def net_at(self, t_s: float) -> float:
         return self.trace.net_at(t_s) + self.events.extra_w_at(t_s)
@@ -166,7 +169,10 @@ class World:
 
     def battery_at(self, index: int, t_s: float) -> VenusFirmware:
         """The firmware of battery ``index`` (1-based) as it is at ``t_s``: read or write it."""
-        self.advance_to(t_s)
+        if self.now_s <= t_s < self._next_s - _EPS_S and t_s <= self.horizon_s:
+            self.now_s = t_s  # advance_to's common case (a request between shared instants)
+        else:
+            self.advance_to(t_s)
         self._integrate_battery(index - 1, self.now_s)
         return self.firmwares[index - 1]
 
@@ -189,25 +195,25 @@ class World:
         grid_s = (math.floor(after_s / RECORD_STEP_S + _EPS_S) + 1) * RECORD_STEP_S
         interval_s = self.meter.params.interval_s
         sample_s = (math.floor(after_s / interval_s + _EPS_S) + 1) * interval_s
-        candidates = [grid_s, sample_s]
-        times = self.trace.times_s
-        if self._trace_next < len(times):
-            candidates.append(times[self._trace_next])
-        if self._fixed_next < len(self._fixed):
-            candidates.append(self._fixed[self._fixed_next])
-        return min(candidates)
+        next_s = min(grid_s, sample_s)
+        times = self._trace_times
+        if self._trace_next < len(times) and times[self._trace_next] < next_s:
+            next_s = times[self._trace_next]
+        if self._fixed_next < len(self._fixed) and self._fixed[self._fixed_next] < next_s:
+            next_s = self._fixed[self._fixed_next]
+        return next_s
 
     def _cross(self, t_s: float) -> None:
         """Everything shared that happens at ``t_s``: the batteries and the house get there,
         a full record cell is written, then faults, the house and the meters at ``t_s``."""
-        for i in range(len(self.firmwares)):
+        for i in range(len(self._batteries)):
             self._integrate_battery(i, t_s)
         self._cell_net_ws += self._net_w * (t_s - self._crossed_s)
         self._crossed_s = t_s
         on_grid = abs(t_s / RECORD_STEP_S - round(t_s / RECORD_STEP_S)) < 1e-6
         if on_grid or t_s >= self.horizon_s:
             self._flush_cell(t_s)
-        times = self.trace.times_s
+        times = self._trace_times
         while self._trace_next < len(times) and times[self._trace_next] <= t_s + _EPS_S:
             self._trace_next += 1
         while self._fixed_next < len(self._fixed) and self._fixed[self._fixed_next] <= t_s + _EPS_S:
@@ -221,17 +227,18 @@ class World:
         self._update_faults(t_s)
         self._net_w = self.net_at(t_s)
         # The meter samples the instantaneous grid power at its sample instants.
-        inst_w = sum(fw.battery.ac_power_w for fw in self.firmwares)
+        inst_w = sum([battery.ac_power_w for battery in self._batteries])
         self.meter.observe(t_s, self._net_w - inst_w)
         if self.pv_meter is not None:
             self.pv_meter.observe_pv(t_s, max(0.0, self.trace.pv_at(t_s)))
 
     def _integrate_battery(self, i: int, t_s: float) -> None:
         from_s = self._battery_s[i]
-        if t_s - from_s <= _EPS_S:
+        dt_s = t_s - from_s
+        if dt_s <= _EPS_S:
             return
-        mean_w = self.firmwares[i].battery.advance(from_s, t_s - from_s)
-        self._cell_battery_ws[i] += mean_w * (t_s - from_s)
+        mean_w = self._batteries[i].advance(from_s, dt_s)
+        self._cell_battery_ws[i] += mean_w * dt_s
         self._battery_s[i] = t_s
 
     def _flush_cell(self, end_s: float) -> None:
@@ -244,7 +251,7 @@ class World:
             dt_s,
             self._cell_net_ws / dt_s,
             [ws / dt_s for ws in self._cell_battery_ws],
-            [fw.battery.soc_pct for fw in self.firmwares],
+            [battery.soc_pct for battery in self._batteries],
             discharge_blocked=self.discharge_blocked_at(start_s),
         )
         self._cell_s = end_s
@@ -253,6 +260,10 @@ class World:
 
     # ------------------------------------------------------------------ faults
     def _update_faults(self, t: float) -> None:
+        if not self.active_faults and (
+            self._next_fault == len(self._faults) or self._faults[self._next_fault].at_s > t
+        ):
+            return  # none active, none due (the common case)
         still: list[ActiveFault] = []
         for a in self.active_faults:
             if t >= a.until_s:

@@ -297,6 +297,8 @@ class InvariantChecker:
 
     # ------------------------------------------------------------------ 2. unavailable
     def _check_unavailable(self, now: float, plan: Plan, truth: Truth) -> None:
+        if not truth.failed and not self._failed_since and not self._rejoin_due:
+            return  # none unreachable, none was: the loop below would do nothing
         for name in self.names:
             if name in truth.failed:
                 self._rejoin_due.pop(name, None)
@@ -362,8 +364,10 @@ class InvariantChecker:
         now = snap.now_s
         s = self.settings
         bound = self.not_following_bound_s
-        soc = {t.name: t.soc_pct for t in snap.batteries}
-        for name in self.names:
+        # With none that does not deliver, and none commanded so, the loop would do nothing.
+        names = self.names if truth.not_delivering or self._nf_commanded_since else ()
+        soc = {t.name: t.soc_pct for t in snap.batteries} if names else {}
+        for name in names:
             command = plan.setpoints.get(name, 0)
             if name in truth.not_delivering:
                 self._nf_seen_s[name] = now
@@ -429,8 +433,11 @@ class InvariantChecker:
         now = snap.now_s
         s = self.settings
         settle_s = TAKEOVER_CYCLES * self.period_s - EPS_S  # redistributed in the 2nd cycle
+        excluded_s = s.not_following_exclude_s + self.not_following_bound_s
         out: dict[str, bool] = {}  # dropped out -> settled
-        for name in self.names:
+        # None unreachable or not delivering, now or lately: none is out, nothing to forget.
+        maybe_out = truth.failed or truth.not_delivering or self._nf_seen_s or self._idle_since
+        for name in self.names if maybe_out else ():
             if name in truth.failed:
                 out[name] = now - self._failed_since.get(name, now) >= settle_s
             elif name in truth.not_delivering:
@@ -441,7 +448,6 @@ class InvariantChecker:
                     out[name] = now - self._idle_since.setdefault(name, now) >= settle_s
                 continue
             seen = self._nf_seen_s.get(name)
-            excluded_s = s.not_following_exclude_s + self.not_following_bound_s
             if (
                 seen is not None
                 and now - seen <= excluded_s
@@ -561,9 +567,13 @@ class InvariantChecker:
                 self.report.fail("limits_respected", now, f"{name} setpoint {p} W above limit")
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def observe_world(world: World) -> Truth:
     """The ground truth of ``world`` now (call after the cycle's writes)."""
     names = world.names
+    now_s = world.now_s
     failed: set[str] = set()
     out_of_control: set[str] = set()
     not_delivering: set[str] = set()
@@ -573,7 +583,7 @@ def observe_world(world: World) -> Truth:
     for i, (name, fw) in enumerate(zip(names, world.firmwares, strict=True), start=1):
         battery_w[name] = fw.battery.ac_power_w
         firmware_w[name] = fw.target_w
-        if (any_fault or fw.offline_until_s > world.now_s) and (
+        if (any_fault or fw.offline_until_s > now_s) and (
             world.transport_fault(i) is not None or world.fault_active(FaultKind.SOC_GARBAGE, i)
         ):
             failed.add(name)
@@ -585,11 +595,12 @@ def observe_world(world: World) -> Truth:
         ):
             not_delivering.add(name)
     return Truth(
-        meter_sample_s=world.meter_sample_s(world.now_s),
-        failed=frozenset(failed),
-        out_of_control=frozenset(out_of_control),
-        not_delivering=frozenset(not_delivering),
-        net_w=world.net_at(world.now_s),
+        meter_sample_s=world.meter_sample_s(now_s),
+        # (the common case, nobody: one shared empty set instead of three new ones)
+        failed=frozenset(failed) if failed else _NONE,
+        out_of_control=frozenset(out_of_control) if out_of_control else _NONE,
+        not_delivering=frozenset(not_delivering) if not_delivering else _NONE,
+        net_w=world.net_at(now_s),
         battery_w=battery_w,
         firmware_w=firmware_w,
         engine_error=any_fault and world.fault_active(FaultKind.ENGINE_ERROR),

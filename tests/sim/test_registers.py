@@ -8,7 +8,13 @@ import pytest
 
 from engine.adapters import marstek_registers as reg
 from sim.plant.battery import VenusE
-from sim.plant.firmware import FirmwareFault, ReadFault, VenusFirmware, WriteFault
+from sim.plant.firmware import (
+    MAPPED_REGISTERS,
+    FirmwareFault,
+    ReadFault,
+    VenusFirmware,
+    WriteFault,
+)
 from sim.plant.params import BatteryParams
 
 # Hard-coded from the protocol reference, Part 1, section 1.2 (register map) and 1.4 (control).
@@ -323,6 +329,43 @@ def test_unmapped_registers_are_an_illegal_address(address: int, count: int) -> 
 
 def test_zero_count_is_an_illegal_value() -> None:
     assert make().read(reg.REG_SOC, 0, 0.0) is FirmwareFault.ILLEGAL_VALUE
+
+
+def test_a_refused_read_is_refused_again_after_a_valid_one() -> None:
+    # Reads are served by a plan remembered per (address, count): only valid ones get one.
+    fw = make()
+    for _ in range(2):
+        assert fw.read(reg.REG_SOC, 2, 0.0) == fw.read(reg.REG_SOC, 2, 0.0)
+        assert fw.read(reg.REG_SOC, 0, 0.0) is FirmwareFault.ILLEGAL_VALUE
+        assert fw.read(reg.REG_CAPACITY, 2, 0.0) is FirmwareFault.ILLEGAL_ADDRESS
+        assert fw.read(reg.REG_SOC, 33, 0.0) is FirmwareFault.NO_ANSWER
+
+
+def test_every_mapped_range_reads_register_by_register_the_same() -> None:
+    # A read spanning several of the firmware's blocks is their registers in address order.
+    fw = make(soc_pct=37.0)
+    fw.write(reg.REG_RS485_CONTROL, [reg.RS485_ENABLE], 0.0)
+    command(fw, 700, 0.0)
+    t_s = settle(fw)
+    fw.alarm_bits, fw.fault_bits = 0x1234_5678, 0x0102_0304_0506_0708
+    mapped = sorted(MAPPED_REGISTERS)
+    single = {}
+    for address in mapped:
+        words = fw.read(address, 1, t_s)
+        assert isinstance(words, list)
+        single[address] = words[0]
+    spans = 0
+    for address in mapped:
+        for count in range(1, reg.MAX_REGISTERS_PER_READ + 1):
+            if address + count - 1 not in single or any(
+                a not in single for a in range(address, address + count)
+            ):
+                break
+            assert fw.read(address, count, t_s) == [
+                single[a] for a in range(address, address + count)
+            ]
+            spans += 1
+    assert spans > len(mapped)
 
 
 @pytest.mark.parametrize(

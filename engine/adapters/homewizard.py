@@ -9,12 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from engine.adapters.meter_json import (
-    checked_body,
-    decode_body,
-    energy_counter_kwh,
-    finite_number,
-)
+from engine.adapters.homewizard_data import parse_data
+from engine.adapters.meter_json import decode_body
 from engine.core.meter import P1Reading
 from engine.errors import DeviceResponseError, DeviceUnavailable
 
@@ -28,32 +24,6 @@ class MeterApiDisabledError(DeviceResponseError):
 
     Retryable: the user can switch it back on without restarting us.
     """
-
-
-def _counter(body: dict[str, object], direction: str) -> float | None:
-    """``total_power_<direction>_kwh``, else the sum of the tariff registers."""
-    return energy_counter_kwh(body, *_COUNTER_KEYS[direction])
-
-
-# (total, tariff) keys per direction, built once: the parser runs at every poll.
-_COUNTER_KEYS = {
-    direction: (f"total_power_{direction}_kwh", f"total_power_{direction}_t{{t}}_kwh")
-    for direction in ("import", "export")
-}
-
-
-def parse_data(body: object, *, device: str = "p1") -> P1Reading:
-    """Validate a decoded ``/api/v1/data`` body; raise DeviceResponseError, never guess power."""
-    body, power_w, fingerprint = checked_body(body, "active_power_w", device=device)
-    return P1Reading(
-        active_power_w=power_w,
-        total_power_import_kwh=_counter(body, "import"),
-        total_power_export_kwh=_counter(body, "export"),
-        active_power_l1_w=finite_number(body.get("active_power_l1_w")),
-        active_power_l2_w=finite_number(body.get("active_power_l2_w")),
-        active_power_l3_w=finite_number(body.get("active_power_l3_w")),
-        fingerprint=fingerprint,
-    )
 
 
 class HomeWizardClient:

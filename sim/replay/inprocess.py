@@ -27,8 +27,7 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from typing import TypeAlias, TypeVar
 
-from engine.adapters.homewizard import parse_data
-from engine.adapters.homewizard_v2 import parse_measurement
+from engine.adapters.homewizard_data import parse_data
 from engine.adapters.marstek import VenusCommander
 from engine.adapters.meter_json import decode_body
 from engine.core.cycle import ControlCycle, Release, UserInputs, WriteJob
@@ -236,11 +235,19 @@ def _read_meter(world: World, tracker: MeterTracker, now: float, api: MeterApi) 
             tracker.failed(now)
             return
     try:
-        reading = parse_measurement(body) if v2 else parse_data(body)
+        reading = _parse_measurement(body) if v2 else parse_data(body)
     except DeviceError:
         tracker.failed(now)
         return
     tracker.update(reading, now)
+
+
+def _parse_measurement(body: object) -> P1Reading:
+    """The engine's API v2 parser, imported when a v2 scenario first needs it: the v2 package
+    brings its HTTPS and websocket client (aiohttp), which a v1 replay never loads."""
+    from engine.adapters.homewizard_v2 import parse_measurement
+
+    return parse_measurement(body)
 
 
 class PushMirror:
@@ -298,7 +305,7 @@ class PushMirror:
             return None  # the device pushes nothing
         self._last_body = response.body
         try:
-            reading = parse_measurement(decode_body(response.body))
+            reading = _parse_measurement(decode_body(response.body))
         except (ValueError, DeviceError):
             return None  # a frame the stream drops
         self.last_received_s = at_s

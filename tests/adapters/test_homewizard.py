@@ -13,11 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.adapters.homewizard import (
-    HomeWizardClient,
-    MeterApiDisabledError,
-    parse_data,
-)
+from engine.adapters.homewizard import HomeWizardClient, MeterApiDisabledError
+from engine.adapters.homewizard_data import parse_data
 from engine.adapters.meter_json import decode_body
 from engine.core.meter import MeterTracker, P1Reading
 from engine.errors import DeviceResponseError, DeviceUnavailable

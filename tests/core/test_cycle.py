@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.adapters.homewizard import parse_data
+from engine.adapters.homewizard_data import parse_data
 from engine.core.cycle import Command, ControlCycle, Release, UserInputs
 from engine.core.events import SafeHoldCause, SafeHoldEntered
 from engine.core.meter import MeterTracker

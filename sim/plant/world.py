@@ -173,8 +173,15 @@ class World:
             self.now_s = t_s  # advance_to's common case (a request between shared instants)
         else:
             self.advance_to(t_s)
-        self._integrate_battery(index - 1, self.now_s)
-        return self.firmwares[index - 1]
+        # _integrate_battery(index - 1, now_s), inline: this runs at every Modbus request.
+        i = index - 1
+        from_s = self._battery_s[i]
+        dt_s = self.now_s - from_s
+        if dt_s > _EPS_S:
+            mean_w = self._batteries[i].advance(from_s, dt_s)
+            self._cell_battery_ws[i] += mean_w * dt_s
+            self._battery_s[i] = self.now_s
+        return self.firmwares[i]
 
     def settle(self) -> None:
         """Every battery integrated up to ``now_s`` (the ground truth of this instant)."""

@@ -364,4 +364,4 @@ def permute_snapshot(snap: Snapshot, order_names: Sequence[str]) -> Snapshot:
     """The same snapshot with its telemetry listed in ``order_names`` order (others last)."""
     rank = {n: i for i, n in enumerate(order_names)}
     batteries = sorted(snap.batteries, key=lambda t: rank.get(t.name, len(rank)))
-    return replace(snap, batteries=tuple(batteries))
+    return snap._replace(batteries=tuple(batteries))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from engine.core.events import SafeHoldCause, SafeHoldEntered
 from engine.core.meter import MeterTracker
@@ -50,9 +50,10 @@ class Release:
 WriteJob: TypeAlias = Command | Release
 
 
-@dataclass(frozen=True, slots=True)
-class CycleResult:
-    """What one cycle decided: the plan, the writes to make, and a failure, if any."""
+class CycleResult(NamedTuple):
+    """What one cycle decided: the plan, the writes to make, and a failure, if any.
+
+    Immutable; a named tuple like ``Snapshot`` (one per cycle)."""
 
     snapshot: Snapshot
     plan: Plan

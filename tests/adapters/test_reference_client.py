@@ -172,7 +172,8 @@ async def test_homewizards_own_library_reads_the_simulated_v1_and_v2_meters(
         "power_l1_w": None,
         "energy_import_kwh": pytest.approx(sum(sample.import_kwh), abs=0.001),
         "energy_export_kwh": pytest.approx(sum(sample.export_kwh), abs=0.001),
-        "tariff": 1,
+        # The meter's clock is the loop's (time since boot here): the tariff of that hour.
+        "tariff": sample.tariff,
         "api_v1_enabled": False,
     }
     assert result["v2"]["power_l1_w"] == result["v1"]["power_l1_w"]

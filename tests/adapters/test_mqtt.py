@@ -1484,7 +1484,10 @@ async def test_a_retained_block_discharge_is_honoured_once(
                     await user.sync()
                     await user.send("mmbc/control/mode", "normal")  # a marker behind it
                 await until(lambda: commands.modes == [Mode.NORMAL])
-        assert commands.blocked == [True, False]
+        # The live "false" may come twice: QoS 1 is at least once, and a restart can take the
+        # broker down before our acknowledgement reached it. The retained "true" never again.
+        assert commands.blocked[:2] == [True, False]
+        assert set(commands.blocked[2:]) <= {False}
     assert any("retained on the broker" in r.getMessage() for r in caplog.records)
 
 

@@ -32,16 +32,14 @@ class UserInputs:
     discharge_blocked: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(NamedTuple):
     """Write ``power_w`` (+ discharge, - charge, 0 idle) to ``battery``."""
 
     battery: str
     power_w: int
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
+class Release(NamedTuple):
     """Idle ``battery`` and hand it back to its own logic (RS485 control off)."""
 
     battery: str

@@ -60,6 +60,12 @@ def finite_number(value: object) -> float | None:
     return result if math.isfinite(result) else None
 
 
+def counter_keys(prefix: str, direction: str) -> tuple[str, str]:
+    """A counter's (total, tariff) keys: ``<prefix><direction>_kwh`` and the ``_t{t}`` registers
+    (built once per parser module: the parsers run at every poll)."""
+    return f"{prefix}{direction}_kwh", f"{prefix}{direction}_t{{t}}_kwh"
+
+
 def energy_counter_kwh(body: dict[str, object], total_key: str, tariff_key: str) -> float | None:
     """``body[total_key]``, else the sum of the tariff registers (T1+T2 is the total).
 

@@ -129,21 +129,6 @@ class InProcessBattery:
         self._last_io_s = self._now_s
         return self._now_s
 
-    def _read_request_s(self) -> float | None:
-        """``_reachable`` then ``_next_request_s`` in one call (about eight reads a cycle):
-        the instant of the next read, None when the battery cannot be reached."""
-        if self.world.transport_fault(self.index) is not None:
-            self._last_io_s = None  # the connection is gone; the next request reconnects
-            return None
-        last_io_s = self._last_io_s
-        if last_io_s is None:  # connecting: the driver then waits one gap
-            last_io_s = self._now_s
-            self.commander.forget()
-            self.commander.on_connected()
-        self._now_s = max(self._now_s, last_io_s + self.message_gap_s)
-        self._last_io_s = self._now_s
-        return self._now_s
-
     def reading(self, now: float) -> Requests[BatteryTelemetry]:
         """One read cycle stamped ``now`` (the cycle's start), each block at its instant: the
         driver's own dialogue (``VenusCommander.read_cycle``) over direct calls."""
@@ -152,11 +137,10 @@ class InProcessBattery:
         block = next(dialogue)
         while True:
             reply: list[int] | DeviceError
-            request_s = self._read_request_s()
-            if request_s is None:
+            if not self._reachable():
                 reply = DeviceUnavailable("connection refused", device=self.commander.name)
             else:
-                at_s = yield request_s
+                at_s = yield self._next_request_s()
                 self.reads += 1
                 values = self.firmware.read(*block, at_s)
                 reply = values if isinstance(values, list) else _as_error(values, self)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.adapters.meter_json import checked_body, energy_counter_kwh, finite_number
+from engine.adapters.meter_json import checked_body, counter_keys, energy_counter_kwh, finite_number
 from engine.core.meter import P1Reading
 from engine.errors import DeviceResponseError
 
@@ -36,15 +36,8 @@ class DeviceInfo:
         return major is not None and int(major.group(1)) >= 2
 
 
-def _counter(body: dict[str, object], direction: str) -> float | None:
-    return energy_counter_kwh(body, *_COUNTER_KEYS[direction])
-
-
-# (total, tariff) keys per direction, built once: the parser runs at every reading.
-_COUNTER_KEYS = {
-    direction: (f"energy_{direction}_kwh", f"energy_{direction}_t{{t}}_kwh")
-    for direction in ("import", "export")
-}
+_IMPORT_KEYS = counter_keys("energy_", "import")
+_EXPORT_KEYS = counter_keys("energy_", "export")
 
 
 def parse_measurement(body: object, *, device: str = "p1") -> P1Reading:
@@ -52,8 +45,8 @@ def parse_measurement(body: object, *, device: str = "p1") -> P1Reading:
     body, power_w, fingerprint = checked_body(body, POWER_KEY, device=device)
     return P1Reading(
         active_power_w=power_w,
-        total_power_import_kwh=_counter(body, "import"),
-        total_power_export_kwh=_counter(body, "export"),
+        total_power_import_kwh=energy_counter_kwh(body, *_IMPORT_KEYS),
+        total_power_export_kwh=energy_counter_kwh(body, *_EXPORT_KEYS),
         active_power_l1_w=finite_number(body.get("power_l1_w")),
         active_power_l2_w=finite_number(body.get("power_l2_w")),
         active_power_l3_w=finite_number(body.get("power_l3_w")),

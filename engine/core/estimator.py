@@ -82,16 +82,35 @@ class PowerHistory:
                 last = i
                 break
         window = list(islice(self._parts, first, last + 1))
-        names: set[str] = set()
-        for parts in window:
-            names.update(parts)
-        lows: list[float] = []
-        highs: list[float] = []
-        for name in names:
-            values = [parts.get(name, 0.0) for parts in window]
-            lows.append(min(values))
-            highs.append(max(values))
-        return math.fsum(lows), math.fsum(highs)
+        # Each battery's least and most power in one pass over the window (mostly its last
+        # two samples). Kept as min() and max() would: the first of equal values. fsum is
+        # exact, so the order of the batteries does not matter.
+        lows = dict(window[0])
+        highs = lows.copy()
+        for parts in islice(window, 1, None):
+            if parts.keys() != lows.keys():
+                return _bounds_by_name(window)  # a battery came or went within the window
+            for name, power_w in parts.items():
+                if power_w < lows[name]:
+                    lows[name] = power_w
+                elif power_w > highs[name]:
+                    highs[name] = power_w
+        return math.fsum(lows.values()), math.fsum(highs.values())
+
+
+def _bounds_by_name(window: list[dict[str, float]]) -> tuple[float, float]:
+    """``PowerHistory.bounds`` over samples that differ in their batteries: a battery
+    missing from a sample counts as 0 W then."""
+    names: set[str] = set()
+    for parts in window:
+        names.update(parts)
+    lows: list[float] = []
+    highs: list[float] = []
+    for name in names:
+        values = [parts.get(name, 0.0) for parts in window]
+        lows.append(min(values))
+        highs.append(max(values))
+    return math.fsum(lows), math.fsum(highs)
 
 
 def _total(parts: dict[str, float]) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,6 +46,36 @@ def test_history_is_invariant_under_battery_order(
     assert a.latest_w() == b.latest_w()
     assert a.at(t_s) == b.at(t_s)
     assert a.bounds(t_s, t_s + width_s) == b.bounds(t_s, t_s + width_s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.dictionaries(st.sampled_from(["a", "b", "c"]), POWER | st.sampled_from([0.0, -0.0])),
+        min_size=1,
+        max_size=8,
+    ),
+    t_s=st.floats(-2.0, 10.0),
+    width_s=st.floats(0.0, 5.0),
+)
+def test_history_bounds_are_each_batterys_extremes_in_the_window(
+    rows: list[dict[str, float]], t_s: float, width_s: float
+) -> None:
+    """The one-pass bounds equal the definition: per battery the least and most of the
+    bracketing samples, a battery missing from a sample counting as 0 W then."""
+    h = PowerHistory()
+    for i, row in enumerate(rows):
+        h.add(float(i), row)
+    t0_s, t1_s = t_s, t_s + width_s
+    times = [float(i) for i in range(len(rows))]
+    first = max([i for i, t in enumerate(times) if t <= t0_s], default=0)
+    last = min([i for i, t in enumerate(times) if i >= first and t >= t1_s], default=len(rows) - 1)
+    window = rows[first : last + 1]
+    names = {n for row in window for n in row}
+    lows = [min(row.get(n, 0.0) for row in window) for n in names]
+    highs = [max(row.get(n, 0.0) for row in window) for n in names]
+    got = h.bounds(t0_s, t1_s)
+    assert [repr(v) for v in got] == [repr(math.fsum(lows)), repr(math.fsum(highs))]
 
 
 def test_history_interpolates_and_bounds_a_ramp() -> None:

@@ -6,9 +6,11 @@ All times are seconds on the injected clock (``now_s``), never the wall clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import Final, NamedTuple
 
 from engine.core.events import DecisionEvent
 from engine.core.states import BatteryState, FleetState
@@ -97,13 +99,18 @@ class Snapshot(NamedTuple):
     reading_age_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+# A plan without extra figures shares this one (read-only: a named tuple's default is shared).
+NO_EXTRA: Final[Mapping[str, float]] = MappingProxyType({})
+
+
+class Plan(NamedTuple):
     """What the core decided. The shell writes ``setpoints`` and publishes the rest.
 
     ``setpoints`` holds one entry per battery that must be commanded this cycle
     (+ discharge, - charge, 0 idle). A battery without an entry gets no command
     (it is unavailable). ``release`` names batteries to hand back to their own logic.
+    Immutable; a named tuple like ``Snapshot`` (one per cycle; a frozen dataclass sets each
+    of its nine fields through ``object.__setattr__``).
     """
 
     setpoints: dict[str, int]
@@ -114,4 +121,4 @@ class Plan:
     release: tuple[str, ...] = ()
     quality: str | None = None  # control-quality verdict, when the policy computes one
     grid_rms_w: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: Mapping[str, float] = NO_EXTRA

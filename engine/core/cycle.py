@@ -116,6 +116,10 @@ class ControlCycle:
 
     def jobs(self, plan: Plan) -> tuple[WriteJob, ...]:
         """The writes ``plan`` asks for: a release once, then nothing until commanded again."""
+        setpoints = plan.setpoints
+        if not plan.release and not self._released:
+            # Nothing to release and nothing released (most cycles): only the commands.
+            return tuple([Command(n, setpoints[n]) for n in self.battery_names if n in setpoints])
         jobs: list[WriteJob] = []
         for name in self.battery_names:
             if name in plan.release:

@@ -62,7 +62,8 @@ class DemandEstimator:
         self.filter.reset()
 
     def observe_batteries(self, now_s: float, parts: dict[str, float]) -> None:
-        """The batteries' measured power (+ discharging) this cycle, by name."""
+        """The batteries' measured power (+ discharging) this cycle, by name (kept by the
+        history: not to be changed afterwards)."""
         self.history.add(now_s, parts)
         if self.response.timing:  # else it has no use for the fleet's power
             self.response.observe(now_s, sum(parts.values()))

@@ -31,9 +31,13 @@ class PowerHistory:
         self._parts: deque[dict[str, float]] = deque()
 
     def add(self, t_s: float, parts: dict[str, float]) -> None:
-        """The batteries' measured power (+ discharging) at ``t_s``, by name."""
+        """The batteries' measured power (+ discharging) at ``t_s``, by name.
+
+        The history keeps ``parts`` itself: the caller hands it over (the policy builds a
+        new one every cycle) and must not change it afterwards.
+        """
         self._times.append(t_s)
-        self._parts.append(dict(parts))
+        self._parts.append(parts)
         while len(self._times) > 2 and self._times[1] < t_s - self.horizon_s:
             self._times.popleft()
             self._parts.popleft()

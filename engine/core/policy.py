@@ -70,6 +70,8 @@ _NONE: Final = Direction.NONE
 _REST_IDLE: Final = Rest.IDLE
 _REST_BLOCKED: Final = Rest.BLOCKED
 _REST_INELIGIBLE: Final = Rest.INELIGIBLE
+# A verdict's published text; ``Quality.value`` is a property call per cycle.
+_QUALITY_VALUE: Final = {q: q.value for q in Quality}
 
 
 def charge_limit_w(spec: BatterySpec, soc_pct: float, settings: ControlSettings) -> float:
@@ -496,7 +498,7 @@ class MmbcPolicy:
             events=tuple(cycle.events),
             safe_hold=safe,
             release=cycle.release,
-            quality=quality.value,
+            quality=_QUALITY_VALUE[quality],
             grid_rms_w=rms_w,
             # What the reachable batteries were to carry (less what is out of reach).
             extra={"target_w": self.demand.target_w - cycle.out_of_reach_w},

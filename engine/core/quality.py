@@ -35,6 +35,9 @@ class QualityMonitor:
         self._sum = 0.0
         self._crossings: deque[float] = deque()
         self._side = 0
+        # The RMS of the window, taken when a reading is added (it is asked for twice a
+        # cycle; it changes only here).
+        self._rms_w: float | None = None
 
     def add(self, t_s: float, error_w: float) -> None:
         self._samples.append((t_s, error_w))
@@ -52,11 +55,11 @@ class QualityMonitor:
             self._sum -= old
         while self._crossings and self._crossings[0] < horizon:
             self._crossings.popleft()
+        # Never empty here: the reading just added is inside the window.
+        self._rms_w = math.sqrt(max(0.0, self._sum_sq) / len(self._samples))
 
     def rms_w(self) -> float | None:
-        if not self._samples:
-            return None
-        return math.sqrt(max(0.0, self._sum_sq) / len(self._samples))
+        return self._rms_w
 
     def mean_w(self) -> float | None:
         """Mean grid error over the window (+ import): a lasting offset shows here."""

@@ -10,6 +10,7 @@ leaders (``handover``), or several sharing it (``split``); with it the leader or
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -214,7 +215,9 @@ class SelectionFsm:
         )
 
     # ------------------------------------------------------------------ timers
-    def reselection_due(self, now_s: float, direction: Direction, names: set[str]) -> bool:
+    def reselection_due(
+        self, now_s: float, direction: Direction, names: AbstractSet[str]
+    ) -> bool:
         """The 5-minute timer ran out, the direction changed, or the leader dropped out."""
         return (
             self.direction is not direction

@@ -34,6 +34,7 @@ each has a ``feature_*`` switch in ``ControlSettings``):
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -70,6 +71,7 @@ _NONE: Final = Direction.NONE
 _REST_IDLE: Final = Rest.IDLE
 _REST_BLOCKED: Final = Rest.BLOCKED
 _REST_INELIGIBLE: Final = Rest.INELIGIBLE
+_MODE_HOLD: Final = Mode.HOLD
 # A verdict's published text; ``Quality.value`` is a property call per cycle.
 _QUALITY_VALUE: Final = {q: q.value for q in Quality}
 
@@ -145,11 +147,17 @@ class MmbcPolicy:
             self.demand.restart()
         self._last_cycle_s = now
         events: list[DecisionEvent] = []
-        self._observe(snap, events)
+        seen = {t.name: t for t in snap.batteries}
+        blocked = snap.discharge_blocked or snap.mode is _MODE_HOLD
+        cutoff_check = self.settings.feature_cutoff_detection
         usable: list[BatteryFsm] = []
         parts: dict[str, float] = {}
         away: list[BatteryFsm] = []
         for b in self.batteries.values():
+            # Its reading first (availability, the exclusion timer, the checks), then where
+            # it stands this cycle.
+            b.discharge_blocked = blocked
+            b.observe(seen.get(b.name), now, events, cutoff_check=cutoff_check)
             if b.state is _UNAVAILABLE:
                 away.append(b)
             else:
@@ -169,7 +177,7 @@ class MmbcPolicy:
             usable,
             self.demand.new_reading(snap.meter_updated_s),
             events,
-            out_of_reach_w=sum(b.assumed_w for b in away),
+            out_of_reach_w=sum(b.assumed_w for b in away) if away else 0,
         )
         meter_fresh = (
             snap.grid_w is not None
@@ -184,15 +192,6 @@ class MmbcPolicy:
         )
         HANDLERS[state](self, cycle)
         return self._plan(cycle)
-
-    def _observe(self, snap: Snapshot, events: list[DecisionEvent]) -> None:
-        seen = {t.name: t for t in snap.batteries}
-        blocked = snap.discharge_blocked or snap.mode is Mode.HOLD
-        now = snap.now_s
-        cutoff_check = self.settings.feature_cutoff_detection
-        for b in self.batteries.values():
-            b.discharge_blocked = blocked
-            b.observe(seen.get(b.name), now, events, cutoff_check=cutoff_check)
 
     # ------------------------------------------------------------------ handlers
     def _hold_at_zero(self, cycle: Cycle) -> None:
@@ -247,14 +246,18 @@ class MmbcPolicy:
         if direction and not candidates:
             direction = _NONE
 
-        setpoints: dict[str, float] = {}
+        shares: dict[str, float] = {}  # magnitudes: the direction is applied per battery
         wake: str | None = None
+        # The candidates by name: who is eligible, and the leader order's lookup.
+        by_name = {c.name: c for c in candidates}
         if direction:
             magnitude = abs(target)
             if direction is _CHARGE and s.feature_charge_taper:
-                candidates = self._relax_taper(candidates, magnitude)
-            order = self._select(now, candidates, direction, events)
-            by_name = {c.name: c for c in candidates}
+                relaxed = self._relax_taper(candidates, magnitude)
+                if relaxed is not candidates:
+                    candidates = relaxed
+                    by_name = {c.name: c for c in candidates}
+            order = self._select(now, candidates, by_name.keys(), direction, events)
             ordered = [by_name[n] for n in order]
             threshold = s.split_threshold_w
             if sel.state is _SPLIT and s.feature_split_hysteresis:
@@ -262,26 +265,24 @@ class MmbcPolicy:
             if magnitude > threshold and len(ordered) > 1:
                 sel.go_split(events)
                 members = self._active_members(magnitude, ordered, direction)
-                setpoints = self._split(magnitude, members, direction)
+                shares = self._split(magnitude, members, direction)
             else:
                 sel.go_single(events)
                 ordered, wake = self._handover(now, ordered, events)
-                setpoints = fill_in_order(magnitude, ordered)
-            setpoints = {n: direction * p for n, p in setpoints.items()}
+                shares = fill_in_order(magnitude, ordered)
             self.demand.last_direction = direction
         else:
             sel.go_idle(events)
 
         wants_blocked_discharge = target > s.idle_band_w and hold
-        eligible = {c.name for c in candidates}
         for b in cycle.usable:
-            want = round(setpoints.get(b.name, 0.0))
+            want = round(direction * shares.get(b.name, 0.0))
             at_zero = _REST_IDLE
             if want != 0:
                 b.note_wanted(want, now)
             elif wants_blocked_discharge:
                 at_zero = _REST_BLOCKED
-            elif direction and b.name not in eligible:
+            elif direction and b.name not in by_name:
                 at_zero = _REST_INELIGIBLE
             elif b.name == wake:
                 want = KEEPALIVE_W * direction  # engage its relay before it takes over
@@ -348,15 +349,16 @@ class MmbcPolicy:
         self,
         now: float,
         candidates: list[Candidate],
+        names: AbstractSet[str],
         direction: Direction,
         events: list[DecisionEvent],
     ) -> tuple[str, ...]:
-        """The leader order, kept for ``reselect_interval_s`` (product rule)."""
+        """The leader order, kept for ``reselect_interval_s`` (product rule). ``names``: the
+        candidates' names."""
         s = self.settings
         sel = self.fleet.selection
-        names = {c.name for c in candidates}
         if not sel.reselection_due(now, direction, names):
-            if len(sel.order) == len(names) and names.issuperset(sel.order):
+            if len(sel.order) == len(names) and names == set(sel.order):
                 return sel.order  # the same batteries as when it was chosen (most cycles)
             kept = tuple(n for n in sel.order if n in names)
             if len(kept) == len(names):

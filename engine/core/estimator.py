@@ -138,9 +138,14 @@ class MeterCadence:
         if updated_s is None or updated_s == self.last_update_s:
             return False
         if self.last_update_s is not None and updated_s > self.last_update_s:
-            self._intervals.append(updated_s - self.last_update_s)
-            if len(self._intervals) >= 3:
-                self._typical_s = median(self._intervals)
+            interval_s = updated_s - self.last_update_s
+            intervals = self._intervals
+            # Once full, the oldest interval leaves as this one comes in: when the two are
+            # equal (most readings of a steady meter) the intervals, and their median, stay.
+            same = len(intervals) == intervals.maxlen and intervals[0] == interval_s
+            intervals.append(interval_s)
+            if len(intervals) >= 3 and not same:
+                self._typical_s = median(intervals)
         self.last_update_s = updated_s
         return True
 

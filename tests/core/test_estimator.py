@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 from hypothesis import given, settings
@@ -102,3 +103,22 @@ def test_cadence_learns_a_slow_meter_and_caps_the_stale_limit() -> None:
         cadence.observe(t_s)
     assert cadence.stale_limit_s(5.0) == 30.0  # never beyond 30 s
     assert cadence.stale_limit_s(40.0) == 40.0  # a longer configured limit wins
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(st.sampled_from([0.998, 1.0, 1.148, 10.0, 0.0]), max_size=40))
+def test_cadence_is_the_median_of_the_last_nine_intervals(steps: list[float]) -> None:
+    """Kept as the median of the last nine intervals (a repeated interval leaving as the same
+    one comes in keeps it without recomputing)."""
+    cadence = MeterCadence()
+    t_s = 0.0
+    seen = [t_s]
+    cadence.observe(t_s)
+    for step in steps:
+        t_s += step
+        cadence.observe(t_s)
+        if t_s != seen[-1]:
+            seen.append(t_s)
+        intervals = [b - a for a, b in zip(seen, seen[1:], strict=False)][-9:]
+        expected = statistics.median(intervals) if len(intervals) >= 3 else 1.0
+        assert cadence.typical_interval_s() == expected

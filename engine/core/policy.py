@@ -119,7 +119,10 @@ class MmbcPolicy:
         # Each battery's last candidate per direction. A candidate is a function of the SoC
         # alone (the spec and the settings are fixed), and the SoC moves by a whole percent
         # about once in hundreds of cycles: the same SoC gives back the same candidate.
-        self._last_candidate: dict[tuple[str, Direction], Candidate] = {}
+        self._last_candidate: dict[Direction, dict[str, Candidate]] = {
+            _CHARGE: {},
+            _DISCHARGE: {},
+        }
         self.batteries = {
             spec.name: BatteryFsm(
                 spec.name,
@@ -296,12 +299,13 @@ class MmbcPolicy:
         out = []
         discharging = direction is _DISCHARGE
         charging = direction is _CHARGE
+        last_candidates = self._last_candidate.get(direction, {})
         for b in usable:
             soc = b.soc_pct
             if soc is None or not b.usable_for(direction):
                 continue  # excluded, or at its firmware cut-off in this direction
             name = b.name
-            last = self._last_candidate.get((name, direction))
+            last = last_candidates.get(name)
             if last is not None and last.soc_pct == soc:
                 out.append(last)  # what it can do depends only on its SoC here
                 continue
@@ -319,7 +323,7 @@ class MmbcPolicy:
             else:
                 continue
             candidate = Candidate(name, soc, limit, headroom)
-            self._last_candidate[name, direction] = candidate
+            last_candidates[name] = candidate
             out.append(candidate)
         return out
 

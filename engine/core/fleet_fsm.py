@@ -215,9 +215,7 @@ class SelectionFsm:
         )
 
     # ------------------------------------------------------------------ timers
-    def reselection_due(
-        self, now_s: float, direction: Direction, names: AbstractSet[str]
-    ) -> bool:
+    def reselection_due(self, now_s: float, direction: Direction, names: AbstractSet[str]) -> bool:
         """The 5-minute timer ran out, the direction changed, or the leader dropped out."""
         return (
             self.direction is not direction

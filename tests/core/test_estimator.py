@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -119,6 +120,6 @@ def test_cadence_is_the_median_of_the_last_nine_intervals(steps: list[float]) ->
         cadence.observe(t_s)
         if t_s != seen[-1]:
             seen.append(t_s)
-        intervals = [b - a for a, b in zip(seen, seen[1:], strict=False)][-9:]
+        intervals = [b - a for a, b in pairwise(seen)][-9:]
         expected = statistics.median(intervals) if len(intervals) >= 3 else 1.0
         assert cadence.typical_interval_s() == expected

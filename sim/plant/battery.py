@@ -252,17 +252,37 @@ class VenusE:
         """Integrate from ``t_s`` to ``t_end_s``; return the AC energy delivered in W*s."""
         ac_ws = 0.0
         pending = self._pending
-        if self._p_w == 0.0 and self._goal_w == 0.0 and (not pending or pending[0][0] >= t_end_s):
-            # Settled at zero with nothing due (the common case): the loop's first piece.
-            if t_end_s - t_s > 1e-12:
-                if self._charge_blocked:  # (the test first: no call in the common case)
-                    self._unblock_charge()
-                self._relay_closed = False
-                self._relay_ready_s = None
-                self._idle(t_end_s - t_s)
-                t_s = t_end_s
-            self._t_s = t_s
-            return ac_ws
+        if not pending or pending[0][0] >= t_end_s:
+            # Nothing due before the end (the common case): an output settled at zero or held
+            # is the loop's first piece, taken here without the checks that cannot apply.
+            p_w = self._p_w
+            if p_w == 0.0 and self._goal_w == 0.0:
+                if t_end_s - t_s > 1e-12:
+                    if self._charge_blocked:  # (the test first: no call in the common case)
+                        self._unblock_charge()
+                    self._relay_closed = False
+                    self._relay_ready_s = None
+                    # self._idle(t_end_s - t_s), inline: most steps of most batteries are this.
+                    draw_wh = self.params.standby_w * (t_end_s - t_s) / _WS_PER_WH
+                    draw_wh = min(draw_wh, self.stored_wh)
+                    self.stored_wh -= draw_wh
+                    self.conversion_loss_wh += draw_wh
+                    self.standby_loss_wh += draw_wh
+                    t_s = t_end_s
+                self._t_s = t_s
+                return ac_ws
+            if (
+                p_w != 0.0
+                and self._relay_closed
+                and not self._charge_blocked
+                and t_end_s - t_s > 1e-12
+                and p_w == self._effective_goal()
+            ):
+                # Holding its output: the loop's hold piece; what is left (a cut-off, or a
+                # rounding remainder of the time) goes on in the loop.
+                piece_ws, elapsed_s = self._hold(p_w, t_end_s - t_s)
+                ac_ws += piece_ws
+                t_s += elapsed_s
         while t_end_s - t_s > 1e-12:
             while pending and pending[0][0] <= t_s + 1e-12:
                 goal_w = pending.popleft()[1]
@@ -371,7 +391,18 @@ class VenusE:
             if dc_wh <= limit_wh:
                 elapsed_s = duration_s * limit_wh / dc_wh
                 return self._cut_at_limit(p_w * elapsed_s, limit_wh, elapsed_s, charging=True)
-        return self._book(p_w * duration_s, dc_wh), duration_s
+        # self._book(p_w * duration_s, dc_wh), inline (a held output books at every step)
+        ac_ws = p_w * duration_s
+        ac_wh = ac_ws / _WS_PER_WH
+        self.stored_wh -= dc_wh
+        if ac_wh > 0.0:
+            self.discharged_wh += ac_wh
+            self.throughput_wh += ac_wh
+        else:
+            self.charged_wh -= ac_wh
+            self.throughput_wh -= ac_wh
+        self.conversion_loss_wh += dc_wh - ac_wh
+        return ac_ws, duration_s
 
     def _ramp_energy_ws(self, p_a_w: float, p_b_w: float, duration_s: float) -> float:
         """DC energy drawn over a linear ramp (Simpson's rule on the efficiency curve)."""

@@ -154,6 +154,7 @@ class VenusFirmware:
         self.reads = 0
         self.writes = 0
         self._name_regs = encode_name(battery.name)
+        self._capacity_reg = _u16(battery.capacity_wh)  # (32105: the capacity is fixed)
         self._day_index: int | None = None
         self._month_index: int | None = None
         self._day_base = (0.0, 0.0)
@@ -340,7 +341,7 @@ class VenusFirmware:
     def _block_soc(self, _now_s: float) -> list[int]:
         bat = self.battery
         soc_raw = _u16(math.floor(bat.soc_pct + 0.5))
-        return [SOC_GARBAGE if self.soc_garbage else soc_raw, _u16(bat.capacity_wh)]
+        return [SOC_GARBAGE if self.soc_garbage else soc_raw, self._capacity_reg]
 
     def _block_ac_current(self, _now_s: float) -> list[int]:
         return [_u16(AC_VOLTAGE_V * 10.0), _i16(self.battery.ac_power_w / AC_VOLTAGE_V * 100.0)]

@@ -161,10 +161,14 @@ class _SampledMeter(ABC):
             msg = f"meter observed at {now_s} after {self._observed_s}"
             raise ValueError(msg)
         self._observed_s = now_s
-        self._sample_until(now_s, inclusive=False)  # instants before now_s saw the old power
+        # (each _sample_until only where it has a sample to take: most calls have none)
+        interval_s = self.params.interval_s
+        if self._next_k * interval_s < now_s:
+            self._sample_until(now_s, inclusive=False)  # instants before now_s saw the old power
         self._advance(now_s)
         self._power_w = float(power_w)
-        self._sample_until(now_s, inclusive=True)
+        if self._next_k * interval_s <= now_s:
+            self._sample_until(now_s, inclusive=True)
 
     def next_visible_s(self, after_s: float) -> float:
         """The first instant after ``after_s`` at which a new sample becomes visible (its

@@ -82,6 +82,7 @@ class World:
         self.record.step_events = list(self.events.step_times())
         self._faults = sorted(scenario.faults, key=lambda f: f.at_s)
         self._next_fault = 0
+        self._next_fault_s = self._faults[0].at_s if self._faults else math.inf
         self.active_faults: list[ActiveFault] = []
         self.fault_log: list[tuple[float, str, str]] = []  # (t, "start"/"end", kind)
         self._frozen_sample_s: float | None = None  # what a frozen dongle keeps serving
@@ -95,18 +96,23 @@ class World:
         self._cell_net_ws = 0.0
         self._cell_battery_ws = [0.0] * len(self.firmwares)
         self._net_w = 0.0  # the house's demand held since the last instant crossed
-        # The shared instants still to come, by kind (each list sorted, consumed in order).
-        self._fixed = sorted(
-            {
-                *(f.at_s for f in self._faults),
-                *(f.at_s + f.duration_s for f in self._faults),
-                *(s for block in scenario.blocks for s in (block[0], block[0] + block[1])),
-                self.horizon_s if math.isfinite(self.horizon_s) else 0.0,
-            }
-        )
+        # The shared instants still to come, by kind (each list sorted, consumed in order, and
+        # ended by inf, so the next one is always there to compare with).
+        self._fixed = [
+            *sorted(
+                {
+                    *(f.at_s for f in self._faults),
+                    *(f.at_s + f.duration_s for f in self._faults),
+                    *(s for block in scenario.blocks for s in (block[0], block[0] + block[1])),
+                    self.horizon_s if math.isfinite(self.horizon_s) else 0.0,
+                }
+            ),
+            math.inf,
+        ]
         self._fixed_next = sum(1 for s in self._fixed if s <= 0.0)
-        self._trace_times = self.trace.times_s  # (a tuple: the trace is loaded once)
+        self._trace_times = (*self.trace.times_s, math.inf)  # (the trace is loaded once)
         self._trace_next = 1  # index of the next trace row (row 0 starts at 0)
+        self._grid_s = 0.0  # the next instant of the record's grid (see _next_instant)
         self._open(0.0)
         self._next_s = self._next_instant()
 
@@ -199,42 +205,56 @@ class World:
 
     def _next_instant(self) -> float:
         after_s = self._crossed_s
-        grid_s = (math.floor(after_s / RECORD_STEP_S + _EPS_S) + 1) * RECORD_STEP_S
+        grid_s = self._grid_s = (math.floor(after_s / RECORD_STEP_S + _EPS_S) + 1) * RECORD_STEP_S
         interval_s = self.meter.params.interval_s
         sample_s = (math.floor(after_s / interval_s + _EPS_S) + 1) * interval_s
-        next_s = min(grid_s, sample_s)
-        times = self._trace_times
-        if self._trace_next < len(times) and times[self._trace_next] < next_s:
-            next_s = times[self._trace_next]
-        if self._fixed_next < len(self._fixed) and self._fixed[self._fixed_next] < next_s:
-            next_s = self._fixed[self._fixed_next]
-        return next_s
+        trace_s = self._trace_times[self._trace_next]
+        fixed_s = self._fixed[self._fixed_next]
+        return min(grid_s, sample_s, trace_s, fixed_s)
 
     def _cross(self, t_s: float) -> None:
         """Everything shared that happens at ``t_s``: the batteries and the house get there,
         a full record cell is written, then faults, the house and the meters at ``t_s``."""
-        for i in range(len(self._batteries)):
-            self._integrate_battery(i, t_s)
+        # _integrate_battery(i, t_s) for each battery, inline (as in battery_at)
+        battery_s = self._battery_s
+        cell_battery_ws = self._cell_battery_ws
+        for i, battery in enumerate(self._batteries):
+            from_s = battery_s[i]
+            dt_s = t_s - from_s
+            if dt_s > _EPS_S:
+                mean_w = battery.advance(from_s, dt_s)
+                cell_battery_ws[i] += mean_w * dt_s
+                battery_s[i] = t_s
         self._cell_net_ws += self._net_w * (t_s - self._crossed_s)
         self._crossed_s = t_s
-        on_grid = abs(t_s / RECORD_STEP_S - round(t_s / RECORD_STEP_S)) < 1e-6
+        # On the grid: the grid instant _next_instant aimed at (the common case), or any other
+        # instant that falls on the grid.
+        on_grid = (
+            t_s == self._grid_s or abs(t_s / RECORD_STEP_S - round(t_s / RECORD_STEP_S)) < 1e-6
+        )
         if on_grid or t_s >= self.horizon_s:
             self._flush_cell(t_s)
+        limit_s = t_s + _EPS_S
         times = self._trace_times
-        while self._trace_next < len(times) and times[self._trace_next] <= t_s + _EPS_S:
+        while times[self._trace_next] <= limit_s:
             self._trace_next += 1
-        while self._fixed_next < len(self._fixed) and self._fixed[self._fixed_next] <= t_s + _EPS_S:
+        while self._fixed[self._fixed_next] <= limit_s:
             self._fixed_next += 1
         if t_s < self.horizon_s:
             self._open(t_s)
-        self._next_s = self._next_instant() if t_s < self.horizon_s else math.inf
+            self._next_s = self._next_instant()
+        else:
+            self._next_s = math.inf
 
     def _open(self, t_s: float) -> None:
         """The plant from ``t_s`` on: due faults, the house's demand, the meters' view."""
-        self._update_faults(t_s)
-        self._net_w = self.net_at(t_s)
+        if self.active_faults or self._next_fault_s <= t_s:  # (else nothing to update)
+            self._update_faults(t_s)
+        self._net_w = self.trace.net_at(t_s) + self.events.extra_w_at(t_s)  # net_at(t_s)
         # The meter samples the instantaneous grid power at its sample instants.
-        inst_w = sum([battery.ac_power_w for battery in self._batteries])
+        inst_w = 0.0  # sum() of the batteries' powers: the same additions, in the same order
+        for battery in self._batteries:
+            inst_w += battery.ac_power_w
         self.meter.observe(t_s, self._net_w - inst_w)
         if self.pv_meter is not None:
             self.pv_meter.observe_pv(t_s, max(0.0, self.trace.pv_at(t_s)))
@@ -259,7 +279,8 @@ class World:
             self._cell_net_ws / dt_s,
             [ws / dt_s for ws in self._cell_battery_ws],
             [battery.soc_pct for battery in self._batteries],
-            discharge_blocked=self.discharge_blocked_at(start_s),
+            # (no call without blocks: most scenarios have none)
+            discharge_blocked=bool(self.scenario.blocks) and self.discharge_blocked_at(start_s),
         )
         self._cell_s = end_s
         self._cell_net_ws = 0.0
@@ -267,9 +288,7 @@ class World:
 
     # ------------------------------------------------------------------ faults
     def _update_faults(self, t: float) -> None:
-        if not self.active_faults and (
-            self._next_fault == len(self._faults) or self._faults[self._next_fault].at_s > t
-        ):
+        if not self.active_faults and self._next_fault_s > t:
             return  # none active, none due (the common case)
         still: list[ActiveFault] = []
         for a in self.active_faults:
@@ -281,6 +300,11 @@ class World:
         while self._next_fault < len(self._faults) and self._faults[self._next_fault].at_s <= t:
             fault = self._faults[self._next_fault]
             self._next_fault += 1
+            self._next_fault_s = (
+                self._faults[self._next_fault].at_s
+                if self._next_fault < len(self._faults)
+                else math.inf
+            )
             self.active_faults.append(ActiveFault(fault, fault.at_s + fault.duration_s))
             self._start_fault(fault, t)
 

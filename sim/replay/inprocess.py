@@ -37,7 +37,6 @@ from engine.core.policies import Policy, make_policy
 from engine.core.schedule import CycleSchedule
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError, DeviceResponseError, DeviceUnavailable
-from engine.runtime.controller import PUSHED_READING_AGE_S
 from engine.runtime.event_log import describe
 from sim.plant.firmware import FirmwareFault, VenusFirmware
 from sim.plant.params import MeterApi
@@ -260,7 +259,12 @@ class PushMirror:
     """
 
     def __init__(self, world: World) -> None:
+        # The controller's own bound on a pushed reading's age; imported here, the runtime
+        # (asyncio and all) is not loaded for a polled replay.
+        from engine.runtime.controller import PUSHED_READING_AGE_S
+
         self.world = world
+        self.reading_age_s = PUSHED_READING_AGE_S
         self.connected = False
         self.last_received_s: float | None = None  # the controller's freshness mark
         self._last_body: str | None = None  # the device's last pushed body
@@ -395,7 +399,7 @@ def run_scenario(
             period,
             notes,
             on_cycle,
-            schedule.reading_age_bound_s() if polled else PUSHED_READING_AGE_S,
+            schedule.reading_age_bound_s() if polled or push is None else push.reading_age_s,
             api=api,
             pushed=pushed,
             poll=polled,

@@ -423,10 +423,12 @@ class VenusCommander:
                 now_s, f"reply to read {address} had {len(values)} registers, not {expected}"
             )
             return
-        words = [int(v) & 0xFFFF for v in values]
+        # Each word as a 16-bit value: int(v) & 0xFFFF. The blocks of every cycle mask
+        # theirs one by one, without building a list per read.
         cycle = self._cycle
         if address == REG_SOC:
-            soc_raw, capacity_raw = words
+            soc_raw = int(values[0]) & 0xFFFF
+            capacity_raw = int(values[1]) & 0xFFFF
             if soc_raw > MAX_SOC_PCT:  # 0xFFFF included: the firmware's "no value"
                 cycle.problem = f"invalid SoC {soc_raw}"
             else:
@@ -434,19 +436,21 @@ class VenusCommander:
             if capacity_raw not in (0, _U16_GARBAGE):
                 cycle.capacity_wh = float(capacity_raw)
         elif address == REG_AC_POWER:
-            power_w = to_i32(words[0], words[1])
+            power_w = to_i32(int(values[0]) & 0xFFFF, int(values[1]) & 0xFFFF)
             if abs(power_w) > MAX_PLAUSIBLE_AC_W:
                 cycle.problem = f"implausible AC power {power_w} W"
             else:
                 cycle.power_w = float(power_w)
-        elif address == REG_TOTAL_CHARGE:
-            self._counters_read_s = now_s
-            self._charge_total_wh = _counter_wh(to_u32(words[0], words[1]))
-            self._discharge_total_wh = _counter_wh(to_u32(words[2], words[3]))
         elif address == REG_RS485_CONTROL:
-            self._on_control_read(words[0], now_s)
+            self._on_control_read(int(values[0]) & 0xFFFF, now_s)
         else:
-            self._on_extra_read(address, words, now_s)
+            words = [int(v) & 0xFFFF for v in values]
+            if address == REG_TOTAL_CHARGE:
+                self._counters_read_s = now_s
+                self._charge_total_wh = _counter_wh(to_u32(words[0], words[1]))
+                self._discharge_total_wh = _counter_wh(to_u32(words[2], words[3]))
+            else:
+                self._on_extra_read(address, words, now_s)
 
     def _on_extra_read(self, address: int, words: list[int], now_s: float) -> None:
         block = (address, _BLOCK_COUNTS[address])

@@ -53,16 +53,12 @@ returns.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import replace
 from enum import StrEnum
-from typing import Any, Final, TypeAlias
-
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from engine.adapters.marstek_registers import (
     ALARM_BITS,
@@ -109,7 +105,14 @@ from engine.errors import (
     DeviceResponseError,
     DeviceUnavailable,
 )
-from engine.ports import Clock
+
+if TYPE_CHECKING:
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from engine.ports import Clock
+
+# asyncio and pymodbus are imported where MarstekBattery needs them: the simulator's
+# in-process replay runs the commander alone, and loads neither.
 
 _LOGGER = logging.getLogger(__name__)
 _NO_IDENTITY: Final = BatteryIdentity()  # nothing identified yet
@@ -420,10 +423,12 @@ class VenusCommander:
                 now_s, f"reply to read {address} had {len(values)} registers, not {expected}"
             )
             return
-        words = [int(v) & 0xFFFF for v in values]
+        # Each word as a 16-bit value: int(v) & 0xFFFF. The blocks of every cycle mask
+        # theirs one by one, without building a list per read.
         cycle = self._cycle
         if address == REG_SOC:
-            soc_raw, capacity_raw = words
+            soc_raw = int(values[0]) & 0xFFFF
+            capacity_raw = int(values[1]) & 0xFFFF
             if soc_raw > MAX_SOC_PCT:  # 0xFFFF included: the firmware's "no value"
                 cycle.problem = f"invalid SoC {soc_raw}"
             else:
@@ -431,19 +436,21 @@ class VenusCommander:
             if capacity_raw not in (0, _U16_GARBAGE):
                 cycle.capacity_wh = float(capacity_raw)
         elif address == REG_AC_POWER:
-            power_w = to_i32(words[0], words[1])
+            power_w = to_i32(int(values[0]) & 0xFFFF, int(values[1]) & 0xFFFF)
             if abs(power_w) > MAX_PLAUSIBLE_AC_W:
                 cycle.problem = f"implausible AC power {power_w} W"
             else:
                 cycle.power_w = float(power_w)
-        elif address == REG_TOTAL_CHARGE:
-            self._counters_read_s = now_s
-            self._charge_total_wh = _counter_wh(to_u32(words[0], words[1]))
-            self._discharge_total_wh = _counter_wh(to_u32(words[2], words[3]))
         elif address == REG_RS485_CONTROL:
-            self._on_control_read(words[0], now_s)
+            self._on_control_read(int(values[0]) & 0xFFFF, now_s)
         else:
-            self._on_extra_read(address, words, now_s)
+            words = [int(v) & 0xFFFF for v in values]
+            if address == REG_TOTAL_CHARGE:
+                self._counters_read_s = now_s
+                self._charge_total_wh = _counter_wh(to_u32(words[0], words[1]))
+                self._discharge_total_wh = _counter_wh(to_u32(words[2], words[3]))
+            else:
+                self._on_extra_read(address, words, now_s)
 
     def _on_extra_read(self, address: int, words: list[int], now_s: float) -> None:
         block = (address, _BLOCK_COUNTS[address])
@@ -702,6 +709,8 @@ class MarstekBattery:
         self._last_io_s: float | None = None
         self._writes_failing = False
         self._probe_interval_s = probe_interval_s
+        import asyncio
+
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_started_s = float("-inf")
         # read/apply/release of one battery must not interleave on its single connection.
@@ -796,6 +805,8 @@ class MarstekBattery:
             self._drop_client()
 
     async def _cancel_probe(self) -> None:
+        import asyncio
+
         probe, self._probe_task = self._probe_task, None
         if probe is not None and not probe.done():
             probe.cancel()
@@ -840,6 +851,10 @@ class MarstekBattery:
     async def _ensure_connected(self, *, ignore_backoff: bool = False) -> None:
         if self.connected:
             return
+        import asyncio
+
+        from pymodbus.exceptions import ModbusException
+
         self._drop_client()
         now_s = self._clock.now()
         if not ignore_backoff and now_s < self._next_connect_s:
@@ -871,6 +886,8 @@ class MarstekBattery:
         self.commander.on_connected()
 
     def _new_client(self) -> AsyncModbusTcpClient:
+        from pymodbus.client import AsyncModbusTcpClient
+
         # pymodbus' own retries and reconnect loop are off: this class owns both, on the
         # injected clock. Its timeout is only a backstop behind asyncio.timeout.
         return AsyncModbusTcpClient(
@@ -883,6 +900,8 @@ class MarstekBattery:
         )
 
     def _start_probe(self, now_s: float) -> None:
+        import asyncio
+
         if self._probe_task is not None and not self._probe_task.done():
             return
         if now_s - self._probe_started_s < self._probe_interval_s:
@@ -893,6 +912,10 @@ class MarstekBattery:
 
     async def _probe(self) -> None:
         """Connect and read one register; if the battery answers, keep that connection."""
+        import asyncio
+
+        from pymodbus.exceptions import ModbusException
+
         client = self._new_client()
         answered = False
         try:
@@ -943,6 +966,10 @@ class MarstekBattery:
 
     async def _request(self, what: str, call: Any, *, is_write: bool = False) -> Any:
         """Run one request (``call`` makes the coroutine) under pacing and the timeout."""
+        import asyncio
+
+        from pymodbus.exceptions import ConnectionException, ModbusException
+
         client = self._client
         if client is None:
             raise DeviceUnavailable("not connected", device=self.name)
@@ -1061,6 +1088,8 @@ def quiet_pymodbus_connect_failures() -> None:
 
 async def release_all(batteries: Iterable[MarstekBattery]) -> dict[str, bool]:
     """Idle and release every battery concurrently (shutdown); one's trouble never blocks others."""
+    import asyncio
+
     fleet = list(batteries)
     results = await asyncio.gather(*(battery.release() for battery in fleet))
     return {battery.name: ok for battery, ok in zip(fleet, results, strict=True)}

@@ -51,6 +51,8 @@ class BodyFingerprint:
 
 def finite_number(value: object) -> float | None:
     """A finite JSON number as float, else None (bool is not a number in JSON)."""
+    if type(value) is float:  # the common case, decoded JSON's float: float(value) is value
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from sim.replay.inprocess import run_scenario
 from sim.replay.result import RunResult
@@ -107,6 +106,10 @@ def _run_all(work: list[_Job], jobs: int, progress: ProgressFn | None) -> list[R
     one is left running alone at the end."""
     results: list[RunResult | None] = [None] * len(work)
     if jobs > 1 and len(work) > 1:
+        # Imported here: the process pool brings multiprocessing, which `mmbc-sim run` and a
+        # bench in one process never use.
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
         order = sorted(range(len(work)), key=lambda i: _cost(work[i]), reverse=True)
         with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
             futures = {pool.submit(_run_one, work[i]): i for i in order}

@@ -37,7 +37,6 @@ from engine.core.policies import Policy, make_policy
 from engine.core.schedule import CycleSchedule
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError, DeviceResponseError, DeviceUnavailable
-from engine.runtime.controller import PUSHED_READING_AGE_S
 from engine.runtime.event_log import describe
 from sim.plant.firmware import FirmwareFault, VenusFirmware
 from sim.plant.params import MeterApi
@@ -150,16 +149,21 @@ class InProcessBattery:
                 telemetry: BatteryTelemetry = done.value
                 return telemetry
 
-    def writing(self, job: WriteJob, now: float) -> Requests[None]:
-        """One job's writes from ``now`` on, in order, as ``MarstekBattery`` sends them."""
+    def writing(self, job: WriteJob, now: float) -> Requests[None] | None:
+        """One job's writes from ``now`` on, in order, as ``MarstekBattery`` sends them; None
+        when there is nothing to send (most cycles: the battery holds the command already)."""
         self._now_s = max(self._now_s, now)
         if isinstance(job, Release):
             # As the daemon's release: every write is tried; a failed one stops nothing.
             writes, stop_at_failure = self.commander.release_writes(), False
         else:
             writes, stop_at_failure = self.commander.writes_for(job.power_w, now), True
-        if not writes:
-            return
+        return self._sending(writes, now, stop_at_failure=stop_at_failure) if writes else None
+
+    def _sending(
+        self, writes: list[tuple[int, int]], now: float, *, stop_at_failure: bool
+    ) -> Requests[None]:
+        """``writing``'s requests: ``writes`` in order, each at its instant."""
         if not self._reachable():
             self.commander.on_batch([], failed=True, now_s=now)
             return
@@ -216,6 +220,22 @@ def run_in_time_order(world: World, requests: list[tuple[int, Requests[_T]]]) ->
     return [results[k] for k in range(len(requests))]
 
 
+def _write_in_time_order(
+    world: World, jobs: list[tuple[InProcessBattery, WriteJob]], now: float
+) -> None:
+    """Each job's writes from ``now`` on (one job per battery), the fleet's in time order.
+
+    A job with nothing to send has no requests: it is left out (no generator built), which
+    reorders nothing, as each battery's writes depend on its own link alone."""
+    requests: list[tuple[int, Requests[None]]] = []
+    for link, job in jobs:
+        writing = link.writing(job, now)
+        if writing is not None:
+            requests.append((link.index, writing))
+    if requests:
+        run_in_time_order(world, requests)
+
+
 def _read_meter(world: World, tracker: MeterTracker, now: float, api: MeterApi) -> None:
     """What the P1 client would get: the served body, through the real parser."""
     meter = world.meter
@@ -260,7 +280,12 @@ class PushMirror:
     """
 
     def __init__(self, world: World) -> None:
+        # The controller's own bound on a pushed reading's age; imported here, the runtime
+        # (asyncio and all) is not loaded for a polled replay.
+        from engine.runtime.controller import PUSHED_READING_AGE_S
+
         self.world = world
+        self.reading_age_s = PUSHED_READING_AGE_S
         self.connected = False
         self.last_received_s: float | None = None  # the controller's freshness mark
         self._last_body: str | None = None  # the device's last pushed body
@@ -395,7 +420,7 @@ def run_scenario(
             period,
             notes,
             on_cycle,
-            schedule.reading_age_bound_s() if polled else PUSHED_READING_AGE_S,
+            schedule.reading_age_bound_s() if polled or push is None else push.reading_age_s,
             api=api,
             pushed=pushed,
             poll=polled,
@@ -431,9 +456,7 @@ def run_scenario(
     end = scenario.duration_s
     world.advance_to(end)
     # The daemon's shutdown: idle setpoints, then 42000 = 0x55BB, every battery at once.
-    run_in_time_order(
-        world, [(link.index, link.writing(Release(link.commander.name), end)) for link in links]
-    )
+    _write_in_time_order(world, [(link, Release(link.commander.name)) for link in links], end)
     check_shutdown(world, checker, end)
     checker.finish(end)
 
@@ -487,13 +510,7 @@ def _cycle(
     snap = ControlCycle.snapshot(now, tracker, telemetry, inputs, reading_age_s=reading_age_s)
     result = core.run(snap)
     by_name = {link.commander.name: link for link in links}
-    run_in_time_order(
-        world,
-        [
-            (by_name[job.battery].index, by_name[job.battery].writing(job, decided_s))
-            for job in result.jobs
-        ],
-    )
+    _write_in_time_order(world, [(by_name[job.battery], job) for job in result.jobs], decided_s)
     snap, plan = result.snapshot, result.plan
     world.record.note_cycle(
         now, None if result.failure else snap.grid_w, plan.setpoints, plan.release

@@ -461,7 +461,7 @@ class InvariantChecker:
                 out[name] = True  # follows again, but may rightly stay excluded for a while
                 continue
             self._idle_since.pop(name, None)
-        recent = self._note_demand(now, truth, set(out))
+        recent = self._note_demand(now, truth, set(out) if out else _NONE)
         fresh_s = self._fresh_s if self._fresh_s is not None else now
         if snap.mode in (Mode.CHARGE, Mode.SELFCONTROL):
             self._tracking_since_s = None  # the meter is not followed in these modes
@@ -537,11 +537,9 @@ class InvariantChecker:
         The engine knows the demand only as of the instant its newest reading describes:
         any demand from two cycles before that instant on will do.
         """
-        demand_w = (
-            truth.net_w
-            - sum(truth.battery_w.get(n, 0.0) for n in out)
-            - self.settings.grid_target_w
-        )
+        # With none out (most cycles) nothing is summed: x - 0.0 is x, to the bit.
+        out_w = sum(truth.battery_w.get(n, 0.0) for n in out) if out else 0.0
+        demand_w = truth.net_w - out_w - self.settings.grid_target_w
         recent = self._recent_demand
         recent.append((now, demand_w))
         described_s = self._meter_sample_s if self._meter_sample_s is not None else now

@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 from engine.core.settings import (
     VENUS_E_CAPACITY_WH,
     VENUS_E_MAX_POWER_W,
+    VENUS_E_MESSAGE_GAP_S,
     BatterySpec,
     BoolSetting,
     ControlSettings,
@@ -399,7 +400,7 @@ class BatterySettings(_Settings):
     """Highest discharge power MMBC will command."""
     capacity_wh: FloatSetting = Field(VENUS_E_CAPACITY_WH, gt=0.0, le=1_000_000.0)
     """Usable capacity; weights the fleet SoC (`status/soc`)."""
-    message_gap_s: FloatSetting = Field(0.05, ge=0.0, le=10.0)
+    message_gap_s: FloatSetting = Field(VENUS_E_MESSAGE_GAP_S, ge=0.0, le=10.0)
     """Pause between two Modbus requests. Venus E v3 firmware needs at least `0.15`."""
     timeout_s: FloatSetting = Field(1.0, gt=0.0, le=60.0)
     """Seconds to wait for one Modbus answer. Real firmware stalls up to ~4.5 s now and then

@@ -27,6 +27,9 @@ from pydantic_core import PydanticCustomError
 
 VENUS_E_MAX_POWER_W: Final = 2500
 VENUS_E_CAPACITY_WH: Final = 5120.0
+# The default pause between two Modbus requests to one battery (BATTERY_<n>_MESSAGE_GAP_S);
+# the replays pace their requests with it too, without loading the engine's settings models.
+VENUS_E_MESSAGE_GAP_S: Final = 0.05
 POWER_MAX_W: Final = 100_000  # sanity bound for fleet-level powers (40 Venus E)
 DAY_S: Final = 86_400.0
 

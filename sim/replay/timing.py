@@ -13,11 +13,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine.settings import BatterySettings
+from engine.core.settings import VENUS_E_MESSAGE_GAP_S
 from sim.scenario import Scenario
 
 # The daemon's own default (BATTERY_<n>_MESSAGE_GAP_S): the pause between Modbus requests.
-DAEMON_MESSAGE_GAP_S: float = BatterySettings.model_fields["message_gap_s"].default
+DAEMON_MESSAGE_GAP_S: float = VENUS_E_MESSAGE_GAP_S
 _PHASE_SALT = 0x9E3779B1  # keeps the phase's draw apart from the meter-noise stream
 
 

@@ -86,7 +86,7 @@ def severity(event: StatusEvent) -> int:
 
 def level(event: StatusEvent) -> int:
     """The log level of ``event``: its severity, except that a battery's availability is the
-    driver's to log (once, with the reason: engine.adapters.marstek); the core's view of it
+    driver's to log (once, with the reason: engine.adapters.venus_commander); the core's view of it
     only shows in the debug log."""
     if isinstance(event, BatteryConnected | BatteryLost | BatteryReturned):
         return logging.DEBUG

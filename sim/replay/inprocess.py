@@ -1,13 +1,14 @@
 """Closed-loop replay in virtual time, in-process: the engine's own code against the plant.
 
 The daemon's cycle (``engine.core.cycle.ControlCycle``) decides from what the meter and the
-batteries report; the battery driver's logic (``engine.adapters.marstek.VenusCommander``) and
-the P1 parser and tracker run exactly as in the daemon, only the transport is a direct call
-into the simulated firmware instead of a socket. The timing is the daemon's too: cycles at a
-phase against the meter's refresh (``sim.replay.timing``), each battery's Modbus requests
-paced by the daemon's message gap, the writes after the slowest battery's reads, every
-request at its own instant of the plant (``World.battery_at``). ``--wire``
-(``sim.replay.wire``) swaps in the real sockets and gives the same figures.
+batteries report; the battery driver's logic
+(``engine.adapters.venus_commander.VenusCommander``) and the P1 parser and tracker run exactly
+as in the daemon, only the transport is a direct call into the simulated firmware instead of
+a socket. The timing is the daemon's too: cycles at a phase against the meter's refresh
+(``sim.replay.timing``), each battery's Modbus requests paced by the daemon's message gap,
+the writes after the slowest battery's reads, every request at its own instant of the plant
+(``World.battery_at``). ``--wire`` (``sim.replay.wire``) swaps in the real sockets and
+gives the same figures.
 
 A scenario whose meter speaks API v2 (``[meter] api = "v2"``) pushes its readings: each new
 sample reaches the loop the instant it becomes visible (``PushMirror``: what the simulated
@@ -28,8 +29,8 @@ from collections.abc import Callable, Generator, Iterable
 from typing import TypeAlias, TypeVar
 
 from engine.adapters.homewizard_data import parse_data
-from engine.adapters.marstek import VenusCommander
 from engine.adapters.meter_json import decode_body
+from engine.adapters.venus_commander import VenusCommander
 from engine.core.cycle import ControlCycle, Release, UserInputs, WriteJob
 from engine.core.meter import MeterTracker, P1Reading
 from engine.core.model import BatteryTelemetry, Plan, Snapshot

@@ -12,24 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymodbus.logging import Log
 
-from engine.adapters.marstek import (
-    BLOCK_AC_POWER,
-    BLOCK_CONTROL,
-    BLOCK_COUNTERS,
-    BLOCK_FAULTS,
-    BLOCK_SERIAL,
-    BLOCK_SOC,
-    BLOCK_VERSIONS,
-    DIAGNOSTIC_BLOCKS,
-    EXTRA_READ_ATTEMPTS,
-    EXTRA_READS_PER_CYCLE,
-    IDENTITY_BLOCKS,
-    ControlState,
-    MarstekBattery,
-    VenusCommander,
-    quiet_pymodbus_connect_failures,
-    release_all,
-)
+from engine.adapters.marstek import MarstekBattery, quiet_pymodbus_connect_failures, release_all
 from engine.adapters.marstek_registers import (
     FORCE_CHARGE,
     FORCE_DISCHARGE,
@@ -47,6 +30,21 @@ from engine.adapters.marstek_registers import (
     from_i16,
     from_i32,
     setpoint_writes,
+)
+from engine.adapters.venus_commander import (
+    BLOCK_AC_POWER,
+    BLOCK_CONTROL,
+    BLOCK_COUNTERS,
+    BLOCK_FAULTS,
+    BLOCK_SERIAL,
+    BLOCK_SOC,
+    BLOCK_VERSIONS,
+    DIAGNOSTIC_BLOCKS,
+    EXTRA_READ_ATTEMPTS,
+    EXTRA_READS_PER_CYCLE,
+    IDENTITY_BLOCKS,
+    ControlState,
+    VenusCommander,
 )
 from engine.core.model import BatteryIdentity, BatteryTelemetry
 from engine.errors import ConfigError
@@ -359,7 +357,7 @@ def test_bad_commander_settings_are_config_errors(kwargs: dict[str, float]) -> N
 
 def test_availability_is_logged_once_per_transition(caplog: pytest.LogCaptureFixture) -> None:
     cmd = VenusCommander("b1")
-    caplog.set_level(logging.INFO, logger="engine.adapters.marstek")
+    caplog.set_level(logging.INFO, logger="engine.adapters.venus_commander")
     _read_ok(cmd, 0.0)
     cmd.telemetry(0.0)
     for i in range(1, 4):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.adapters import marstek_registers as reg
-from engine.adapters.marstek import VenusCommander
+from engine.adapters.venus_commander import VenusCommander
 from engine.core.model import Plan, Snapshot
 from engine.core.schedule import RETRY_S
 from sim.plant.params import FAULT_KINDS, METER_FAULTS

@@ -262,12 +262,7 @@ class VenusE:
                         self._unblock_charge()
                     self._relay_closed = False
                     self._relay_ready_s = None
-                    # self._idle(t_end_s - t_s), inline: most steps of most batteries are this.
-                    draw_wh = self.params.standby_w * (t_end_s - t_s) / _WS_PER_WH
-                    draw_wh = min(draw_wh, self.stored_wh)
-                    self.stored_wh -= draw_wh
-                    self.conversion_loss_wh += draw_wh
-                    self.standby_loss_wh += draw_wh
+                    self._idle(t_end_s - t_s)
                     t_s = t_end_s
                 self._t_s = t_s
                 return ac_ws
@@ -391,18 +386,7 @@ class VenusE:
             if dc_wh <= limit_wh:
                 elapsed_s = duration_s * limit_wh / dc_wh
                 return self._cut_at_limit(p_w * elapsed_s, limit_wh, elapsed_s, charging=True)
-        # self._book(p_w * duration_s, dc_wh), inline (a held output books at every step)
-        ac_ws = p_w * duration_s
-        ac_wh = ac_ws / _WS_PER_WH
-        self.stored_wh -= dc_wh
-        if ac_wh > 0.0:
-            self.discharged_wh += ac_wh
-            self.throughput_wh += ac_wh
-        else:
-            self.charged_wh -= ac_wh
-            self.throughput_wh -= ac_wh
-        self.conversion_loss_wh += dc_wh - ac_wh
-        return ac_ws, duration_s
+        return self._book(p_w * duration_s, dc_wh), duration_s
 
     def _ramp_energy_ws(self, p_a_w: float, p_b_w: float, duration_s: float) -> float:
         """DC energy drawn over a linear ramp (Simpson's rule on the efficiency curve)."""

@@ -22,7 +22,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +51,19 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port nobody listens on, kept bound (not listening) while in use.
+
+    A port that was merely free a moment ago can become a client's own ephemeral source port;
+    a connect to it then reaches itself (TCP self-connect) and an MQTT client reads its own
+    CONNECT back. Held bound, the port refuses every connection and is nobody's source port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        yield int(sock.getsockname()[1])
 
 
 async def _wait_listening(port: int, alive: Any) -> None:

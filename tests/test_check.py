@@ -7,7 +7,6 @@ broker does not, or when its certificate is not the configured CA's.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,15 +17,16 @@ from engine.config import build_config
 from sim.plant.world import RECORD_STEP_S, World
 from sim.scenario import load_scenario
 from sim.servers.plant import WorldServers, start_world_servers
-from tests.mqtt_broker import HOST, TEST_PASSWORD, TEST_USERNAME, make_tls_files, start_broker
+from tests.mqtt_broker import (
+    HOST,
+    TEST_PASSWORD,
+    TEST_USERNAME,
+    make_tls_files,
+    refused_port,
+    start_broker,
+)
 
 KETTLE = Path(__file__).resolve().parent.parent / "scenarios" / "kettle.toml"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -70,10 +70,9 @@ async def test_check_says_the_broker_answered(
 async def test_check_fails_when_no_broker_answers(
     plant: WorldServers, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = _free_port()  # nobody listens there
-    config = build_config(environ={**plant.env(), "MQTT_HOST": HOST, "MQTT_PORT": str(port)})
-
-    status = await check(config)
+    with refused_port() as port:
+        config = build_config(environ={**plant.env(), "MQTT_HOST": HOST, "MQTT_PORT": str(port)})
+        status = await check(config)
 
     out = capsys.readouterr().out
     assert status == EXIT_CHECK_FAILED

@@ -52,9 +52,9 @@ from tests.mqtt_broker import (
     TEST_PASSWORD,
     TEST_USERNAME,
     TestBroker,
-    _free_port,
     broker_kind,
     make_tls_files,
+    refused_port,
     start_broker,
 )
 
@@ -1213,9 +1213,8 @@ async def test_unreachable_broker_backs_off_to_30_s_and_logs_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
-    settings_ = MqttSettings(host=HOST, port=_free_port())  # nobody listens there
-    bridge = make_bridge(settings_, clock=clock)
-    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
+    with refused_port() as port, caplog.at_level(logging.INFO, logger=LOGGER_NAME):
+        bridge = make_bridge(MqttSettings(host=HOST, port=port), clock=clock)
         async with running(bridge):
             for i in range(1000):
                 bridge.publish(sample_status(soc_pct=float(i % 100)))

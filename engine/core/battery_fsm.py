@@ -293,12 +293,6 @@ class BatteryFsm:
             return
         if self.excluded_until_s != _NEVER:  # else the exclusion's timer has nothing to do
             self.tick(now_s, events)
-        if -KEEPALIVE_W <= self.command_w <= KEEPALIVE_W and self.state is not _CUTOFF:
-            # Resting or the keep-alive, not at a cut-off (most batteries, most cycles):
-            # nothing commanded can have failed to follow or stalled, nor a cut-off ended.
-            # The outcome of both checks below for such a battery.
-            self.stalled_cycles = 0
-            return
         self._check_following(telemetry, now_s, events)
         self._check_cutoff(telemetry, events, enabled=cutoff_check)
 

@@ -33,6 +33,8 @@ INTERVAL_READINGS: Final = 9  # the meter's interval is the median spacing of th
 MIN_INTERVAL_READINGS: Final = 4
 INTERVAL_RESOLUTION_S: Final = 0.01
 PUSH_FRESH_INTERVALS: Final = 2.0  # a push older than this many meter intervals: poll again
+# A pushed reading reaches the loop the moment the meter has it: it waited for no poll.
+PUSHED_READING_AGE_S: Final = 0.0
 
 
 class CycleSchedule:

@@ -32,7 +32,7 @@ from engine.core.events import MeterEvent, MeterLost, MeterReturned
 from engine.core.meter import Availability, MeterTracker
 from engine.core.model import Mode, Plan, Snapshot
 from engine.core.policies import Policy
-from engine.core.schedule import CycleSchedule
+from engine.core.schedule import PUSHED_READING_AGE_S, CycleSchedule
 from engine.core.status import build_status
 from engine.core.units import pv_power_from_meter
 from engine.errors import DeviceError
@@ -51,8 +51,6 @@ from engine.runtime.event_log import describe, level
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 4.5  # SIGTERM → every battery at 0 W and released within 5 s
-# A pushed reading reaches the loop the moment the meter has it: it waited for no poll.
-PUSHED_READING_AGE_S = 0.0
 # A wake-up this much before the timer is the timer's own (clocks round).
 TIMER_SLACK_S = 0.001
 PUSH_RETRY_S = 5.0  # after a bug in the push task: read the stream afresh this much later

@@ -35,7 +35,7 @@ from engine.core.cycle import ControlCycle, Release, UserInputs, WriteJob
 from engine.core.meter import MeterTracker, P1Reading
 from engine.core.model import BatteryTelemetry, Plan, Snapshot
 from engine.core.policies import Policy, make_policy
-from engine.core.schedule import CycleSchedule
+from engine.core.schedule import PUSHED_READING_AGE_S, CycleSchedule
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.errors import DeviceError, DeviceResponseError, DeviceUnavailable
 from engine.runtime.event_log import describe
@@ -281,12 +281,7 @@ class PushMirror:
     """
 
     def __init__(self, world: World) -> None:
-        # The controller's own bound on a pushed reading's age; imported here, the runtime
-        # (asyncio and all) is not loaded for a polled replay.
-        from engine.runtime.controller import PUSHED_READING_AGE_S
-
         self.world = world
-        self.reading_age_s = PUSHED_READING_AGE_S
         self.connected = False
         self.last_received_s: float | None = None  # the controller's freshness mark
         self._last_body: str | None = None  # the device's last pushed body
@@ -421,7 +416,7 @@ def run_scenario(
             period,
             notes,
             on_cycle,
-            schedule.reading_age_bound_s() if polled or push is None else push.reading_age_s,
+            schedule.reading_age_bound_s() if polled else PUSHED_READING_AGE_S,
             api=api,
             pushed=pushed,
             poll=polled,

@@ -17,9 +17,10 @@ from engine.adapters import marstek_registers as reg
 from engine.adapters.homewizard_v2 import HomeWizardV2Client, MeasurementStream
 from engine.adapters.marstek import MarstekBattery
 from engine.core.policies import make_policy
+from engine.core.schedule import PUSHED_READING_AGE_S
 from engine.core.states import FleetState
 from engine.ports import LoopClock
-from engine.runtime.controller import PUSHED_READING_AGE_S, Controller
+from engine.runtime.controller import Controller
 from sim.plant.world import RECORD_STEP_S, World
 from sim.replay.inprocess import settings_for
 from sim.scenario import load_scenario

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.core.model import Plan, Snapshot
-from engine.runtime.controller import PUSHED_READING_AGE_S
+from engine.core.schedule import PUSHED_READING_AGE_S
 from sim.plant.params import MeterApi
 from sim.plant.world import World
 from sim.replay.inprocess import run_scenario

@@ -132,7 +132,11 @@ class DemandEstimator:
         predicted = None
         if s.feature_pulse_prediction and self.predictor.active:
             predicted = self.predictor.target_w(
-                now_s, self.response.dead_s, self.response.ramp_w_per_s
+                now_s,
+                self.response.dead_s,
+                self.response.ramp_w_per_s,
+                cycle_s=self.period_s,
+                export_weight=s.export_weight,
             )
             for level in self.predictor.levels_w():
                 need = level - s.grid_target_w
@@ -143,11 +147,15 @@ class DemandEstimator:
         self.filter.damping_enabled = s.feature_oscillation_damping and not self.anticipating
         before_w = self.target_w
         if predicted is not None:
+            self.predictor.applied(now_s, predicted)
             self.target_w = predicted - s.grid_target_w
-        elif self.hold.active:
-            self.target_w = self.hold.target_w(self.demand_w)
         else:
-            self.target_w = self.demand_w
+            if self.predictor.active:
+                self.predictor.not_applied()
+            if self.hold.active:
+                self.target_w = self.hold.target_w(self.demand_w)
+            else:
+                self.target_w = self.demand_w
         if abs(self.target_w - before_w) >= s.step_threshold_w:
             # A large new setpoint: time how the batteries answer it (dead time, ramp).
             fleet_w = self.history.latest_w()

@@ -329,6 +329,12 @@ class PulsePredictor:
         self._response_s = 6.0  # lead and readings: how long an edge shows on the grid
         self._ramp_w_per_s = 1000.0  # the fleet's measured ramp (for the edges' own import)
         self._trusted = True  # its rises may be anticipated (no miss since one was seen)
+        # What the fleet was actually steered to: the anticipated state, and when it last
+        # changed (the command that moved the batteries towards the next edge), with the
+        # dead time and ramp it was timed with. An edge is judged only against a command.
+        self._applied_state: int | None = None
+        self._switches: deque[tuple[float, int]] = deque(maxlen=3)  # (when, state switched to)
+        self._timing = (1.0, 1000.0)  # dead s, ramp W/s of the last prediction
 
     # ---------------------------------------------------------------- observation
     def observe(
@@ -452,12 +458,35 @@ class PulsePredictor:
         samples = self._residual
         if len(samples) < 2 or t_s < self._suppress_until_s:
             return
+        phase_before_s = self._on_s if new_state == 0 else self._period_s - self._on_s
+        switch = next(
+            (
+                sw
+                for sw in self._switches
+                if sw[1] == new_state and edge_t - phase_before_s < sw[0] <= edge_t + window_s
+            ),
+            None,
+        )
+        if switch is None:
+            return  # the fleet was not steered to this edge (held, saturated): nothing to judge
         step_s = (samples[-1][0] - samples[0][0]) / (len(samples) - 1)
         grid_ws = sum(g for _, g in samples) * step_s
         direction = self._rise if new_state == 1 else -self._rise
-        # Anticipated import-side, each edge imports the batteries' ramp: its triangle.
-        expected_ws = 0.5 * self._size_w * self._size_w / max(self._ramp_w_per_s, 1.0)
+        dead_s, ramp_w_per_s = self._timing
+        size_w, ramp_s = self._edge_ramp(direction > 0, ramp_w_per_s)
+        # The batteries started at the command plus their dead time; the edge's grid energy
+        # is linear in how late they were against the edge: size * (lateness + ramp / 2) on a
+        # rise (import), the mirror on a fall. What is left is the rhythm's own timing error.
+        ideal_start_s = edge_t if direction > 0 else edge_t - ramp_s
+        late_s = switch[0] + dead_s - ideal_start_s
+        expected_ws = 0.5 * size_w * ramp_s + direction * self._size_w * late_s
         error_s = -direction * (grid_ws - expected_ws) / self._size_w
+        if direction < 0 and ramp_s < self._size_w / max(ramp_w_per_s, 1.0) - 1e-9:
+            # The batteries turned before reaching the high level (a short high phase): the
+            # fall's energy no longer measures its timing.
+            if abs(error_s) > MISS_SHARE * window_s:
+                self._miss(edge_t)
+            return
         if abs(error_s) > MISS_SHARE * window_s:
             self._miss(edge_t)  # the edge did not come (or far off the rhythm)
             return
@@ -488,22 +517,66 @@ class PulsePredictor:
             return start + self._on_s, 0
         return start, 1
 
-    def target_w(self, now_s: float, dead_s: float, ramp_w_per_s: float) -> float | None:
+    def target_w(
+        self,
+        now_s: float,
+        dead_s: float,
+        ramp_w_per_s: float,
+        *,
+        cycle_s: float = 0.0,
+        export_weight: float = 1.0,
+    ) -> float | None:
         """The demand to steer to now; None when not anticipating.
 
-        Each edge is anticipated so that it never makes the batteries export (between two
-        errors the import side): the batteries start towards a higher level as the load
-        rises (a dead time ahead) and have left a higher level by the time it falls (a dead
-        time and their whole ramp ahead). Measured: ``dead_s`` and the fleet's ramp rate.
+        Each edge is timed from the import side: the batteries' ramp starts as the load
+        rises (a dead time ahead) and ends as it falls (a dead time and the whole ramp
+        ahead; a high phase shorter than two ramps is left half-way, so the batteries turn
+        at its middle and are back as it ends). Measured: ``dead_s`` and the fleet's ramp.
+        Commands go out once a cycle (``cycle_s``): an edge's command goes out this cycle
+        when that costs less than the next cycle would (``_edge_cost``: the grid error, an
+        exported W s counting ``export_weight``), which also moves it a little towards the
+        export side, where a share of the ramp's import is saved for less export.
         """
         if not self.active or not self._trusted or now_s < self._suppress_until_s:
             return None
-        ramp_s = self._size_w / max(ramp_w_per_s, 1.0)
+        self._timing = (dead_s, ramp_w_per_s)
         edge_s, new_state = self._next_edge_after(now_s)
         load_rises = (new_state == 1) == (self._rise > 0)
-        lead_s = dead_s if load_rises else dead_s + ramp_s
-        state = new_state if edge_s - now_s <= lead_s else self._state_at(now_s)
+        size_w, ramp_s = self._edge_ramp(load_rises, ramp_w_per_s)
+        # The ideal command instant: the batteries' ramp starts at a rise, ends at a fall.
+        early_s = edge_s - dead_s - (0.0 if load_rises else ramp_s) - now_s
+        if early_s <= 0.0 or (
+            cycle_s > 0.0
+            and _edge_cost(-early_s, size_w, ramp_s, export_weight, load_rises)
+            <= _edge_cost(cycle_s - early_s, size_w, ramp_s, export_weight, load_rises)
+        ):
+            state = new_state
+        else:
+            state = self._state_at(now_s)
         return self._base_w + self._rise * self._size_w * state
+
+    def applied(self, now_s: float, target_w: float) -> None:
+        """The fleet was steered to ``target_w``, from ``target_w`` (this cycle)."""
+        state = 1 if abs(target_w - self._base_w) > 0.5 * self._size_w else 0
+        if state != self._applied_state:
+            self._switches.append((now_s, state))
+        self._applied_state = state
+
+    def not_applied(self) -> None:
+        """The fleet was not steered by the rhythm this cycle."""
+        self._applied_state = None
+
+    def _edge_ramp(self, load_rises: bool, ramp_w_per_s: float) -> tuple[float, float]:
+        """How far the batteries move at an edge and how long that takes: the whole size
+        in ``size / ramp``, except when the high phase is shorter than two such ramps: then
+        they turn half-way through it (and fall from what they reached)."""
+        ramp = max(ramp_w_per_s, 1.0)
+        ramp_s = self._size_w / ramp
+        if load_rises:
+            return self._size_w, ramp_s
+        high_s = self._on_s if self._rise > 0 else self._period_s - self._on_s
+        turn_s = min(ramp_s, 0.5 * high_s)
+        return ramp * turn_s, turn_s
 
     def levels_w(self) -> tuple[float, float]:
         """The demand while "off" and while "on"."""
@@ -525,8 +598,29 @@ class PulsePredictor:
         self._edge = None
         self._residual = []
         self._misses = 0
+        self._applied_state = None
+        self._switches.clear()
         self._edges.clear()
         self._level_w = None
+
+
+def _edge_cost(
+    late_s: float, size_w: float, ramp_s: float, export_weight: float, rise: bool
+) -> float:
+    """The grid error of one edge (W s, an exported one counting ``export_weight``) when the
+    batteries' ramp starts ``late_s`` after the import-side ideal (negative: early).
+
+    On a rise the ideal start is the edge: late imports the step for longer, early exports
+    the ramp's first part. A fall is the same mirrored in time (early imports, late exports).
+    """
+    offset_s = late_s if rise else -late_s  # as a rise: > 0 imports, < 0 exports
+    if offset_s >= 0.0:
+        return size_w * offset_s + 0.5 * size_w * ramp_s
+    early_s = -offset_s
+    if early_s >= ramp_s:
+        return export_weight * size_w * (early_s - 0.5 * ramp_s)
+    ramp = size_w / ramp_s if ramp_s > 0 else 0.0
+    return 0.5 * ramp * (ramp_s - early_s) ** 2 + export_weight * 0.5 * ramp * early_s**2
 
 
 MISS_SHARE = 0.8  # an edge "late" by more than this share of its window did not come

@@ -16,7 +16,13 @@ import pytest
 
 from engine.core.allocate import Candidate, fill_in_order, fleet_loss_w, split_proportional
 from engine.core.battery_fsm import CUTOFF_CYCLES
-from engine.core.estimator import NetDemandFilter, PowerHistory, PulsePredictor, ResponseTimer
+from engine.core.estimator import (
+    NetDemandFilter,
+    PowerHistory,
+    PulsePredictor,
+    ResponseTimer,
+    _edge_cost,
+)
 from engine.core.events import CutoffReached, Direction, LeaderChanged
 from engine.core.model import Plan
 from engine.core.quality import Quality, QualityMonitor
@@ -128,6 +134,86 @@ def test_predictor_learns_a_rhythm_and_anticipates_its_edges() -> None:
     # the target is already low.
     assert p.target_w(62.0, 1.0, 1400.0) == pytest.approx(3100.0, abs=1.0)
     assert p.target_w(63.0, 1.0, 1400.0) == pytest.approx(300.0, abs=1.0)
+
+
+def test_predictor_turns_half_way_through_a_high_phase_shorter_than_two_ramps() -> None:
+    # 3 s on of every 6 s, 2800 W at 1000 W/s: a 2.8 s ramp does not fit twice into 3 s.
+    p = PulsePredictor(threshold_w=150)
+    rhythm_readings(p, 0.5, 50.5, on_s=3.0, period_s=6.0)
+    assert p.active
+
+    # Up a dead time (1 s) before the rise at 54 s; down half the high phase later, so the
+    # batteries turn at its middle and are back at the base as it ends (57 s): before, the
+    # fall's lead (dead time + whole ramp, 3.8 s) was longer than the phase and it never rose.
+    assert p.target_w(52.5, 1.0, 1000.0) == pytest.approx(300.0, abs=1.0)
+    assert p.target_w(53.5, 1.0, 1000.0) == pytest.approx(3100.0, abs=1.0)
+    assert p.target_w(54.2, 1.0, 1000.0) == pytest.approx(3100.0, abs=1.0)
+    assert p.target_w(54.8, 1.0, 1000.0) == pytest.approx(300.0, abs=1.0)
+
+
+@pytest.mark.parametrize(("export_weight", "high_now"), [(2.0, True), (10.0, False)])
+def test_predictor_sends_an_edge_at_the_cycle_that_costs_least(
+    export_weight: float, high_now: bool
+) -> None:
+    p = PulsePredictor(threshold_w=150)
+    rhythm_readings(p, 0.5, 50.5)
+
+    # The rise at 60 s ideally goes out at 59 s (dead time 1 s); the cycles fall at 58 s and
+    # 59 s... one cycle early exports the ramp's first second (1400 W/s: 700 W s, times the
+    # export weight) and saves as much import; waiting costs nothing more here. So at 58 s:
+    # early when an exported W s counts 2, not when it counts 10.
+    def target(now_s: float) -> float | None:
+        return p.target_w(now_s, 1.0, 1400.0, cycle_s=1.2, export_weight=export_weight)
+
+    assert target(58.0) == pytest.approx(3100.0 if high_now else 300.0, abs=1.0)
+    assert target(59.0) == pytest.approx(3100.0, abs=1.0)  # the ideal instant itself
+    assert target(56.0) == pytest.approx(300.0, abs=1.0)  # far too early either way
+
+
+def test_edge_cost_is_continuous_and_least_a_little_early_on_a_rise() -> None:
+    size, ramp_s, w = 2800.0, 2.0, 2.0
+    for rise in (True, False):
+        sign = 1.0 if rise else -1.0
+        for at in (0.0, -ramp_s):  # the branch points, seen as a rise
+            below = _edge_cost(sign * (at - 1e-6), size, ramp_s, w, rise)
+            above = _edge_cost(sign * (at + 1e-6), size, ramp_s, w, rise)
+            assert below == pytest.approx(above, rel=1e-4)
+    costs = {late: _edge_cost(late, size, ramp_s, w, True) for late in (-1.0, -0.6, -0.2, 0.0)}
+    # d/de of import (ramp_s - e)^2 + w e^2 is zero at e = ramp_s / (1 + w) = 0.67 s early.
+    assert min(costs, key=costs.__getitem__) == -0.6
+    # A fall mirrors a rise: late there is what early is on a rise.
+    assert _edge_cost(0.6, size, ramp_s, w, False) == pytest.approx(costs[-0.6])
+
+
+def test_predictor_judges_only_edges_the_fleet_was_steered_to() -> None:
+    def run(steered: bool) -> PulsePredictor:
+        p = PulsePredictor(threshold_w=150)
+        rhythm_readings(p, 0.5, 50.5)
+        t = 50.5
+        while t < 80.0:
+            on = (t % 12.0) < 6.0
+            target = p.target_w(t, 1.0, 1400.0, cycle_s=1.0)
+            if steered and target is not None:
+                p.applied(t, target)
+            elif p.active:
+                p.not_applied()
+            # The grid shows the whole load step at every edge: the batteries never moved.
+            p.observe(
+                t,
+                3100.0 if on else 300.0,
+                narrow=False,
+                grid_w=2800.0 if on else 0.0,
+                interval_s=1.0,
+                lead_s=2.0,
+            )
+            t += 1.0
+        return p
+
+    # Not steered (held, or the fleet could not carry both levels): the grid says nothing
+    # about the rhythm's timing, and the rhythm is kept as it was learnt.
+    assert run(steered=False).target_w(80.5, 1.0, 1400.0) is not None
+    # Steered, and every edge a full-size error: the edges did not come; anticipation stops.
+    assert run(steered=True).target_w(80.5, 1.0, 1400.0) is None
 
 
 def test_predictor_forgets_a_rhythm_that_stops() -> None:

@@ -195,8 +195,9 @@ class NetDemandFilter:
         deviation = nearest_w - self.value_w
         if abs(deviation) >= self.step_threshold_w:
             self._note_jump(t_s, 1 if deviation > 0 else -1)
-            if self.damping > 0.5:
-                # An oscillating load (induction hob, oven thermostat): follow its mean.
+            if self.damping > 0.5 and deviation > 0:
+                # An oscillating load (induction hob, oven thermostat): its rises are followed
+                # partly, its falls at once (a fall not followed is exported).
                 self.value_w += deviation * (1.0 - self.damping)
             elif self.feedforward:
                 self.value_w = nearest_w
@@ -243,6 +244,7 @@ class ResponseTimer:
         self._start: tuple[float, float, float] | None = None  # t, from W, to W
         self._marks: dict[float, float] = {}  # fraction of the way -> when passed
         self._last: tuple[float, float] | None = None
+        self._steepest_w_per_s = 0.0  # the fastest move between two samples of this response
 
     @property
     def timing(self) -> bool:
@@ -253,6 +255,7 @@ class ResponseTimer:
         self._start = (t_s, from_w, to_w)
         self._marks = {}
         self._last = (t_s, from_w)
+        self._steepest_w_per_s = 0.0
 
     def observe(self, t_s: float, power_w: float) -> None:
         if self._start is None or self._last is None:
@@ -260,6 +263,9 @@ class ResponseTimer:
         t0, from_w, to_w = self._start
         last_t, last_w = self._last
         self._last = (t_s, power_w)
+        if t_s > last_t:
+            slope = abs(power_w - last_w) / (t_s - last_t)
+            self._steepest_w_per_s = max(self._steepest_w_per_s, slope)
         if t_s - t0 > self.timeout_s:
             self._start = None  # it never got there (saturated, blocked): no sample
             return
@@ -282,7 +288,10 @@ class ResponseTimer:
             return
         ramp_s = self._marks[0.9] - self._marks[0.1]
         if ramp_s > 1e-6:
-            rate = 0.8 * abs(span_w) / ramp_s
+            # Interpolating the 10 % and 90 % marks between samples a cycle apart makes a
+            # ramp of about a cycle look slower than it is; a pair of samples that both fall
+            # on the ramp shows its rate itself (the steepest pair: never faster than it).
+            rate = max(0.8 * abs(span_w) / ramp_s, self._steepest_w_per_s)
             dead = self._marks[0.1] - 0.1 * abs(span_w) / rate
             self.ramp_samples += 1
             weight = 1.0 / min(self.ramp_samples, 5)

@@ -96,6 +96,36 @@ def test_filter_smooths_noise_but_takes_a_step_at_once() -> None:
     assert slow.update(1.0, 2000.0) == pytest.approx(1400.0)
 
 
+def test_filter_damps_an_oscillating_load_on_its_rises_only() -> None:
+    f = NetDemandFilter(step_threshold_w=150, alpha=0.4)
+    f.update(0.0, 300.0)
+    for t in range(1, 13):  # a 2.8 kW element switching every 2 s: 12 jumps in 12 s
+        f.update(float(t), 3100.0 if t % 2 else 300.0)
+    assert f.damping > 0.5
+
+    # A rise is followed partly (chasing it would arrive as it ends) ...
+    risen = f.update(13.0, 3100.0)
+    assert 300.0 < risen < 3100.0
+    # ... a fall at once: a fall not followed is battery energy exported.
+    assert f.update(14.0, 300.0) == 300.0
+
+
+def test_response_timer_takes_the_ramp_rate_from_samples_on_the_ramp() -> None:
+    # 600 W/s from 0 to 1500 W after 1 s of dead time, sampled each second at 10.3 s + k:
+    # the 10 % and 90 % marks interpolated between the samples are 2.12 s apart (567 W/s:
+    # the samples cut the ramp's corners); consecutive samples on the ramp show 600 W/s.
+    def power(t: float) -> float:
+        return min(1500.0, max(0.0, (t - 11.0) * 600.0))
+
+    timer = ResponseTimer(initial_s=5.0)
+    timer.start(10.0, 0.0, 1500.0)
+    for t in (10.3, 11.3, 12.3, 13.3, 14.3):
+        timer.observe(t, power(t))
+
+    assert timer.ramp_samples == 1
+    assert timer.ramp_w_per_s == pytest.approx(600.0)
+
+
 def test_response_timer_learns_the_half_way_time() -> None:
     timer = ResponseTimer(initial_s=5.0)
     timer.start(10.0, 0.0, 2000.0)

@@ -478,24 +478,12 @@ class PulsePredictor:
         )
         if switch is None:
             return  # the fleet was not steered to this edge (held, saturated): nothing to judge
-        step_s = (samples[-1][0] - samples[0][0]) / (len(samples) - 1)
-        grid_ws = sum(g for _, g in samples) * step_s
         direction = self._rise if new_state == 1 else -self._rise
         dead_s, ramp_w_per_s = self._timing
-        size_w, ramp_s = self._edge_ramp(direction > 0, ramp_w_per_s)
-        # The batteries started at the command plus their dead time; the edge's grid energy
-        # is linear in how late they were against the edge: size * (lateness + ramp / 2) on a
-        # rise (import), the mirror on a fall. What is left is the rhythm's own timing error.
-        ideal_start_s = edge_t if direction > 0 else edge_t - ramp_s
-        late_s = switch[0] + dead_s - ideal_start_s
-        expected_ws = 0.5 * size_w * ramp_s + direction * self._size_w * late_s
-        error_s = -direction * (grid_ws - expected_ws) / self._size_w
-        if direction < 0 and ramp_s < self._size_w / max(ramp_w_per_s, 1.0) - 1e-9:
-            # The batteries turned before reaching the high level (a short high phase): the
-            # fall's energy no longer measures its timing.
-            if abs(error_s) > MISS_SHARE * window_s:
-                self._miss(edge_t)
-            return
+        size_w, _ramp_s = self._edge_ramp(direction > 0, ramp_w_per_s)
+        error_s = self._edge_error_s(
+            samples, edge_t, direction > 0, switch[0] + dead_s, size_w, ramp_w_per_s
+        )
         if abs(error_s) > MISS_SHARE * window_s:
             self._miss(edge_t)  # the edge did not come (or far off the rhythm)
             return
@@ -506,6 +494,48 @@ class PulsePredictor:
         else:
             self._on_s += PLL_GAIN * error_s
         self._on_s = min(max(self._on_s, 0.1 * self._period_s), 0.9 * self._period_s)
+
+    def _edge_error_s(
+        self,
+        samples: list[tuple[float, float]],
+        edge_t: float,
+        rises: bool,
+        start_s: float,
+        reach_w: float,
+        ramp_w_per_s: float,
+    ) -> float:
+        """How much later than ``edge_t`` the load's edge came, from the grid's samples.
+
+        The batteries' part of the grid is known: they started ``start_s`` (the command plus
+        their dead time) towards the other level at their ramp, ``reach_w`` far. What is
+        left is the load's step, of the rhythm's size, at an unknown instant: it is the
+        instant that explains the samples best. A meter samples the grid once an interval,
+        so the samples only say between which two of them the load stepped: the middle of
+        those two is the estimate (an energy summed from so few samples would be biased by
+        where they fall on the batteries' ramp, and that bias does not average out when the
+        rhythm is a whole number of meter intervals).
+        """
+        ramp = max(ramp_w_per_s, 1.0)
+        size = self._size_w
+
+        def battery_w(t: float) -> float:
+            moved = min(reach_w, max(0.0, ramp * (t - start_s)))
+            return moved if rises else reach_w - moved
+
+        def load_w(t: float, at_s: float) -> float:
+            return size if (t >= at_s) == rises else 0.0
+
+        times = [t for t, _ in samples]
+        # Candidate instants: just before each sample (the step lies between it and the
+        # previous one), and after the last (it did not come within the window).
+        best_s, best_cost = times[-1] + 0.5 * (times[-1] - times[0]), float("inf")
+        for k, at_s in enumerate([*times, float("inf")]):
+            cost = sum((g - load_w(t, at_s) + battery_w(t)) ** 2 for t, g in samples)
+            if cost < best_cost:
+                previous_s = times[k - 1] if k > 0 else times[0] - (times[1] - times[0])
+                best_cost = cost
+                best_s = 0.5 * (previous_s + at_s) if k < len(times) else float("inf")
+        return best_s - edge_t
 
     # ---------------------------------------------------------------- prediction
     def _state_at(self, t_s: float) -> int:

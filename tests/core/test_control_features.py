@@ -220,30 +220,50 @@ def test_predictor_judges_only_edges_the_fleet_was_steered_to() -> None:
         p = PulsePredictor(threshold_w=150)
         rhythm_readings(p, 0.5, 50.5)
         t = 50.5
-        while t < 80.0:
-            on = (t % 12.0) < 6.0
+        while t < 80.0:  # the hob was switched off at 50 s: only the 300 W base is left
             target = p.target_w(t, 1.0, 1400.0, cycle_s=1.0)
             if steered and target is not None:
                 p.applied(t, target)
-            elif p.active:
-                p.not_applied()
-            # The grid shows the whole load step at every edge: the batteries never moved.
-            p.observe(
-                t,
-                3100.0 if on else 300.0,
-                narrow=False,
-                grid_w=2800.0 if on else 0.0,
-                interval_s=1.0,
-                lead_s=2.0,
-            )
+                grid_w = 300.0 - target  # batteries (instant here) at the anticipated level
+            else:
+                if p.active:
+                    p.not_applied()
+                grid_w = 0.0  # held at the base: the grid shows nothing of the rhythm
+            p.observe(t, 300.0, narrow=False, grid_w=grid_w, interval_s=1.0, lead_s=2.0)
             t += 1.0
         return p
 
     # Not steered (held, or the fleet could not carry both levels): the grid says nothing
     # about the rhythm's timing, and the rhythm is kept as it was learnt.
     assert run(steered=False).target_w(80.5, 1.0, 1400.0) is not None
-    # Steered, and every edge a full-size error: the edges did not come; anticipation stops.
+    # Steered: the anticipated rises did not come (the grid shows only the batteries):
+    # anticipation stops.
     assert run(steered=True).target_w(80.5, 1.0, 1400.0) is None
+
+
+@pytest.mark.parametrize("phase_s", [0.1, 0.5, 0.9])
+def test_predictor_times_an_edge_between_the_meter_samples_that_show_it(phase_s: float) -> None:
+    # A 2800 W rise at 60.3 s; the batteries started towards it at 59.6 s at 1400 W/s; the
+    # meter samples the grid once a second at phase_s. Whatever the phase, the rise is put
+    # between the two samples around it, at their middle.
+    p = PulsePredictor(threshold_w=150)
+    rhythm_readings(p, 0.5, 50.5)
+    edge_s, start_s, ramp = 60.3, 59.6, 1400.0
+
+    def grid_w(t: float) -> float:
+        load = 2800.0 if t >= edge_s else 0.0
+        return load - min(2800.0, max(0.0, ramp * (t - start_s)))
+
+    samples = [(58.0 + phase_s + k, grid_w(58.0 + phase_s + k)) for k in range(5)]
+    after = next(t for t, _ in samples if t >= edge_s)
+    predicted_s = 60.0
+
+    late_s = p._edge_error_s(samples, predicted_s, True, start_s, 2800.0, ramp)
+
+    assert predicted_s + late_s == pytest.approx(after - 0.5)
+    # A rise that did not come: the samples show only the batteries' ramp.
+    only_batteries = [(t, -min(2800.0, max(0.0, ramp * (t - start_s)))) for t, _ in samples]
+    assert p._edge_error_s(only_batteries, predicted_s, True, start_s, 2800.0, ramp) > 2.0
 
 
 def test_predictor_forgets_a_rhythm_that_stops() -> None:

@@ -17,6 +17,7 @@ import pytest
 from engine.core.allocate import Candidate, fill_in_order, fleet_loss_w, split_proportional
 from engine.core.battery_fsm import CUTOFF_CYCLES
 from engine.core.estimator import (
+    FastLoadHold,
     NetDemandFilter,
     PowerHistory,
     PulsePredictor,
@@ -294,6 +295,38 @@ def test_predictor_ignores_steps_without_rhythm() -> None:
         p.observe(t + 0.5, level, narrow=True, grid_w=0.0, interval_s=1.0, lead_s=2.0)
 
     assert not p.active
+
+
+def pulses(
+    hold: FastLoadHold, start_s: float, end_s: float, *, on_s: float, every_s: float
+) -> None:
+    """A 300 W base with 2000 W on top for ``on_s`` of every ``every_s``, one reading a
+    second; the loop takes 2 s."""
+    t = start_s
+    while t < end_s:
+        demand = 2300.0 if (t % every_s) < on_s else 300.0
+        hold.observe(t, demand, 2.0)
+        t += 1.0
+
+
+def test_hold_holds_excursions_shorter_than_the_loop_can_follow() -> None:
+    hold = FastLoadHold(threshold_w=150, export_weight=2.0)
+    pulses(hold, 0.5, 60.5, on_s=4.0, every_s=12.0)  # 4 s < (1 + 2) * 2 s: not worth chasing
+
+    assert hold.active and hold.held_direction == 1
+    hold.observe(60.5, 2300.0, 2.0)  # the next rise: held back
+    assert hold.target_w(2300.0) == pytest.approx(300.0)
+    hold.observe(64.5, 300.0, 2.0)  # the fall: followed
+    assert hold.target_w(300.0) == pytest.approx(300.0)
+
+
+def test_hold_chases_excursions_long_enough_to_follow() -> None:
+    hold = FastLoadHold(threshold_w=150, export_weight=2.0)
+    pulses(hold, 0.5, 160.5, on_s=15.0, every_s=40.0)  # 15 s > 6 s: chased
+
+    hold.observe(160.5, 2300.0, 2.0)
+    assert not hold.active
+    assert hold.target_w(2300.0) == pytest.approx(2300.0)
 
 
 # ---------------------------------------------------------------------- allocation pieces

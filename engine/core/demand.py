@@ -118,7 +118,6 @@ class DemandEstimator:
                 grid_w=snap.grid_w,
                 interval_s=self.cadence.typical_interval_s(),
                 lead_s=self.response.lead_s,
-                ramp_w_per_s=self.response.ramp_w_per_s,
             )
 
     def anticipate(self, now_s: float, room_w: Callable[[Direction], float]) -> None:

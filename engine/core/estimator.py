@@ -312,8 +312,8 @@ class PulsePredictor:
 
     Edges are learnt from readings taken while the batteries were steady (their instant does
     not matter then). While anticipating, steady readings keep the two levels up to date, and
-    the timing is corrected at every edge from the grid itself: the grid energy around an
-    edge is its size times how late (import) or early (export) the batteries were. A steady
+    the timing is corrected at every edge from the grid itself: the batteries' part of it is
+    known from the command sent, so the meter's samples show where the load stepped. A steady
     reading that contradicts the rhythm is a miss: anticipation stops until the next edge, and
     after two misses in a row the rhythm is forgotten (the loop follows the load again).
     """
@@ -336,7 +336,6 @@ class PulsePredictor:
         self._edge: tuple[float, int] | None = None  # the edge whose grid energy is summed
         self._residual: list[tuple[float, float]] = []
         self._response_s = 6.0  # lead and readings: how long an edge shows on the grid
-        self._ramp_w_per_s = 1000.0  # the fleet's measured ramp (for the edges' own import)
         self._trusted = True  # its rises may be anticipated (no miss since one was seen)
         # What the fleet was actually steered to: the anticipated state, and when it last
         # changed (the command that moved the batteries towards the next edge), with the
@@ -355,11 +354,9 @@ class PulsePredictor:
         grid_w: float,
         interval_s: float,
         lead_s: float,
-        ramp_w_per_s: float = 1000.0,
     ) -> None:
         """A reading of instant ``t_s``: demand estimate ``value_w`` (``narrow``: exact)."""
         self._response_s = 2.0 * lead_s + 2.0 * interval_s
-        self._ramp_w_per_s = ramp_w_per_s
         if self.active:
             self._correct_timing(t_s, grid_w)
         if not narrow:
@@ -451,7 +448,7 @@ class PulsePredictor:
         return min(0.5 * min(self._on_s, self._period_s - self._on_s), self._response_s)
 
     def _correct_timing(self, t_s: float, grid_w: float) -> None:
-        """Sum the grid around each edge; its energy says how late or early we were."""
+        """Collect the grid's samples around each edge; they say how late or early it came."""
         window_s = self._window_s()
         if self._edge is None:
             edge = self._next_edge_after(t_s - window_s)
@@ -528,7 +525,7 @@ class PulsePredictor:
         times = [t for t, _ in samples]
         # Candidate instants: just before each sample (the step lies between it and the
         # previous one), and after the last (it did not come within the window).
-        best_s, best_cost = times[-1] + 0.5 * (times[-1] - times[0]), float("inf")
+        best_s, best_cost = float("inf"), float("inf")
         for k, at_s in enumerate([*times, float("inf")]):
             cost = sum((g - load_w(t, at_s) + battery_w(t)) ** 2 for t, g in samples)
             if cost < best_cost:
@@ -595,7 +592,8 @@ class PulsePredictor:
         return self._base_w + self._rise * self._size_w * state
 
     def applied(self, now_s: float, target_w: float) -> None:
-        """The fleet was steered to ``target_w``, from ``target_w`` (this cycle)."""
+        """This cycle the fleet was steered to ``target_w``, a level of the rhythm: note
+        when it switched level (the command an edge is judged against)."""
         state = 1 if abs(target_w - self._base_w) > 0.5 * self._size_w else 0
         if state != self._applied_state:
             self._switches.append((now_s, state))

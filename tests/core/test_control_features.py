@@ -313,7 +313,8 @@ def test_hold_holds_excursions_shorter_than_the_loop_can_follow() -> None:
     hold = FastLoadHold(threshold_w=150, export_weight=2.0)
     pulses(hold, 0.5, 60.5, on_s=4.0, every_s=12.0)  # 4 s < (1 + 2) * 2 s: not worth chasing
 
-    assert hold.active and hold.held_direction == 1
+    assert hold.active
+    assert hold.held_direction == 1
     hold.observe(60.5, 2300.0, 2.0)  # the next rise: held back
     assert hold.target_w(2300.0) == pytest.approx(300.0)
     hold.observe(64.5, 300.0, 2.0)  # the fall: followed

@@ -653,5 +653,6 @@ def test_on_the_plant_anticipation_pays_off_on_an_induction_hob(
     on = run("induction_hob.toml", monkeypatch)
     off = run("induction_hob.toml", monkeypatch, feature_pulse_prediction=False)
 
-    assert on.excess_wh < 0.9 * off.excess_wh
-    assert on.tracking_score > off.tracking_score
+    assert on.excess_wh < 0.5 * off.excess_wh
+    # Issue 10's target (0.60 before the 6 s train's short pulses were anticipated).
+    assert on.tracking_score >= 0.75

@@ -477,9 +477,9 @@ class PulsePredictor:
             return  # the fleet was not steered to this edge (held, saturated): nothing to judge
         direction = self._rise if new_state == 1 else -self._rise
         dead_s, ramp_w_per_s = self._timing
-        size_w, _ramp_s = self._edge_ramp(direction > 0, ramp_w_per_s)
+        reach_w = self._edge_ramp(direction > 0, ramp_w_per_s)[0]
         error_s = self._edge_error_s(
-            samples, edge_t, direction > 0, switch[0] + dead_s, size_w, ramp_w_per_s
+            samples, edge_t, direction > 0, switch[0] + dead_s, reach_w, ramp_w_per_s
         )
         if abs(error_s) > MISS_SHARE * window_s:
             self._miss(edge_t)  # the edge did not come (or far off the rhythm)

@@ -13,6 +13,7 @@ from typing import Final
 
 from engine.core.estimator import (
     FastLoadHold,
+    FlickerFloor,
     MeterCadence,
     NetDemandFilter,
     PowerHistory,
@@ -49,6 +50,9 @@ class DemandEstimator:
             threshold_w=settings.step_threshold_w, export_weight=settings.export_weight
         )
         self.response = ResponseTimer()
+        self.floor = FlickerFloor(
+            threshold_w=settings.step_threshold_w, export_weight=settings.export_weight
+        )
         self.target_w = 0.0  # fleet setpoint, + discharge
         self.demand_w = 0.0  # the house's estimated demand less the grid target
         self.anticipating = False  # the target includes a predicted edge
@@ -60,6 +64,7 @@ class DemandEstimator:
         """Cycles were skipped: the power history has a gap, the filter starts afresh."""
         self.history = PowerHistory()
         self.filter.reset()
+        self.floor.reset()
 
     def observe_batteries(self, now_s: float, parts: dict[str, float]) -> None:
         """The batteries' measured power (+ discharging) this cycle, by name (kept by the
@@ -78,6 +83,7 @@ class DemandEstimator:
     def hold_at_zero(self) -> None:
         """Every battery at 0 W (safe hold): forget the estimate, start afresh after it."""
         self.filter.reset()
+        self.floor.reset()
         self.predictor.forget()
         self.hold.forget()
         self.target_w = 0.0
@@ -101,7 +107,13 @@ class DemandEstimator:
         else:
             lo = hi = self.history.at(seen_s - s.meter_latency_s - 0.5 * self.period_s)
         est = self.filter.update(snap.now_s, snap.grid_w + lo, snap.grid_w + hi)
-        demand = est - s.grid_target_w
+        level = est
+        if s.feature_flicker_floor:
+            # The floor sees what each reading proves of the demand, not the smoothed
+            # estimate (smoothing lifts a flicker's low side towards its middle).
+            point = min(max(est, snap.grid_w + lo), snap.grid_w + hi)
+            level = self.floor.update(snap.now_s, point, est, 2.0 * self.loop_delay_s())
+        demand = level - s.grid_target_w
         if (
             not s.feature_min_change
             or abs(demand - self.demand_w) >= s.min_change_w

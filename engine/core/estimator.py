@@ -225,6 +225,90 @@ class NetDemandFilter:
         self._recent_jumps.clear()
 
 
+class FlickerFloor:
+    """Holds a small fluctuation faster than the loop at its low side, not at its middle.
+
+    A load that flickers by less than the step threshold (a TV's picture-dependent draw, a PC
+    under load, a pump's speed control) faster than the loop can follow costs the same
+    exchange at any constant level between its low and its high: the grid only swaps import
+    for export. Export costs more (``export_weight``), so the level that costs least over a
+    window the loop cannot follow within (two loop delays) is the readings' ``1 / (1 +
+    weight)`` quantile: the grid then stays on the import side instead of crossing zero at
+    every flicker.
+
+    The meter's own noise is no flicker (biasing for it would only import): the floor acts
+    only while the window holds a rise and a fall each larger than ``FLICKER_SIGNIFICANCE``
+    standard deviations of the difference of two noisy readings; a single step, a drift or
+    noise alone does not open it. The noise is learnt from the readings themselves
+    (``_learn_noise``). A real step (at least ``threshold_w``) starts the window afresh, and
+    the level is never above the estimate, so a fall is followed at once.
+    """
+
+    def __init__(self, *, threshold_w: float, export_weight: float) -> None:
+        self.threshold_w = threshold_w
+        self.quantile = 1.0 / (1.0 + export_weight)
+        self._window: deque[tuple[float, float]] = deque()
+        self._block: list[float] = []  # this minute's changes between readings, W
+        self._block_start_s: float | None = None
+        self._minutes: deque[float] = deque(maxlen=NOISE_MINUTES)  # each one's noise
+        self.noise_w: float | None = None  # the meter's noise (sigma, W), once learnt
+
+    def update(self, t_s: float, point_w: float, estimate_w: float, window_s: float) -> float:
+        """The level to steer to: ``estimate_w``, or lower while the demand flickers."""
+        window = self._window
+        if window and abs(point_w - window[-1][1]) >= self.threshold_w:
+            window.clear()
+        window.append((t_s, point_w))
+        while window[0][0] < t_s - window_s:
+            window.popleft()
+        if len(window) < 3:
+            return estimate_w
+        values = [v for _, v in window]
+        changes = [b - a for a, b in pairwise(values)]
+        self._learn_noise(t_s, changes[-1])
+        if self.noise_w is None:
+            return estimate_w
+        # A flicker: within the window the demand went both up and down by clearly more than
+        # the meter's noise. A single step, a drift or noise alone does not count.
+        large_w = max(FLICKER_SIGNIFICANCE * SQRT2 * self.noise_w, READING_RESOLUTION_W)
+        if not (max(changes) > large_w and min(changes) < -large_w):
+            return estimate_w
+        # The level of least cost over the window's readings (import 1, export ``weight``):
+        # the lowest reading with at least ``quantile`` of them at or below it; where the
+        # cost is flat between two readings, the lower one (the import side).
+        values.sort()
+        k = max(0, math.ceil(self.quantile * len(values) - 1e-9) - 1)
+        return min(estimate_w, values[k])
+
+    def _learn_noise(self, t_s: float, change_w: float) -> None:
+        """The meter's noise (sigma, W): from the median size of a minute's changes between
+        successive readings (robust to the few real steps); over the last hour, the minute
+        at a quarter from the quietest (a flicker that lasts most of the hour is taken for
+        noise, the least-noisy minutes are no noise estimate: they are its low tail)."""
+        if self._block_start_s is None:
+            self._block_start_s = t_s
+        self._block.append(abs(change_w))
+        if t_s - self._block_start_s < 60.0:
+            return
+        block = sorted(self._block)
+        # For Gaussian noise, the median |difference| of two readings is 0.674 * sqrt(2) sigma.
+        self._minutes.append(block[len(block) // 2] / (0.674 * SQRT2))
+        minutes = sorted(self._minutes)
+        self.noise_w = minutes[len(minutes) // 4]
+        self._block = []
+        self._block_start_s = t_s
+
+    def reset(self) -> None:
+        """Start the window afresh (what was learnt of the meter's noise stays)."""
+        self._window.clear()
+
+
+FLICKER_SIGNIFICANCE = 3.0  # 3 sigma: noise alone gives a rise and a fall that large ~never
+READING_RESOLUTION_W = 1.0  # readings are whole watts: an exact meter's noise is below this
+SQRT2 = math.sqrt(2.0)
+NOISE_MINUTES = 60  # the meter's noise is learnt over the last hour's minutes
+
+
 class ResponseTimer:
     """Learns how the batteries answer a new setpoint: dead time, ramp rate, half-way time.
 

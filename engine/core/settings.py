@@ -221,6 +221,9 @@ class ControlSettings:
     """Take a change of at least `step_threshold_w` at once."""
     feature_oscillation_damping: BoolSetting = True
     """Damp a load that switches faster than the loop can follow."""
+    feature_flicker_floor: BoolSetting = True
+    """Hold a small fluctuation faster than the loop (well above the meter's noise) at its
+    low side, the cheapest level (import, not export), not at its middle."""
     feature_pulse_prediction: BoolSetting = True
     """Learn the rhythm of a load that switches on and off regularly (hob, oven, microwave) and
     move the batteries ahead of each expected edge."""

@@ -1,4 +1,5 @@
-"""Random fast cycling loads on slices of the real 4-8 s traces: every fail-safe invariant holds."""
+"""Random fast cycling loads and small flickers on slices of the real 4-8 s traces: every
+fail-safe invariant holds."""
 
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def cycling_tables(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def flicker_tables(draw: st.DrawFn) -> dict[str, Any]:
+    """A small load flickering faster than the loop (TV, PC, pump): 20-150 W, 2-8 s period."""
+    period_s = draw(st.floats(min_value=2.0, max_value=8.0))
+    return {
+        "at_s": 0.0,
+        "kind": "cycling",
+        "power_w": draw(st.floats(min_value=20.0, max_value=150.0)),
+        "duration_s": SLICE_S,
+        "period_s": period_s,
+        "duty": draw(st.floats(min_value=0.3, max_value=0.7)),
+        "jitter_s": draw(st.floats(min_value=0.0, max_value=period_s / 3)),
+    }
+
+
+@st.composite
 def cycling_scenarios(draw: st.DrawFn) -> Scenario:
     file, start_s = draw(st.sampled_from(SLICES))
     document = {
@@ -59,7 +75,8 @@ def cycling_scenarios(draw: st.DrawFn) -> Scenario:
             {"soc_pct": draw(st.floats(min_value=13.0, max_value=99.0))}
             for _ in range(draw(st.integers(min_value=1, max_value=2)))
         ],
-        "event": draw(st.lists(cycling_tables(), min_size=1, max_size=2)),
+        "event": draw(st.lists(cycling_tables(), min_size=1, max_size=2))
+        + draw(st.lists(flicker_tables(), max_size=1)),
     }
     return parse_scenario(document, SCENARIO_DIR / "random_cycling.toml")
 

@@ -112,7 +112,9 @@ class DemandEstimator:
             # The floor sees what each reading proves of the demand, not the smoothed
             # estimate (smoothing lifts a flicker's low side towards its middle).
             point = min(max(est, snap.grid_w + lo), snap.grid_w + hi)
-            level = self.floor.update(snap.now_s, point, est, 2.0 * self.loop_delay_s())
+            level = self.floor.update(
+                snap.now_s, point, est, 2.0 * self.loop_delay_s(), width_w=hi - lo
+            )
         demand = level - s.grid_target_w
         if (
             not s.feature_min_change

@@ -247,30 +247,43 @@ class FlickerFloor:
     def __init__(self, *, threshold_w: float, export_weight: float) -> None:
         self.threshold_w = threshold_w
         self.quantile = 1.0 / (1.0 + export_weight)
-        self._window: deque[tuple[float, float]] = deque()
+        self._window: deque[tuple[float, float, float]] = deque()  # t, point, width
         self._block: list[float] = []  # this minute's changes between readings, W
         self._block_start_s: float | None = None
         self._minutes: deque[float] = deque(maxlen=NOISE_MINUTES)  # each one's noise
         self.noise_w: float | None = None  # the meter's noise (sigma, W), once learnt
 
-    def update(self, t_s: float, point_w: float, estimate_w: float, window_s: float) -> float:
-        """The level to steer to: ``estimate_w``, or lower while the demand flickers."""
+    def update(
+        self, t_s: float, point_w: float, estimate_w: float, window_s: float, width_w: float
+    ) -> float:
+        """The level to steer to: ``estimate_w``, or lower while the demand flickers.
+
+        ``point_w`` is what the reading proves of the demand, to within ``width_w`` (the
+        batteries' movement while it was taken). A change between readings counts as a
+        flicker's only beyond that uncertainty too (on an exact meter it is all there is),
+        and a reading taken while the batteries moved far is left out."""
         window = self._window
+        while window and window[0][0] < t_s - window_s:
+            window.popleft()
+        if width_w > 0.5 * self.threshold_w:
+            return estimate_w  # the batteries moved too much while the reading was taken
         if window and abs(point_w - window[-1][1]) >= self.threshold_w:
             window.clear()
-        window.append((t_s, point_w))
-        while window[0][0] < t_s - window_s:
-            window.popleft()
+        window.append((t_s, point_w, width_w))
         if len(window) < 3:
             return estimate_w
-        values = [v for _, v in window]
+        values = [v for _, v, _ in window]
         changes = [b - a for a, b in pairwise(values)]
         self._learn_noise(t_s, changes[-1])
         if self.noise_w is None:
             return estimate_w
         # A flicker: within the window the demand went both up and down by clearly more than
-        # the meter's noise. A single step, a drift or noise alone does not count.
-        large_w = max(FLICKER_SIGNIFICANCE * SQRT2 * self.noise_w, READING_RESOLUTION_W)
+        # the meter's noise and the readings' own uncertainty. A single step, a drift or
+        # noise alone does not count.
+        large_w = max(
+            FLICKER_SIGNIFICANCE * SQRT2 * self.noise_w,
+            max(w for _, _, w in window) + READING_RESOLUTION_W,
+        )
         if not (max(changes) > large_w and min(changes) < -large_w):
             return estimate_w
         # The level of least cost over the window's readings (import 1, export ``weight``):

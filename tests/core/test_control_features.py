@@ -347,7 +347,7 @@ def flicker_floor_run(
     while t < end_s:
         estimate = sum(demand_w(t - k) for k in range(4)) / 4.0
         point = demand_w(t) + rng.gauss(0.0, 10.0)
-        out.append((t, estimate, floor.update(t, point, estimate, 5.0)))
+        out.append((t, estimate, floor.update(t, point, estimate, 5.0, width_w=0.0)))
         t += 1.0
     return out
 
@@ -387,6 +387,30 @@ def test_flicker_floor_follows_a_small_step_and_a_drift_at_once() -> None:
     out = flicker_floor_run(floor, 0.0, 1100.0, demand, rng)
     after_learning = [(e, f) for t, e, f in out if t > 120.0]
     assert sum(1 for e, f in after_learning if f < e) < 0.02 * len(after_learning)
+
+
+def test_flicker_floor_on_an_exact_meter_ignores_readings_taken_while_batteries_move() -> None:
+    floor = FlickerFloor(threshold_w=150, export_weight=2.0)
+    t = 0.0
+    for _ in range(180):  # three quiet minutes of exact readings: the noise is nil
+        assert floor.update(t, 500.0, 500.0, 5.0, width_w=0.0) == 500.0
+        t += 1.0
+    assert floor.noise_w == 0.0
+    # A 100 W step while the batteries follow it: the readings then prove only an interval,
+    # and their point (the estimate, inside it) falls back a little. No flicker.
+    for point, estimate, width in ((600.0, 540.0, 0.0), (570.0, 570.0, 60.0), (600.0, 590.0, 0.0)):
+        assert floor.update(t, point, estimate, 5.0, width_w=width) == estimate
+        t += 1.0
+    for _ in range(10):
+        floor.update(t, 600.0, 600.0, 5.0, width_w=0.0)
+        t += 1.0
+    # An 80 W flicker on exact readings: held at its low side.
+    levels = []
+    for k in range(40):
+        high = k % 4 < 2
+        levels.append(floor.update(t, 680.0 if high else 600.0, 640.0, 5.0, width_w=0.0))
+        t += 1.0
+    assert all(level == 600.0 for level in levels[8:])
 
 
 # ---------------------------------------------------------------------- allocation pieces

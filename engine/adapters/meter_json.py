@@ -10,6 +10,10 @@ from engine.errors import DeviceResponseError
 # Canonical JSON text of a decoded body. A decoded body cannot be circular, so the circular-
 # reference check (a third of the cost) is skipped.
 CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
+# No home connection carries a megawatt (a 3 x 80 A main fuse is 55 kW): a total power beyond
+# this is a garbled reply, not a reading (and beyond 2**53 W it would not even survive the
+# conversion to float).
+MAX_PLAUSIBLE_METER_W = 1_000_000.0
 
 
 def decode_body(raw: str | bytes) -> object:
@@ -88,8 +92,9 @@ def checked_body(
     """A decoded meter body as a JSON object, its total power and its fingerprint.
 
     Raises DeviceResponseError when the body is not an object, or when ``power_key`` is
-    missing or not a finite number (no fallback to the phase sum: a body without the total
-    is not a reading). Equal bodies (a frozen dongle) give equal fingerprints.
+    missing, not a finite number or beyond ``MAX_PLAUSIBLE_METER_W`` (no fallback to the
+    phase sum: a body without the total is not a reading). Equal bodies (a frozen dongle)
+    give equal fingerprints.
     """
     if not isinstance(body, dict):
         msg = f"{device}: body is {type(body).__name__}, not a JSON object"
@@ -98,5 +103,8 @@ def checked_body(
     power_w = finite_number(raw_power)
     if power_w is None:
         msg = f"{device}: {power_key} missing or invalid ({raw_power!r:.40})"
+        raise DeviceResponseError(msg, device=device)
+    if abs(power_w) > MAX_PLAUSIBLE_METER_W:
+        msg = f"{device}: {power_key} implausible ({raw_power!r:.40} W)"
         raise DeviceResponseError(msg, device=device)
     return body, power_w, BodyFingerprint(body)

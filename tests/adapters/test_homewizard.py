@@ -155,6 +155,14 @@ def test_a_frozen_body_with_a_non_finite_field_is_still_the_same_body() -> None:
         parse_data(decode_body('{"active_power_w": -Infinity}'))
 
 
+@pytest.mark.parametrize("power", ["2000000", "-1000001", "9007199254740993", "1e300"])
+def test_an_implausible_total_power_is_no_reading(power: str) -> None:
+    # A garbled reply, not a house: no home connection carries a megawatt.
+    with pytest.raises(DeviceResponseError, match="active_power_w implausible"):
+        parse_data(decode_body('{"active_power_w": ' + power + "}"))
+    assert parse_data(decode_body('{"active_power_w": -55000}')).active_power_w == -55000.0
+
+
 _scalars = (
     st.none()
     | st.booleans()

@@ -19,6 +19,7 @@ from engine.core.estimator import (
     PowerHistory,
     PulsePredictor,
     ResponseTimer,
+    proves_a_point,
 )
 from engine.core.events import Direction
 from engine.core.model import Snapshot
@@ -128,7 +129,7 @@ class DemandEstimator:
             self.predictor.observe(
                 seen_s - s.meter_latency_s,
                 est,
-                narrow=hi - lo <= 0.5 * s.step_threshold_w,
+                narrow=proves_a_point(hi - lo, s.step_threshold_w),
                 grid_w=snap.grid_w,
                 interval_s=self.cadence.typical_interval_s(),
                 lead_s=self.response.lead_s,

@@ -225,6 +225,12 @@ class NetDemandFilter:
         self._recent_jumps.clear()
 
 
+def proves_a_point(width_w: float, threshold_w: float) -> bool:
+    """A reading whose interval (the batteries' movement while it was taken) is narrow
+    enough to stand for one value of the demand: what rhythms and flickers are learnt from."""
+    return width_w <= 0.5 * threshold_w
+
+
 class FlickerFloor:
     """Holds a small fluctuation faster than the loop at its low side, not at its middle.
 
@@ -265,7 +271,7 @@ class FlickerFloor:
         window = self._window
         while window and window[0][0] < t_s - window_s:
             window.popleft()
-        if width_w > 0.5 * self.threshold_w:
+        if not proves_a_point(width_w, self.threshold_w):
             return estimate_w  # the batteries moved too much while the reading was taken
         if window and abs(point_w - window[-1][1]) >= self.threshold_w:
             window.clear()

@@ -15,6 +15,7 @@ from engine.core.estimator import (
     FastLoadHold,
     FlickerFloor,
     MeterCadence,
+    MeterNoise,
     NetDemandFilter,
     PowerHistory,
     PulsePredictor,
@@ -51,8 +52,11 @@ class DemandEstimator:
             threshold_w=settings.step_threshold_w, export_weight=settings.export_weight
         )
         self.response = ResponseTimer()
+        self.noise = MeterNoise(threshold_w=settings.step_threshold_w)
         self.floor = FlickerFloor(
-            threshold_w=settings.step_threshold_w, export_weight=settings.export_weight
+            threshold_w=settings.step_threshold_w,
+            export_weight=settings.export_weight,
+            noise=self.noise,
         )
         self.target_w = 0.0  # fleet setpoint, + discharge
         self.demand_w = 0.0  # the house's estimated demand less the grid target
@@ -66,6 +70,7 @@ class DemandEstimator:
         self.history = PowerHistory()
         self.filter.reset()
         self.floor.reset()
+        self.noise.forget_last()
 
     def observe_batteries(self, now_s: float, parts: dict[str, float]) -> None:
         """The batteries' measured power (+ discharging) this cycle, by name (kept by the
@@ -85,6 +90,7 @@ class DemandEstimator:
         """Every battery at 0 W (safe hold): forget the estimate, start afresh after it."""
         self.filter.reset()
         self.floor.reset()
+        self.noise.forget_last()
         self.predictor.forget()
         self.hold.forget()
         self.target_w = 0.0
@@ -107,7 +113,18 @@ class DemandEstimator:
             lo, hi = self.history.bounds(seen_s - s.meter_latency_s - age_s, seen_s)
         else:
             lo = hi = self.history.at(seen_s - s.meter_latency_s - 0.5 * self.period_s)
-        est = self.filter.update(snap.now_s, snap.grid_w + lo, snap.grid_w + hi)
+        # What the reading proves of the demand, judged from the estimate before it (the
+        # point itself while the batteries were steady): the meter's noise is learnt from it.
+        before = self.filter.value_w
+        significant = None
+        if before is not None:
+            proved = min(max(before, snap.grid_w + lo), snap.grid_w + hi)
+            self.noise.observe(snap.now_s, proved, hi - lo)
+            if s.feature_learnt_noise and not self.floor.seen(proved):
+                significant = self.noise.significant_change_w()
+        est = self.filter.update(
+            snap.now_s, snap.grid_w + lo, snap.grid_w + hi, significant_w=significant
+        )
         level = est
         if s.feature_flicker_floor:
             # The floor sees what each reading proves of the demand, not the smoothed

@@ -163,7 +163,8 @@ class NetDemandFilter:
     Each reading bounds the net demand to an interval (a point while the batteries are
     steady). The estimate moves towards the nearest point of that interval: a small move is
     smoothed (exponential, ``alpha``: meter noise), a move of at least ``step_threshold_w``
-    is taken at once (a real load step: one-shot feed-forward, no smoothing lag). While the
+    is taken at once (a real load step: one-shot feed-forward, no smoothing lag), and so is
+    the part of a smaller move the meter's learnt noise cannot explain. While the
     load oscillates (many alternating steps a minute) large moves are damped, so a pulsing
     load is not chased half a period late.
     """
@@ -184,8 +185,17 @@ class NetDemandFilter:
         self.damping = 0.0  # 0 = none .. 1 = frozen
         self._recent_jumps: deque[tuple[float, int]] = deque()
 
-    def update(self, t_s: float, lo_w: float, hi_w: float | None = None) -> float:
-        """A new reading: the net demand lies in [lo_w, hi_w] (the point lo_w without hi_w)."""
+    def update(
+        self,
+        t_s: float,
+        lo_w: float,
+        hi_w: float | None = None,
+        significant_w: float | None = None,
+    ) -> float:
+        """A new reading: the net demand lies in [lo_w, hi_w] (the point lo_w without hi_w).
+
+        ``significant_w``: a smaller move than ``step_threshold_w`` but beyond this (what the
+        meter's learnt noise cannot explain) is a real change too, taken at once."""
         hi_w = lo_w if hi_w is None else max(lo_w, hi_w)
         if self.value_w is None:
             self.value_w = 0.5 * (lo_w + hi_w)
@@ -203,6 +213,10 @@ class NetDemandFilter:
                 self.value_w = nearest_w
             else:
                 self.value_w += deviation * self.alpha
+        elif self.feedforward and significant_w is not None and abs(deviation) > significant_w:
+            # What the noise can explain is smoothed, the rest is a real change: taken at once.
+            explained = significant_w if deviation > 0 else -significant_w
+            self.value_w += explained * self.alpha + (deviation - explained)
         else:
             self.value_w += deviation * self.alpha
         return self.value_w
@@ -231,6 +245,55 @@ def proves_a_point(width_w: float, threshold_w: float) -> bool:
     return width_w <= 0.5 * threshold_w
 
 
+class MeterNoise:
+    """The meter's own noise (sigma, W), learnt from the readings themselves.
+
+    From the median size of a minute's changes between successive readings that each stand
+    for one value of the demand (robust to the few real steps); over the last hour, the
+    minute at a quarter from the quietest (a fluctuation that lasts most of the hour is taken
+    for noise; the least-noisy minutes are no noise estimate: they are its low tail). A real
+    P1 reading is exact: its noise is learnt as (nearly) zero.
+    """
+
+    def __init__(self, *, threshold_w: float) -> None:
+        self.threshold_w = threshold_w
+        self._last_w: float | None = None
+        self._block: list[float] = []  # this minute's changes between readings, W
+        self._block_start_s: float | None = None
+        self._minutes: deque[float] = deque(maxlen=NOISE_MINUTES)  # each one's noise
+        self.sigma_w: float | None = None  # once learnt
+
+    def observe(self, t_s: float, point_w: float, width_w: float) -> None:
+        """A reading that proves the demand to be ``point_w`` to within ``width_w``."""
+        if not proves_a_point(width_w, self.threshold_w):
+            self._last_w = None  # the change across it says nothing of the meter
+            return
+        last, self._last_w = self._last_w, point_w
+        if last is None or abs(point_w - last) >= self.threshold_w:
+            return  # no pair, or a real step
+        if self._block_start_s is None:
+            self._block_start_s = t_s
+        self._block.append(abs(point_w - last))
+        if t_s - self._block_start_s < 60.0:
+            return
+        block = sorted(self._block)
+        # For Gaussian noise, the median |difference| of two readings is 0.674 * sqrt(2) sigma.
+        self._minutes.append(block[len(block) // 2] / (0.674 * SQRT2))
+        minutes = sorted(self._minutes)
+        self.sigma_w = minutes[len(minutes) // 4]
+        self._block = []
+        self._block_start_s = t_s
+
+    def significant_change_w(self, width_w: float = 0.0) -> float | None:
+        """A change between two readings larger than this is no noise (None: not learnt)."""
+        if self.sigma_w is None:
+            return None
+        return max(FLICKER_SIGNIFICANCE * SQRT2 * self.sigma_w, width_w + READING_RESOLUTION_W)
+
+    def forget_last(self) -> None:
+        self._last_w = None
+
+
 class FlickerFloor:
     """Holds a small fluctuation faster than the loop at its low side, not at its middle.
 
@@ -246,18 +309,15 @@ class FlickerFloor:
     only while the window holds a rise and a fall each larger than ``FLICKER_SIGNIFICANCE``
     standard deviations of the difference of two noisy readings; a single step, a drift or
     noise alone does not open it. The noise is learnt from the readings themselves
-    (``_learn_noise``). A real step (at least ``threshold_w``) starts the window afresh, and
+    (``MeterNoise``). A real step (at least ``threshold_w``) starts the window afresh, and
     the level is never above the estimate, so a fall is followed at once.
     """
 
-    def __init__(self, *, threshold_w: float, export_weight: float) -> None:
+    def __init__(self, *, threshold_w: float, export_weight: float, noise: MeterNoise) -> None:
         self.threshold_w = threshold_w
         self.quantile = 1.0 / (1.0 + export_weight)
+        self.noise = noise  # the meter's noise, learnt by the estimator from every reading
         self._window: deque[tuple[float, float, float]] = deque()  # t, point, width
-        self._block: list[float] = []  # this minute's changes between readings, W
-        self._block_start_s: float | None = None
-        self._minutes: deque[float] = deque(maxlen=NOISE_MINUTES)  # each one's noise
-        self.noise_w: float | None = None  # the meter's noise (sigma, W), once learnt
 
     def update(
         self, t_s: float, point_w: float, estimate_w: float, window_s: float, width_w: float
@@ -278,18 +338,14 @@ class FlickerFloor:
         window.append((t_s, point_w, width_w))
         if len(window) < 3:
             return estimate_w
-        values = [v for _, v, _ in window]
-        changes = [b - a for a, b in pairwise(values)]
-        self._learn_noise(t_s, changes[-1])
-        if self.noise_w is None:
-            return estimate_w
         # A flicker: within the window the demand went both up and down by clearly more than
         # the meter's noise and the readings' own uncertainty. A single step, a drift or
         # noise alone does not count.
-        large_w = max(
-            FLICKER_SIGNIFICANCE * SQRT2 * self.noise_w,
-            max(w for _, _, w in window) + READING_RESOLUTION_W,
-        )
+        large_w = self.noise.significant_change_w(max(w for _, _, w in window))
+        if large_w is None:
+            return estimate_w
+        values = [v for _, v, _ in window]
+        changes = [b - a for a, b in pairwise(values)]
         if not (max(changes) > large_w and min(changes) < -large_w):
             return estimate_w
         # The level of least cost over the window's readings (import 1, export ``weight``):
@@ -299,23 +355,13 @@ class FlickerFloor:
         k = max(0, math.ceil(self.quantile * len(values) - 1e-9) - 1)
         return min(estimate_w, values[k])
 
-    def _learn_noise(self, t_s: float, change_w: float) -> None:
-        """The meter's noise (sigma, W): from the median size of a minute's changes between
-        successive readings (robust to the few real steps); over the last hour, the minute
-        at a quarter from the quietest (a flicker that lasts most of the hour is taken for
-        noise, the least-noisy minutes are no noise estimate: they are its low tail)."""
-        if self._block_start_s is None:
-            self._block_start_s = t_s
-        self._block.append(abs(change_w))
-        if t_s - self._block_start_s < 60.0:
-            return
-        block = sorted(self._block)
-        # For Gaussian noise, the median |difference| of two readings is 0.674 * sqrt(2) sigma.
-        self._minutes.append(block[len(block) // 2] / (0.674 * SQRT2))
-        minutes = sorted(self._minutes)
-        self.noise_w = minutes[len(minutes) // 4]
-        self._block = []
-        self._block_start_s = t_s
+    def seen(self, value_w: float) -> bool:
+        """Whether the demand went as far as ``value_w`` within the window already (a
+        flicker returning, not a new level)."""
+        window = self._window
+        return bool(window) and min(v for _, v, _ in window) <= value_w <= max(
+            v for _, v, _ in window
+        )
 
     def reset(self) -> None:
         """Start the window afresh (what was learnt of the meter's noise stays)."""

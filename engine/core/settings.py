@@ -219,6 +219,9 @@ class ControlSettings:
     """Smooth small changes of the demand estimate (`noise_alpha`)."""
     feature_step_feedforward: BoolSetting = True
     """Take a change of at least `step_threshold_w` at once."""
+    feature_learnt_noise: BoolSetting = True
+    """Smooth only what the meter's noise, learnt from its readings, explains: a smaller
+    change beyond it is taken at once (on an exact meter, every change)."""
     feature_oscillation_damping: BoolSetting = True
     """Damp a load that switches faster than the loop can follow."""
     feature_flicker_floor: BoolSetting = True

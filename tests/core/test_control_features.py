@@ -8,7 +8,9 @@ switched off through ``MMBC_SIM_OVERRIDES``, the hook ``scripts/ablation.py`` us
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import fields
@@ -21,6 +23,7 @@ from engine.core.battery_fsm import CUTOFF_CYCLES
 from engine.core.estimator import (
     FastLoadHold,
     FlickerFloor,
+    MeterNoise,
     NetDemandFilter,
     PowerHistory,
     PulsePredictor,
@@ -98,6 +101,39 @@ def test_filter_smooths_noise_but_takes_a_step_at_once() -> None:
     slow = NetDemandFilter(step_threshold_w=150, alpha=0.4, feedforward=False)
     slow.update(0.0, 1000.0)
     assert slow.update(1.0, 2000.0) == pytest.approx(1400.0)
+
+
+def test_filter_takes_at_once_what_the_learnt_noise_cannot_explain() -> None:
+    f = NetDemandFilter(step_threshold_w=150, alpha=0.4)
+    f.update(0.0, 1000.0)
+
+    # Within the noise (42 W: 3 sigma of a difference of 10 W readings): smoothed.
+    assert f.update(1.0, 1030.0, significant_w=42.0) == pytest.approx(1012.0)
+    # Beyond it: the explainable part smoothed, the rest taken at once.
+    assert f.update(2.0, 1072.0, significant_w=42.0) == pytest.approx(1012.0 + 16.8 + 18.0)
+    # An exact meter (nothing explained by noise): nearly every watt at once.
+    exact = NetDemandFilter(step_threshold_w=150, alpha=0.4)
+    exact.update(0.0, 1000.0)
+    assert exact.update(1.0, 1060.0, significant_w=1.0) == pytest.approx(1059.4)
+
+
+def test_meter_noise_is_learnt_from_the_readings_that_stand_for_one_value() -> None:
+    rng = random.Random(3)
+    noisy, exact = MeterNoise(threshold_w=150), MeterNoise(threshold_w=150)
+    for t in range(600):
+        # Every fifth reading was taken while the batteries moved 200 W: it says nothing of
+        # the meter, however far it lies.
+        width = 200.0 if t % 5 == 0 else 0.0
+        offset = 120.0 if width else 0.0
+        noisy.observe(float(t), 800.0 + offset + rng.gauss(0.0, 10.0), width)
+        exact.observe(float(t), 800.0 + offset, width)
+
+    assert noisy.sigma_w is not None
+    assert noisy.sigma_w == pytest.approx(10.0, rel=0.2)
+    assert noisy.significant_change_w() == pytest.approx(3.0 * math.sqrt(2.0) * noisy.sigma_w)
+    assert exact.sigma_w == 0.0
+    assert exact.significant_change_w() == 1.0  # the readings' resolution
+    assert MeterNoise(threshold_w=150).significant_change_w() is None  # nothing learnt yet
 
 
 def test_filter_damps_an_oscillating_load_on_its_rises_only() -> None:
@@ -333,6 +369,18 @@ def test_hold_chases_excursions_long_enough_to_follow() -> None:
     assert hold.target_w(2300.0) == pytest.approx(2300.0)
 
 
+def make_floor() -> FlickerFloor:
+    return FlickerFloor(threshold_w=150, export_weight=2.0, noise=MeterNoise(threshold_w=150))
+
+
+def floor_reading(
+    floor: FlickerFloor, t: float, point: float, estimate: float, width: float = 0.0
+) -> float:
+    """One reading as the estimator hands it over: the noise learns from it, then the floor."""
+    floor.noise.observe(t, point, width)
+    return floor.update(t, point, estimate, 5.0, width_w=width)
+
+
 def flicker_floor_run(
     floor: FlickerFloor,
     start_s: float,
@@ -347,24 +395,24 @@ def flicker_floor_run(
     while t < end_s:
         estimate = sum(demand_w(t - k) for k in range(4)) / 4.0
         point = demand_w(t) + rng.gauss(0.0, 10.0)
-        out.append((t, estimate, floor.update(t, point, estimate, 5.0, width_w=0.0)))
+        out.append((t, estimate, floor_reading(floor, t, point, estimate)))
         t += 1.0
     return out
 
 
 def test_flicker_floor_leaves_meter_noise_alone() -> None:
-    floor = FlickerFloor(threshold_w=150, export_weight=2.0)
+    floor = make_floor()
     rng = random.Random(7)
     out = flicker_floor_run(floor, 0.0, 7200.0, lambda t: 500.0, rng)
 
-    assert floor.noise_w == pytest.approx(10.0, rel=0.2)
+    assert floor.noise.sigma_w == pytest.approx(10.0, rel=0.2)
     after_learning = [(e, f) for t, e, f in out if t > 120.0]
     lowered = sum(1 for e, f in after_learning if f < e)
     assert lowered < 0.01 * len(after_learning)  # noise is no flicker: no import bias for it
 
 
 def test_flicker_floor_holds_a_flicker_at_its_low_side() -> None:
-    floor = FlickerFloor(threshold_w=150, export_weight=2.0)
+    floor = make_floor()
     rng = random.Random(8)
 
     def demand(t: float) -> float:  # quiet for 10 min, then 80 W on 2 s / off 2 s
@@ -378,7 +426,7 @@ def test_flicker_floor_holds_a_flicker_at_its_low_side() -> None:
 
 
 def test_flicker_floor_follows_a_small_step_and_a_drift_at_once() -> None:
-    floor = FlickerFloor(threshold_w=150, export_weight=2.0)
+    floor = make_floor()
     rng = random.Random(9)
 
     def demand(t: float) -> float:  # quiet, a 100 W step at 600 s, a 3 W/s drift from 900 s
@@ -390,25 +438,25 @@ def test_flicker_floor_follows_a_small_step_and_a_drift_at_once() -> None:
 
 
 def test_flicker_floor_on_an_exact_meter_ignores_readings_taken_while_batteries_move() -> None:
-    floor = FlickerFloor(threshold_w=150, export_weight=2.0)
+    floor = make_floor()
     t = 0.0
     for _ in range(180):  # three quiet minutes of exact readings: the noise is nil
-        assert floor.update(t, 500.0, 500.0, 5.0, width_w=0.0) == 500.0
+        assert floor_reading(floor, t, 500.0, 500.0) == 500.0
         t += 1.0
-    assert floor.noise_w == 0.0
+    assert floor.noise.sigma_w == 0.0
     # A 100 W step while the batteries follow it: the readings then prove only an interval,
     # and their point (the estimate, inside it) falls back a little. No flicker.
     for point, estimate, width in ((600.0, 540.0, 0.0), (570.0, 570.0, 60.0), (600.0, 590.0, 0.0)):
-        assert floor.update(t, point, estimate, 5.0, width_w=width) == estimate
+        assert floor_reading(floor, t, point, estimate, width) == estimate
         t += 1.0
     for _ in range(10):
-        floor.update(t, 600.0, 600.0, 5.0, width_w=0.0)
+        floor_reading(floor, t, 600.0, 600.0)
         t += 1.0
     # An 80 W flicker on exact readings: held at its low side.
     levels = []
     for k in range(40):
         high = k % 4 < 2
-        levels.append(floor.update(t, 680.0 if high else 600.0, 640.0, 5.0, width_w=0.0))
+        levels.append(floor_reading(floor, t, 680.0 if high else 600.0, 640.0))
         t += 1.0
     assert all(level == 600.0 for level in levels[8:])
 
@@ -739,6 +787,23 @@ def test_on_the_plant_anticipation_pays_off_on_an_induction_hob(
     assert on.excess_wh < 0.5 * off.excess_wh
     # Issue 10's target (0.60 before the 6 s train's short pulses were anticipated).
     assert on.tracking_score >= 0.75
+
+
+def test_on_an_exact_meter_the_learnt_noise_follows_small_changes_sooner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real P1 reading has no noise: smoothing its small changes only lags them."""
+    from sim.replay.inprocess import run_scenario
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(REPO / "scenarios" / "default.toml")
+    exact = dataclasses.replace(scenario, meter=dataclasses.replace(scenario.meter, noise_w=0.0))
+
+    def excess(**overrides: object) -> float:
+        monkeypatch.setenv("MMBC_SIM_OVERRIDES", json.dumps(overrides))
+        return run_scenario(exact, "mmbc").metrics.excess_wh
+
+    assert excess() < 0.95 * excess(feature_learnt_noise=False)
 
 
 def test_on_the_plant_a_flicker_is_held_on_its_import_side(

@@ -8,7 +8,9 @@ becomes ineligible; above 2500 W ``power // 2500 + 1`` batteries with an equal s
 
 Faithful on purpose, gaps included: it reuses the last meter value however old it is, and
 has no rate limit, filter or hysteresis. Only the hold mode (discharge blocked) and the
-SoC eligibility of upstream are honoured.
+SoC eligibility of upstream are honoured, and one safety limit it lacks: upstream knows no
+per-battery power limit, but a setpoint beyond a battery's configured ``max_charge_w`` /
+``max_discharge_w`` is never sent (it is cut to the limit).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ClassicPolicy:
             b.name: BatteryFsm(b.name, min_soc_pct=settings.min_soc_pct, max_soc_pct=100.0)
             for b in settings.batteries
         }
+        self._limits = {b.name: (b.max_charge_w, b.max_discharge_w) for b in settings.batteries}
         self._last_grid_w = 0.0  # upstream: the last known value, reused when the meter fails
         self._cache: tuple[tuple[str, ...], float] = ((), float("-inf"))
 
@@ -90,8 +93,14 @@ class ClassicPolicy:
                 sign = 1 if discharging else -1
                 for name in order[:count]:
                     setpoints[name] = int(sign * share)
-        out = {n: self._fsms[n].command(p, now) for n, p in setpoints.items()}
+        out = {
+            n: self._fsms[n].command(self._within_limits(n, p), now) for n, p in setpoints.items()
+        }
         return self._plan(out, events)
+
+    def _within_limits(self, name: str, power_w: int) -> int:
+        max_charge_w, max_discharge_w = self._limits[name]
+        return max(-max_charge_w, min(max_discharge_w, power_w))
 
     def _priority(
         self, now: float, eligible: list[str], soc: dict[str, float], discharging: bool

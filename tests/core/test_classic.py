@@ -94,6 +94,19 @@ def test_battery_count_and_equal_split(grid_w: float, expected: dict[str, int]) 
     assert plan.setpoints == expected
 
 
+def test_a_setpoint_never_exceeds_a_batterys_configured_limit() -> None:
+    """Upstream knows no per-battery limit; a configured one is still never exceeded."""
+    limited = BatterySpec("c", max_charge_w=1500, max_discharge_w=2000)
+    policy = ClassicPolicy(ControlSettings(batteries=(BatterySpec("a"), limited), policy="classic"))
+    # 4400 W over two batteries: upstream's equal split is 2200 W each.
+    plan = policy.decide(snap(0.0, 4400.0, ("a", 60.0, 0.0), ("c", 50.0, 0.0)))
+    assert plan.setpoints == {"a": 2200, "c": 2000}
+    charge = policy.decide(snap(3.0, -4400.0, ("a", 60.0, 0.0), ("c", 50.0, 0.0)))
+    assert charge.setpoints == {"a": -2200, "c": -1500}
+    forced = policy.decide(snap(6.0, 600.0, ("a", 60.0, 0.0), ("c", 50.0, 0.0), mode=Mode.CHARGE))
+    assert forced.setpoints == {"a": -2500, "c": -1500}
+
+
 def test_count_is_capped_at_the_eligible_batteries() -> None:
     plan = classic("a", "b", "c").decide(
         snap(0.0, 9000.0, ("a", 90.0, 0.0), ("b", 11.0, 0.0), ("c", 70.0, 0.0))

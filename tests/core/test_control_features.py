@@ -120,7 +120,7 @@ def test_filter_takes_at_once_what_the_learnt_noise_cannot_explain() -> None:
 def test_meter_noise_is_learnt_from_the_readings_that_stand_for_one_value() -> None:
     rng = random.Random(3)
     noisy, exact = MeterNoise(threshold_w=150), MeterNoise(threshold_w=150)
-    for t in range(600):
+    for t in range(3600):
         # Every fifth reading was taken while the batteries moved 200 W: it says nothing of
         # the meter, however far it lies.
         width = 200.0 if t % 5 == 0 else 0.0
@@ -134,6 +134,22 @@ def test_meter_noise_is_learnt_from_the_readings_that_stand_for_one_value() -> N
     assert exact.sigma_w == 0.0
     assert exact.significant_change_w() == 1.0  # the readings' resolution
     assert MeterNoise(threshold_w=150).significant_change_w() is None  # nothing learnt yet
+
+
+def test_meter_noise_is_not_a_flicker_that_lasts_all_hour() -> None:
+    """A TV or a PC all evening: its switching is load, not noise; the noise learnt stays
+    below the flicker, so the flicker floor can still tell it from noise."""
+    rng = random.Random(5)
+    noisy, exact = MeterNoise(threshold_w=150), MeterNoise(threshold_w=150)
+    for t in range(3600):
+        flicker = 80.0 if rng.random() < 0.5 else 0.0  # switches at about every other reading
+        noisy.observe(float(t), 500.0 + flicker + rng.gauss(0.0, 10.0), 0.0)
+        exact.observe(float(t), 500.0 + flicker, 0.0)
+
+    assert exact.sigma_w == 0.0
+    significant = noisy.significant_change_w()
+    assert significant is not None
+    assert significant < 80.0  # the flicker (80 W) counts as one
 
 
 def test_filter_damps_an_oscillating_load_on_its_rises_only() -> None:
@@ -804,6 +820,48 @@ def test_on_an_exact_meter_the_learnt_noise_follows_small_changes_sooner(
         return run_scenario(exact, "mmbc").metrics.excess_wh
 
     assert excess() < 0.95 * excess(feature_learnt_noise=False)
+
+
+def test_on_an_exact_meter_a_flicker_all_evening_is_held_on_its_import_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TV all evening on a real (exact) P1 reading: not learnt as the meter's noise."""
+    from sim.replay.inprocess import run_scenario
+    from sim.scenario import load_scenario
+
+    trace = REPO / "scenarios" / "traces" / "uci_sceaux_2009-02-22.csv"
+    path = tmp_path / "tv_evening.toml"
+    path.write_text(
+        f"""name = "tv_evening"
+description = "A quiet night base under an 80 W flicker all the time, on an exact meter."
+seed = 14
+[trace]
+file = "{trace.as_posix()}"
+start_s = 3600
+duration_s = 1800
+[[battery]]
+soc_pct = 80.0
+[[event]]
+at_s = 0
+kind = "cycling"
+power_w = 80
+duration_s = 1800
+period_s = 4
+duty = 0.5
+jitter_s = 1
+label = "TV"
+[meter]
+noise_w = 0.0
+""",
+        encoding="utf-8",
+    )
+    scenario = load_scenario(path)
+    monkeypatch.setenv("MMBC_SIM_OVERRIDES", "{}")
+    mmbc = run_scenario(scenario, "mmbc").metrics
+    classic = run_scenario(scenario, "classic").metrics
+
+    assert mmbc.band_crossings_per_h < 0.5 * classic.band_crossings_per_h
+    assert mmbc.export_wh < classic.export_wh
 
 
 def test_on_the_plant_a_flicker_is_held_on_its_import_side(

@@ -305,6 +305,7 @@ class MeterNoise:
         return max(FLICKER_SIGNIFICANCE * SQRT2 * self.sigma_w, width_w + READING_RESOLUTION_W)
 
     def forget_last(self) -> None:
+        """The next reading starts a new run of changes (a gap, a hold at 0 W)."""
         self._last_w = None
         self._last_change_w = self._earlier_change_w = None
 

@@ -35,6 +35,7 @@ from engine.core.model import Plan
 from engine.core.quality import Quality, QualityMonitor
 from engine.core.settings import BatterySpec, ControlSettings
 from engine.core.states import BatteryState
+from sim.scenario import Scenario
 from sim.scoring.metrics import Metrics
 from tests.fakes import FakeBattery, IdealPlant
 
@@ -775,12 +776,29 @@ def test_every_feature_can_be_switched_off_safely(feature: str) -> None:
 
 
 # ---------------------------------------------------------------------- the real plant
-def run(scenario: str, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Metrics:
-    from sim.replay.inprocess import run_scenario
+def scenario_file(path: Path, *, noise_w: float | None = None) -> Scenario:
+    """A scenario as loaded, or with its meter's noise replaced (a real P1 reading: 0)."""
     from sim.scenario import load_scenario
 
+    scenario = load_scenario(path)
+    if noise_w is None:
+        return scenario
+    return dataclasses.replace(scenario, meter=dataclasses.replace(scenario.meter, noise_w=noise_w))
+
+
+def run(
+    scenario: str | Scenario,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str = "mmbc",
+    **overrides: object,
+) -> Metrics:
+    """Replay a shipped scenario (by file name) or ``scenario``, control ``overrides`` on."""
+    from sim.replay.inprocess import run_scenario
+
+    if isinstance(scenario, str):
+        scenario = scenario_file(REPO / "scenarios" / scenario)
     monkeypatch.setenv("MMBC_SIM_OVERRIDES", json.dumps(overrides))
-    return run_scenario(load_scenario(REPO / "scenarios" / scenario), "mmbc").metrics
+    return run_scenario(scenario, policy).metrics
 
 
 def test_on_the_plant_latency_alignment_removes_the_hunting(
@@ -809,26 +827,17 @@ def test_on_an_exact_meter_the_learnt_noise_follows_small_changes_sooner(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A real P1 reading has no noise: smoothing its small changes only lags them."""
-    from sim.replay.inprocess import run_scenario
-    from sim.scenario import load_scenario
+    exact = scenario_file(REPO / "scenarios" / "default.toml", noise_w=0.0)
+    on = run(exact, monkeypatch)
+    off = run(exact, monkeypatch, feature_learnt_noise=False)
 
-    scenario = load_scenario(REPO / "scenarios" / "default.toml")
-    exact = dataclasses.replace(scenario, meter=dataclasses.replace(scenario.meter, noise_w=0.0))
-
-    def excess(**overrides: object) -> float:
-        monkeypatch.setenv("MMBC_SIM_OVERRIDES", json.dumps(overrides))
-        return run_scenario(exact, "mmbc").metrics.excess_wh
-
-    assert excess() < 0.95 * excess(feature_learnt_noise=False)
+    assert on.excess_wh < 0.95 * off.excess_wh
 
 
 def test_on_an_exact_meter_a_flicker_all_evening_is_held_on_its_import_side(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A TV all evening on a real (exact) P1 reading: not learnt as the meter's noise."""
-    from sim.replay.inprocess import run_scenario
-    from sim.scenario import load_scenario
-
     trace = REPO / "scenarios" / "traces" / "uci_sceaux_2009-02-22.csv"
     path = tmp_path / "tv_evening.toml"
     path.write_text(
@@ -855,10 +864,9 @@ noise_w = 0.0
 """,
         encoding="utf-8",
     )
-    scenario = load_scenario(path)
-    monkeypatch.setenv("MMBC_SIM_OVERRIDES", "{}")
-    mmbc = run_scenario(scenario, "mmbc").metrics
-    classic = run_scenario(scenario, "classic").metrics
+    scenario = scenario_file(path)
+    mmbc = run(scenario, monkeypatch)
+    classic = run(scenario, monkeypatch, policy="classic")
 
     assert mmbc.band_crossings_per_h < 0.5 * classic.band_crossings_per_h
     assert mmbc.export_wh < classic.export_wh

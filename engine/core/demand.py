@@ -68,9 +68,7 @@ class DemandEstimator:
     def restart(self) -> None:
         """Cycles were skipped: the power history has a gap, the filter starts afresh."""
         self.history = PowerHistory()
-        self.filter.reset()
-        self.floor.reset()
-        self.noise.forget_last()
+        self._forget_readings()
 
     def observe_batteries(self, now_s: float, parts: dict[str, float]) -> None:
         """The batteries' measured power (+ discharging) this cycle, by name (kept by the
@@ -88,13 +86,17 @@ class DemandEstimator:
 
     def hold_at_zero(self) -> None:
         """Every battery at 0 W (safe hold): forget the estimate, start afresh after it."""
-        self.filter.reset()
-        self.floor.reset()
-        self.noise.forget_last()
+        self._forget_readings()
         self.predictor.forget()
         self.hold.forget()
         self.target_w = 0.0
         self.demand_w = 0.0
+
+    def _forget_readings(self) -> None:
+        """The readings before a gap say nothing of those after it (the learnt noise stays)."""
+        self.filter.reset()
+        self.floor.reset()
+        self.noise.forget_last()
 
     # ------------------------------------------------------------------ the law
     def update(self, snap: Snapshot) -> None:
@@ -115,21 +117,20 @@ class DemandEstimator:
             lo = hi = self.history.at(seen_s - s.meter_latency_s - 0.5 * self.period_s)
         # What the reading proves of the demand, judged from the estimate before it (the
         # point itself while the batteries were steady): the meter's noise is learnt from it.
+        lo_w, hi_w = snap.grid_w + lo, snap.grid_w + hi  # the demand, as the reading proves
         before = self.filter.value_w
         significant = None
         if before is not None:
-            proved = min(max(before, snap.grid_w + lo), snap.grid_w + hi)
+            proved = min(max(before, lo_w), hi_w)
             self.noise.observe(snap.now_s, proved, hi - lo)
             if s.feature_learnt_noise and not self.floor.seen(proved):
                 significant = self.noise.significant_change_w()
-        est = self.filter.update(
-            snap.now_s, snap.grid_w + lo, snap.grid_w + hi, significant_w=significant
-        )
+        est = self.filter.update(snap.now_s, lo_w, hi_w, significant_w=significant)
         level = est
         if s.feature_flicker_floor:
             # The floor sees what each reading proves of the demand, not the smoothed
             # estimate (smoothing lifts a flicker's low side towards its middle).
-            point = min(max(est, snap.grid_w + lo), snap.grid_w + hi)
+            point = min(max(est, lo_w), hi_w)
             level = self.floor.update(
                 snap.now_s, point, est, 2.0 * self.loop_delay_s(), width_w=hi - lo
             )
